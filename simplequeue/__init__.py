@@ -1,0 +1,59 @@
+"""simplequeue: a PostgreSQL-native background job queue. The public API, re-exported."""
+
+from simplequeue.backoff import BackoffStrategy, Custom, Exponential, Fixed, Linear
+from simplequeue.config import QueueConfig
+from simplequeue.errors import (
+    ConfigError,
+    InvalidJobError,
+    JobNotFoundError,
+    MigrationError,
+    QueueStateError,
+    SimpleQueueError,
+)
+from simplequeue.handler import Handler
+from simplequeue.job import Job, JobResult, JobStatus
+from simplequeue.migrate import setup
+from simplequeue.permits import (
+    CancelJob,
+    ConcurrencyLimit,
+    Immediate,
+    JobStrategy,
+    MarkCompleted,
+    Permit,
+    RetryJob,
+    StrategyDecision,
+    TryAfter,
+)
+from simplequeue.queue import SimpleQueue
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackoffStrategy",
+    "CancelJob",
+    "ConcurrencyLimit",
+    "ConfigError",
+    "Custom",
+    "Exponential",
+    "Fixed",
+    "Handler",
+    "Immediate",
+    "InvalidJobError",
+    "Job",
+    "JobNotFoundError",
+    "JobResult",
+    "JobStatus",
+    "JobStrategy",
+    "Linear",
+    "MarkCompleted",
+    "MigrationError",
+    "Permit",
+    "QueueConfig",
+    "QueueStateError",
+    "RetryJob",
+    "SimpleQueue",
+    "SimpleQueueError",
+    "StrategyDecision",
+    "TryAfter",
+    "setup",
+]

@@ -1,0 +1,123 @@
+"""QueueConfig: every knob, its default and its validation, checked when the queue is built."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
+
+from simplequeue.backoff import BackoffStrategy, Linear, as_seconds, check_backoff
+from simplequeue.errors import ConfigError
+
+__all__ = ["QueueConfig", "validate_schema_name"]
+
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def validate_schema_name(name: object) -> str:
+    """Schema names end up in SQL as identifiers: allow only plain lower-case names."""
+    if not isinstance(name, str) or not _SCHEMA_NAME.match(name):
+        raise ConfigError(
+            f"invalid schema name {name!r}: use 1-63 lower-case letters, digits or underscores, "
+            "not starting with a digit"
+        )
+    if name.startswith("pg_"):
+        raise ConfigError(f"invalid schema name {name!r}: names starting with pg_ are reserved")
+    return name
+
+
+def _seconds(value: Any) -> Any:
+    return as_seconds("duration", value) if isinstance(value, timedelta) else value
+
+
+Seconds = Annotated[float, BeforeValidator(_seconds)]
+
+
+class QueueConfig(BaseModel):
+    """Settings of one SimpleQueue. Durations are seconds (float) or timedelta."""
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, arbitrary_types_allowed=True, populate_by_name=True
+    )
+
+    schema_name: str = Field("simplequeue", alias="schema")
+    global_permits: int = Field(500, ge=1, description="jobs running at once in this process")
+    queue_permits: int = Field(100, ge=1, description="default jobs at once per queue")
+    heartbeat_interval: Seconds = Field(5.0, gt=0)
+    stall_factor: float = Field(2.5, gt=1, description="stalled after this many silent intervals")
+    backoff: Any = Field(default_factory=lambda: Linear(5.0))
+    empty_poll_sleep: Seconds = Field(1.0, gt=0, description="fallback poll when idle")
+    max_reprocess_count: int = Field(100, ge=1)
+    janitor_interval: Seconds = Field(60.0, gt=0)
+    janitor_schedule: str | None = Field(None, description="cron expression; overrides interval")
+    janitor_batch_size: int = Field(1000, ge=1)
+    archive_retention: Seconds = Field(7 * 86400.0, gt=0)
+    hold_queue_permit: Seconds = Field(0.5, ge=0)
+    reaper_interval: Seconds | None = Field(None, gt=0, description="default: heartbeat_interval")
+    use_notify: bool = Field(True, description="wake on LISTEN/NOTIFY; off behind PgBouncer")
+    result_batch_size: int = Field(200, ge=1)
+    result_flush_interval: Seconds = Field(0.002, ge=0)
+    max_payload_bytes: int = Field(1024 * 1024, ge=1)
+    pool_min_size: int = Field(2, ge=1, description="for from_url(): the pool it owns")
+    pool_max_size: int = Field(10, ge=1)
+
+    @field_validator("schema_name")
+    @classmethod
+    def _schema(cls, value: str) -> str:
+        try:
+            return validate_schema_name(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("backoff")
+    @classmethod
+    def _backoff(cls, value: Any) -> BackoffStrategy:
+        try:
+            return check_backoff("backoff", value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("janitor_schedule")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            from croniter import croniter
+        except ImportError:
+            raise ValueError(
+                'janitor_schedule needs the janitor extra: pip install "simplequeue[janitor]"'
+            ) from None
+        if not croniter.is_valid(value):
+            raise ValueError(f"janitor_schedule {value!r} is not a valid cron expression")
+        return value
+
+    @classmethod
+    def build(cls, **settings: Any) -> QueueConfig:
+        """Validate keyword settings into a config, or raise ConfigError naming each problem."""
+        try:
+            config = cls(**settings)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or 'config'}: "
+                f"{'unknown setting' if err['type'] == 'extra_forbidden' else err['msg']}"
+                for err in exc.errors()
+            )
+            raise ConfigError(f"invalid simplequeue configuration: {problems}") from None
+        if config.pool_max_size < config.pool_min_size:
+            raise ConfigError("invalid simplequeue configuration: pool_max_size < pool_min_size")
+        return config
+
+    @property
+    def stall_after(self) -> float:
+        """Seconds without a heartbeat after which a running job counts as stalled."""
+        return self.heartbeat_interval * self.stall_factor

@@ -1,0 +1,27 @@
+"""One hierarchy for every error simplequeue raises, so callers can catch ours alone."""
+
+from __future__ import annotations
+
+
+class SimpleQueueError(Exception):
+    """Base of every simplequeue error."""
+
+
+class ConfigError(SimpleQueueError, ValueError):
+    """A configuration value is invalid; raised when the queue is built, not when it runs."""
+
+
+class InvalidJobError(SimpleQueueError, ValueError):
+    """A job cannot be stored as given; raised before anything is written."""
+
+
+class MigrationError(SimpleQueueError):
+    """The schema could not be brought up to date."""
+
+
+class JobNotFoundError(SimpleQueueError, LookupError):
+    """No job with that id exists in the live table, the archive or the DLQ."""
+
+
+class QueueStateError(SimpleQueueError, RuntimeError):
+    """The queue is used in a state that does not allow it (not opened, already stopped)."""

@@ -1,0 +1,69 @@
+"""Handler: the user's code for one queue, and the checks made when it is registered."""
+
+from __future__ import annotations
+
+import inspect
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel
+
+from simplequeue.errors import ConfigError, InvalidJobError
+from simplequeue.job import _check_key
+
+if TYPE_CHECKING:
+    from simplequeue.job import Job
+    from simplequeue.queue import SimpleQueue
+
+__all__ = ["Handler"]
+
+
+class Handler:
+    """Subclass it, set `QUEUE`, and implement `process` (async, or sync to run in a thread).
+
+    `process` returns a JobResult, or None for success; an exception counts as a failed
+    attempt (retried after backoff) with its text stored in `job.last_error`. Set `Payload`
+    to a pydantic model to receive `job.payload` validated; a payload that does not validate
+    ends the job as `unprocessable` without calling `process`.
+    """
+
+    QUEUE: ClassVar[str]
+    Payload: ClassVar[type[BaseModel] | None] = None
+    timeout: ClassVar[float | None] = None
+    """Seconds an attempt may take; past it the handler is cancelled and the attempt failed."""
+
+    def process(self, queue: SimpleQueue, job: Job) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} must implement process()")
+
+    @property
+    def runs_in_thread(self) -> bool:
+        """A plain `def process` blocks; it runs in a worker thread to keep the loop free."""
+        return not inspect.iscoroutinefunction(self.process)
+
+    @classmethod
+    def check(cls, handler: object) -> Handler:
+        """Refuse at registration what would only fail later, inside a worker."""
+        if isinstance(handler, type) and issubclass(handler, Handler):
+            raise ConfigError(f"register an instance of {handler.__name__}, not the class itself")
+        if not isinstance(handler, Handler):
+            raise ConfigError(f"handlers must subclass simplequeue.Handler, got {handler!r}")
+        name = type(handler).__name__
+        queue_name = getattr(handler, "QUEUE", None)
+        try:
+            _check_key(f"{name}.QUEUE", queue_name, required=True)
+        except InvalidJobError as exc:
+            raise ConfigError(str(exc)) from None
+        if type(handler).process is Handler.process:
+            raise ConfigError(f"{name} does not implement process()")
+        payload = handler.Payload
+        if payload is not None and not (
+            isinstance(payload, type) and issubclass(payload, BaseModel)
+        ):
+            raise ConfigError(f"{name}.Payload must be a pydantic model class, got {payload!r}")
+        timeout = handler.timeout
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0
+        ):
+            raise ConfigError(
+                f"{name}.timeout must be a positive number of seconds, got {timeout!r}"
+            )
+        return handler

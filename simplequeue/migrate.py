@@ -1,0 +1,99 @@
+"""Applies the migrations in `sql/` in order, once each, under an advisory lock."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg_pool import AsyncConnectionPool
+
+from simplequeue.config import validate_schema_name
+from simplequeue.errors import MigrationError
+
+__all__ = ["Migration", "migrations", "setup"]
+
+log = logging.getLogger("simplequeue.migrate")
+
+_FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    text: str
+
+
+def migrations() -> list[Migration]:
+    """The shipped migrations, in order; they live in the wheel as `simplequeue.sql`."""
+    found = []
+    for entry in resources.files("simplequeue.sql").iterdir():
+        match = _FILE_NAME.match(entry.name)
+        if match:
+            found.append(Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8")))
+    found.sort(key=lambda m: m.version)
+    return found
+
+
+async def setup(
+    pool_or_dsn: AsyncConnectionPool[Any] | str, *, schema: str = "simplequeue"
+) -> list[str]:
+    """Bring `schema` up to date; returns the names of the migrations it applied.
+
+    Idempotent, and safe when several processes call it at once: the whole run holds a
+    transaction-scoped advisory lock, so a second caller waits and then finds nothing to do.
+    """
+    validate_schema_name(schema)
+    if isinstance(pool_or_dsn, str):
+        async with await psycopg.AsyncConnection.connect(pool_or_dsn) as conn:
+            return await _apply(conn, schema)
+    async with pool_or_dsn.connection() as conn:
+        return await _apply(conn, schema)
+
+
+async def _apply(conn: psycopg.AsyncConnection[Any], schema: str) -> list[str]:
+    ident = sql.Identifier(schema)
+    applied: list[str] = []
+    try:
+        async with conn.transaction():
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtext(%s))", [f"simplequeue.migrate.{schema}"]
+            )
+            await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident))
+            await conn.execute(
+                sql.SQL(
+                    "CREATE TABLE IF NOT EXISTS {}.schema_migrations ("
+                    " version integer PRIMARY KEY, name text NOT NULL,"
+                    " applied_at timestamptz NOT NULL DEFAULT now())"
+                ).format(ident)
+            )
+            cur = await conn.execute(
+                sql.SQL("SELECT version FROM {}.schema_migrations").format(ident)
+            )
+            done = {row[0] for row in await cur.fetchall()}
+            for migration in migrations():
+                if migration.version in done:
+                    continue
+                await conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(ident))
+                await conn.execute(migration.text.encode())
+                await conn.execute(
+                    sql.SQL(
+                        "INSERT INTO {}.schema_migrations (version, name) VALUES (%s, %s)"
+                    ).format(ident),
+                    [migration.version, migration.name],
+                )
+                applied.append(f"{migration.version:04d}_{migration.name}")
+                log.info(
+                    "applied migration %04d_%s to schema %s",
+                    migration.version,
+                    migration.name,
+                    schema,
+                )
+    except psycopg.Error as exc:
+        raise MigrationError(f"could not migrate schema {schema!r}: {exc}") from exc
+    return applied

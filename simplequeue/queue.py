@@ -1,0 +1,249 @@
+"""SimpleQueue: the facade. Insert, cancel, reschedule, read and wait on jobs; start and
+stop this process's workers. It never loops or sleeps in the background itself: that is
+the job of `runtime/` and `maintenance/`."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from types import TracebackType
+from typing import Any
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from simplequeue.backoff import BackoffStrategy
+from simplequeue.config import QueueConfig
+from simplequeue.errors import InvalidJobError, JobNotFoundError, QueueStateError
+from simplequeue.handler import Handler
+from simplequeue.job import Job, JobStatus, require_aware
+from simplequeue.permits import JobStrategy
+from simplequeue.registry import QueueRegistry
+from simplequeue.runtime.worker import Worker
+from simplequeue.store import Store
+
+__all__ = ["SimpleQueue"]
+
+AsyncConn = psycopg.AsyncConnection[Any]
+
+
+class SimpleQueue:
+    """A job queue on a PostgreSQL schema, over an open `AsyncConnectionPool`.
+
+    Delivery is at-least-once: a job whose worker dies, or whose result could not be
+    written, runs again. Make handlers idempotent (or guard them with a unique key).
+    """
+
+    def __init__(self, pool: AsyncConnectionPool[Any], **config: Any) -> None:
+        self.config = QueueConfig.build(**config)
+        self._pool = pool
+        self._owns_pool = False
+        self._store = Store(self.config.schema_name)
+        self._registry = QueueRegistry(self.config)
+        self._worker: Worker | None = None
+
+    @classmethod
+    def from_url(cls, dsn: str, **config: Any) -> SimpleQueue:
+        """A queue that owns its pool: `async with` opens and closes it."""
+        settings = QueueConfig.build(**config)
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            dsn,
+            open=False,
+            min_size=settings.pool_min_size,
+            max_size=settings.pool_max_size,
+            kwargs={"autocommit": True},
+            name="simplequeue",
+        )
+        queue = cls(pool, **config)
+        queue._owns_pool = True
+        return queue
+
+    @property
+    def pool(self) -> AsyncConnectionPool[Any]:
+        return self._pool
+
+    @property
+    def schema(self) -> str:
+        return self.config.schema_name
+
+    async def __aenter__(self) -> SimpleQueue:
+        if self._owns_pool:
+            await self._pool.open(wait=True)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+        if self._owns_pool:
+            await self._pool.close()
+
+    # -- configuration -----------------------------------------------------------------
+
+    def register_handler(self, handler: Handler) -> None:
+        """Handle `handler.QUEUE` in this process; works before or after `start()`."""
+        self._registry.register(handler)
+
+    def set_queue_permits(self, queue: str, n: int) -> None:
+        self._registry.set_permits(queue, n)
+
+    def set_backoff(self, queue: str, strategy: BackoffStrategy) -> None:
+        self._registry.set_backoff(queue, strategy)
+
+    def set_queue_strategy(self, queue: str, strategy: JobStrategy) -> None:
+        self._registry.set_strategy(queue, strategy)
+
+    # -- workers ---------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._worker is not None
+
+    async def start(self) -> None:
+        """Start the poller, reaper and (with the extra) janitor in this process."""
+        if self._worker is not None:
+            raise QueueStateError("this queue is already started")
+        if self._pool.closed:
+            raise QueueStateError(
+                "the connection pool is closed: use `async with queue:` or open your pool first"
+            )
+        self._worker = Worker(self, self._pool, self._store, self._registry, self.config)
+        await self._worker.start()
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        """Stop claiming; running jobs get `timeout` seconds, then go back to pending."""
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            await worker.stop(timeout)
+
+    # -- producing -------------------------------------------------------------------
+
+    async def insert_job(self, job: Job, *, conn: AsyncConn | None = None) -> uuid.UUID | None:
+        """Insert one job; None when a live job already holds its unique key.
+
+        With `conn`, the insert joins that connection's transaction: it is rolled back
+        with it, and workers see the job only once it commits.
+        """
+        return (await self.insert_jobs([job], conn=conn))[0]
+
+    async def insert_jobs(
+        self, jobs: Sequence[Job], *, conn: AsyncConn | None = None
+    ) -> list[uuid.UUID | None]:
+        """Insert jobs in one round trip; the result is aligned with `jobs` (None: deduplicated)."""
+        jobs = list(jobs)
+        self._check_jobs(jobs)
+        if not jobs:
+            return []
+        notify = self.config.use_notify
+        if conn is not None:
+            inserted = await self._store.insert_jobs(conn, jobs, notify=notify)
+        else:
+            async with self._pool.connection() as own:
+                inserted = await self._store.insert_jobs(own, jobs, notify=notify)
+        return [job.id if job.id in inserted else None for job in jobs]
+
+    def _check_jobs(self, jobs: list[Job]) -> None:
+        seen: set[uuid.UUID] = set()
+        limit = self.config.max_payload_bytes
+        for index, job in enumerate(jobs):
+            if not isinstance(job, Job):
+                raise InvalidJobError(
+                    f"item {index} is {type(job).__name__}, not a simplequeue.Job"
+                )
+            if job.id in seen:
+                raise InvalidJobError(f"item {index} is the same Job object as an earlier item")
+            seen.add(job.id)
+            size = len(job.encoded_data.encode("utf-8"))
+            if size > limit:
+                raise InvalidJobError(
+                    f"item {index}: job data is {size} bytes; the limit is {limit} "
+                    "(max_payload_bytes). Store large blobs elsewhere and pass a reference."
+                )
+
+    # -- operating -------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[AsyncConn]:
+        async with self._pool.connection() as conn:
+            yield conn
+
+    async def get_job(self, job_id: uuid.UUID) -> Job | None:
+        """The job from the live table, the archive or the DLQ; None if unknown."""
+        async with self._connection() as conn:
+            return await self._store.get_job(conn, _as_uuid(job_id))
+
+    async def cancel_job(self, job_id: uuid.UUID) -> bool:
+        """Cancel a pending or running job. A running one ends as cancelled whatever its
+        handler returns afterwards."""
+        async with self._connection() as conn:
+            return await self._store.cancel(conn, "id", _as_uuid(job_id)) == 1
+
+    async def cancel_job_by_unique_key(self, unique_key: str) -> int:
+        async with self._connection() as conn:
+            return await self._store.cancel(conn, "unique_key", unique_key)
+
+    async def cancel_jobs_by_fingerprint(self, fingerprint: str) -> int:
+        async with self._connection() as conn:
+            return await self._store.cancel(conn, "fingerprint", fingerprint)
+
+    async def reschedule_job(self, job_id: uuid.UUID, run_at: datetime) -> bool:
+        """Move a pending job's due time; False if it is not pending."""
+        require_aware("run_at", run_at)
+        async with self._connection() as conn:
+            return await self._store.reschedule(conn, _as_uuid(job_id), run_at)
+
+    async def wait_for_job(self, job_id: uuid.UUID, timeout: float | None = None) -> Job:
+        """Wait until the job's first processing attempt has ended (from any process).
+
+        Raises JobNotFoundError for an unknown id and TimeoutError after `timeout` seconds.
+        """
+        job_id = _as_uuid(job_id)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.005
+        while True:
+            job = await self.get_job(job_id)
+            if job is None:
+                raise JobNotFoundError(f"no job with id {job_id}")
+            if _first_attempt_over(job):
+                return job
+            if deadline is not None and time.monotonic() + delay > deadline:
+                raise TimeoutError(f"job {job_id} is still {job.status.value} after {timeout}s")
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 0.25)
+
+    async def list_dlq(self, queue: str | None = None, limit: int = 50) -> list[Job]:
+        """Dead jobs, newest first: in the DLQ table or not yet moved there by the janitor."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be a positive integer, got {limit!r}")
+        async with self._connection() as conn:
+            return await self._store.list_dlq(conn, queue, limit)
+
+    async def requeue_dlq_job(self, job_id: uuid.UUID) -> bool:
+        """Put a dead job back to pending with fresh attempts. False if no such dead job, or
+        if a live job now holds its unique key."""
+        async with self._connection() as conn, conn.transaction():
+            return await self._store.requeue_dead(conn, _as_uuid(job_id))
+
+
+def _first_attempt_over(job: Job) -> bool:
+    if job.status is JobStatus.RUNNING:
+        return False
+    if job.status is JobStatus.PENDING:
+        return job.attempt >= 1 or job.reprocess_count >= 1
+    return True
+
+
+def _as_uuid(value: uuid.UUID | str) -> uuid.UUID:
+    if isinstance(value, uuid.UUID):
+        return value
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        raise InvalidJobError(f"not a job id: {value!r}") from None

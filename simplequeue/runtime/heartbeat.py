@@ -1,0 +1,107 @@
+"""Heartbeats for every job this process runs: one statement per interval, from a thread.
+
+The thread has its own connection, so a handler that blocks the event loop cannot
+silence its job's heartbeat and get it taken away while it still runs. Each job is
+tracked exactly for the span of its processing (`tracking()`), however that ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+
+from simplequeue.job import Job
+from simplequeue.runtime.outage import Outage
+from simplequeue.store import Store
+
+__all__ = ["Heartbeater"]
+
+log = logging.getLogger("simplequeue.heartbeat")
+
+
+class Heartbeater:
+    def __init__(
+        self, connect: Callable[[], psycopg.Connection[Any]], store: Store, interval: float
+    ) -> None:
+        self._connect = connect
+        self._store = store
+        self._interval = interval
+        self._beats: dict[uuid.UUID, int] = {}
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._conn: psycopg.Connection[Any] | None = None
+        self._outage = Outage(log, "heartbeat")
+        self.lost: set[uuid.UUID] = set()
+
+    @contextmanager
+    def tracking(self, job: Job) -> Iterator[None]:
+        """Beat for `job` while the block runs."""
+        with self._lock:
+            self._beats[job.id] = job.lease
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._beats.pop(job.id, None)
+
+    @property
+    def tracked(self) -> int:
+        return len(self._beats)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="simplequeue-heartbeat", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def beat_now(self) -> None:
+        """One round of heartbeats (the thread calls it every interval)."""
+        with self._lock:
+            beats = list(self._beats.items())
+        if not beats:
+            return
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = self._connect()
+            alive = self._store.heartbeat(self._conn, beats)
+        except psycopg.Error as exc:
+            self._outage.failed(exc)
+            self._close()
+            return
+        self._outage.recovered()
+        gone = {job_id for job_id, _ in beats} - alive
+        with self._lock:
+            gone &= self._beats.keys()  # those that ended meanwhile are not lost
+        if gone:
+            self.lost |= gone
+            log.warning(
+                "%d running job(s) were cancelled or taken over elsewhere; their "
+                "results will be ignored",
+                len(gone),
+                extra={"job_ids": sorted(map(str, gone))},
+            )
+
+    def _run(self) -> None:
+        try:
+            while not self._stopping.wait(self._interval):
+                self.beat_now()
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._conn.close()
+            self._conn = None

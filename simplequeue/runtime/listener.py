@@ -1,0 +1,63 @@
+"""Wakes the poller when jobs are inserted: LISTEN on a dedicated connection.
+
+A lost connection is re-established with backoff; meanwhile the poller's fallback poll
+(`empty_poll_sleep`) bounds how long any job waits, and a reconnect wakes it once in case
+a notification was missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import psycopg
+
+from simplequeue.runtime.outage import Outage
+from simplequeue.store import Store
+
+__all__ = ["Listener"]
+
+log = logging.getLogger("simplequeue.listener")
+
+PROBE_EVERY = 15.0
+"""Seconds of silence after which the connection is probed, to notice a dead peer."""
+
+
+class Listener:
+    def __init__(
+        self,
+        connect: Callable[[], Awaitable[psycopg.AsyncConnection[Any]]],
+        store: Store,
+        wake: Callable[[set[str] | None], None],
+    ) -> None:
+        self._connect = connect
+        self._store = store
+        self._wake = wake
+        self._outage = Outage(log, "listener")
+        self.connected = asyncio.Event()
+        self.connections = 0
+
+    async def run(self) -> None:
+        while True:
+            try:
+                conn = await self._connect()
+                try:
+                    await self._store.listen(conn)
+                    self.connections += 1
+                    self.connected.set()
+                    self._outage.recovered()
+                    self._wake(None)
+                    await self._receive(conn)
+                finally:
+                    self.connected.clear()
+                    await conn.close()
+            except (psycopg.Error, OSError) as exc:
+                await asyncio.sleep(self._outage.failed(exc))
+
+    async def _receive(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        while True:
+            async for notify in conn.notifies(timeout=PROBE_EVERY):
+                self._wake(set(notify.payload.split("\n")) if notify.payload else None)
+            await conn.execute("SELECT 1")

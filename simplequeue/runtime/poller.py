@@ -1,0 +1,131 @@
+"""The poller: claims as many due jobs as it holds permits for, and starts them.
+
+It counts global and queue permits before it claims, asks for each queue only what that
+queue can start, and so never claims a job it must give back. It sleeps when there is
+nothing to claim, until a NOTIFY, a freed permit or the fallback poll wakes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter
+from typing import Any
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from simplequeue.config import QueueConfig
+from simplequeue.job import Job
+from simplequeue.permits import PermitCounter
+from simplequeue.registry import QueueRegistry
+from simplequeue.runtime.executor import Executor
+from simplequeue.runtime.outage import Outage
+from simplequeue.store import Store
+
+__all__ = ["Poller"]
+
+log = logging.getLogger("simplequeue.poller")
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await event.wait()
+
+
+class Poller:
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[Any],
+        store: Store,
+        registry: QueueRegistry,
+        executor: Executor,
+        config: QueueConfig,
+    ) -> None:
+        self._pool = pool
+        self._store = store
+        self._registry = registry
+        self._executor = executor
+        self._config = config
+        self.global_permits = PermitCounter(config.global_permits)
+        self._wake = asyncio.Event()
+        self._capacity = asyncio.Event()
+        self._claiming = True
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._outage = Outage(log, "poller", max_delay=config.empty_poll_sleep)
+        self.claims = 0
+        registry.on_change(self.poke)
+
+    def wake(self, queues: set[str] | None) -> None:
+        """A NOTIFY arrived; wake only if it names a queue this process handles."""
+        if queues is None or not queues.isdisjoint(self._registry.handlers):
+            self._wake.set()
+
+    def poke(self) -> None:
+        """Something changed (a handler, a limit): look again now."""
+        self._wake.set()
+        self._capacity.set()
+
+    def stop_claiming(self) -> None:
+        self._claiming = False
+        self.poke()
+
+    async def run(self) -> None:
+        while self._claiming:
+            queues, limits = self._capacity_by_queue()
+            if not queues:
+                self._capacity.clear()
+                await _wait(self._capacity, self._config.empty_poll_sleep)
+                continue
+            total = min(self.global_permits.free, sum(limits))
+            self._wake.clear()
+            try:
+                async with self._pool.connection() as conn:
+                    jobs = await self._store.claim(conn, queues, limits, total)
+            except (psycopg.OperationalError, PoolTimeout) as exc:
+                await asyncio.sleep(self._outage.failed(exc))
+                continue
+            self._outage.recovered()
+            self.claims += 1
+            for job in jobs:
+                self._start(job)
+            if not self._saturated(jobs, queues, limits, total) and self._claiming:
+                await _wait(self._wake, self._config.empty_poll_sleep)
+
+    def _capacity_by_queue(self) -> tuple[list[str], list[int]]:
+        free = self.global_permits.free
+        queues: list[str] = []
+        limits: list[int] = []
+        if free <= 0:
+            return queues, limits
+        for name in self._registry.handlers:
+            room = min(self._registry.permits(name).free, free)
+            if room > 0:
+                queues.append(name)
+                limits.append(room)
+        return queues, limits
+
+    @staticmethod
+    def _saturated(jobs: list[Job], queues: list[str], limits: list[int], total: int) -> bool:
+        """True when permits, not the backlog, limited the claim: more jobs are waiting."""
+        if len(jobs) >= total:
+            return True
+        got = Counter(job.queue for job in jobs)
+        return any(got[name] >= limit for name, limit in zip(queues, limits, strict=True))
+
+    def _start(self, job: Job) -> None:
+        self.global_permits.take()
+        self._registry.permits(job.queue).take()
+        task = asyncio.create_task(self._execute(job), name=f"simplequeue-job-{job.id}")
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _execute(self, job: Job) -> None:
+        try:
+            await self._executor.execute(job)
+        finally:
+            self.global_permits.release()
+            self._registry.permits(job.queue).release()
+            self._capacity.set()

@@ -1,0 +1,123 @@
+"""Writes job results in batches: one fenced statement per flush, by size or after a few ms.
+
+A handler's work is done before its result is durable: a crash between the two makes the
+job run again (at-least-once). Failed writes are retried, never dropped; the fence makes a
+retried write that already landed a no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from simplequeue.runtime.outage import Outage
+from simplequeue.store import Outcome, Store
+
+__all__ = ["ResultWriter"]
+
+log = logging.getLogger("simplequeue.results")
+
+
+class ResultWriter:
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[Any],
+        store: Store,
+        *,
+        batch_size: int,
+        flush_interval: float,
+        max_buffered: int = 10_000,
+    ) -> None:
+        self._pool = pool
+        self._store = store
+        self._batch_size = batch_size
+        self._flush_interval = flush_interval
+        self._max_buffered = max_buffered
+        self._buffer: list[Outcome] = []
+        self._has_items = asyncio.Event()
+        self._has_room = asyncio.Event()
+        self._has_room.set()
+        self._closing = False
+        self._deadline: float | None = None
+        self._outage = Outage(log, "result writer")
+        self.written = 0
+        self.fenced_off = 0
+
+    async def submit(self, outcome: Outcome) -> None:
+        """Queue a result; waits only when too many are already waiting (back-pressure)."""
+        while len(self._buffer) >= self._max_buffered:
+            self._has_room.clear()
+            await self._has_room.wait()
+        self._buffer.append(outcome)
+        self._has_items.set()
+
+    @property
+    def pending(self) -> int:
+        return len(self._buffer)
+
+    async def run(self) -> None:
+        """The flush loop; returns once closed and everything is written (or the deadline hit)."""
+        while True:
+            if not self._buffer:
+                if self._closing:
+                    return
+                self._has_items.clear()
+                await self._has_items.wait()
+                continue
+            if len(self._buffer) < self._batch_size and self._flush_interval and not self._closing:
+                await asyncio.sleep(self._flush_interval)
+            batch = self._buffer[: self._batch_size]
+            del self._buffer[: self._batch_size]
+            self._has_room.set()
+            if not await self._write(batch):
+                return
+
+    def close(self, deadline: float) -> None:
+        """Stop accepting waits: flush what is buffered, retrying until `deadline` (monotonic)."""
+        self._closing = True
+        self._deadline = deadline
+        self._has_items.set()
+
+    async def _write(self, batch: list[Outcome]) -> bool:
+        while True:
+            try:
+                async with self._pool.connection() as conn:
+                    changed = await self._store.write_outcomes(conn, batch)
+            except (psycopg.OperationalError, PoolTimeout) as exc:
+                delay = self._outage.failed(exc)
+                if (
+                    self._closing
+                    and self._deadline is not None
+                    and time.monotonic() + delay > self._deadline
+                ):
+                    lost = len(batch) + len(self._buffer)
+                    log.error(
+                        "gave up writing %d result(s) at shutdown; those jobs stay running "
+                        "until the reaper returns them to pending",
+                        lost,
+                    )
+                    self._buffer.clear()
+                    return False
+                await asyncio.sleep(delay)
+                continue
+            except psycopg.Error:
+                if len(batch) == 1:
+                    log.exception(
+                        "could not write the result of job %s; the reaper will return "
+                        "it to pending",
+                        batch[0].job_id,
+                        extra={"job_id": str(batch[0].job_id)},
+                    )
+                    return True
+                for outcome in batch:  # isolate the one that fails
+                    await self._write([outcome])
+                return True
+            self._outage.recovered()
+            self.written += len(changed)
+            self.fenced_off += len(batch) - len(changed)
+            return True

@@ -1,0 +1,397 @@
+"""Every SQL statement simplequeue runs, each a small named function over a connection.
+
+Statements are composed once per schema with `psycopg.sql.Identifier`; every value is a
+bound parameter. Batched statements take parallel arrays and `unnest` them, so one round
+trip serves a whole batch. Anything that changes a running job is fenced by its `lease`
+(bumped at every claim), so a late write from a worker that lost the job changes nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import TupleRow, tuple_row
+
+from simplequeue.job import DEAD_STATUSES, Job
+
+__all__ = ["JOB_COLUMNS", "Outcome", "Store"]
+
+JOB_COLUMNS = (
+    "id, queue, data, status, priority, attempt, max_attempts, reprocess_count, lease, "
+    "unique_key, fingerprint, run_at, created_at, updated_at, completed_at, last_error"
+)
+_DEAD = "(" + ", ".join(f"'{s}'" for s in DEAD_STATUSES) + ")"
+
+AnyConn = psycopg.AsyncConnection[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The end of one claimed attempt, as the result writer stores it.
+
+    `refund` gives the attempt back (reschedules, shutdown); `reprocess` counts a run that
+    did not end in a verdict; `delay` and `not_before` set the next `run_at` when pending.
+    """
+
+    job_id: uuid.UUID
+    lease: int
+    status: str
+    refund: int = 0
+    reprocess: int = 0
+    delay: float = 0.0
+    not_before: datetime | None = None
+    error: str | None = None
+
+
+async def _run(
+    conn: AnyConn, query: sql.Composed, params: Any = None
+) -> psycopg.AsyncCursor[TupleRow]:
+    """Execute with tuple rows whatever row factory the caller's connection or pool uses."""
+    cur = conn.cursor(row_factory=tuple_row)
+    await cur.execute(query, params)
+    return cur
+
+
+def _q(template: str, schema: str) -> sql.Composed:
+    return sql.SQL(template).format(s=sql.Identifier(schema))
+
+
+class Store:
+    """The statements of one schema."""
+
+    def __init__(self, schema: str) -> None:
+        self.schema = schema
+        self.channel = f"{schema}.jobs"
+        self._insert = _q(_INSERT, schema)
+        self._insert_notify = _q(_INSERT_NOTIFY, schema)
+        self._claim = _q(_CLAIM, schema)
+        self._write_outcomes = _q(_WRITE_OUTCOMES, schema)
+        self._heartbeat = _q(_HEARTBEAT, schema)
+        self._reap_stalled = _q(_REAP_STALLED, schema)
+        self._fail_exhausted = _q(_FAIL_EXHAUSTED, schema)
+        self._get_job = _q(_GET_JOB, schema)
+        self._cancel_by = {
+            column: _q(_CANCEL.format(column=column, s="{s}"), schema)
+            for column in ("id", "unique_key", "fingerprint")
+        }
+        self._reschedule = _q(_RESCHEDULE, schema)
+        self._list_dlq = _q(_LIST_DLQ, schema)
+        self._requeue_dead_live = _q(_REQUEUE_DEAD_LIVE, schema)
+        self._requeue_from_dlq = _q(_REQUEUE_FROM_DLQ, schema)
+        self._delete_from_dlq = _q(_DELETE_FROM_DLQ, schema)
+        self._archive_completed = _q(_ARCHIVE_COMPLETED, schema)
+        self._move_dead = _q(_MOVE_DEAD, schema)
+        self._purge_archive = _q(_PURGE_ARCHIVE, schema)
+        self._listen = sql.SQL("LISTEN {}").format(sql.Identifier(self.channel))
+
+    # -- producers -------------------------------------------------------------------
+
+    async def insert_jobs(
+        self, conn: AnyConn, jobs: Sequence[Job], *, notify: bool
+    ) -> set[uuid.UUID]:
+        """Insert in one statement; returns the ids stored (a live unique key skips a job).
+
+        With `notify`, the same statement sends one NOTIFY naming the queues, delivered
+        when the inserting transaction commits.
+        """
+        params: list[Any] = [
+            [j.id for j in jobs],
+            [j.queue for j in jobs],
+            [j.encoded_data for j in jobs],
+            [j.priority for j in jobs],
+            [j.max_attempts for j in jobs],
+            [j.unique_key for j in jobs],
+            [j.fingerprint for j in jobs],
+            [j.run_at for j in jobs],
+        ]
+        if notify:
+            params += [self.channel, notify_payload({j.queue for j in jobs})]
+        cur = await _run(conn, self._insert_notify if notify else self._insert, params)
+        return {row[0] for row in await cur.fetchall()}
+
+    # -- the worker's hot path -------------------------------------------------------
+
+    async def claim(
+        self, conn: AnyConn, queues: Sequence[str], limits: Sequence[int], total: int
+    ) -> list[Job]:
+        """Claim up to `total` due jobs, at most `limits[i]` of `queues[i]`, in one statement."""
+        cur = await _run(
+            conn, self._claim, {"queues": list(queues), "limits": list(limits), "total": total}
+        )
+        return [Job.from_row(row) for row in await cur.fetchall()]
+
+    async def write_outcomes(self, conn: AnyConn, outcomes: Sequence[Outcome]) -> set[uuid.UUID]:
+        """Apply a batch of results in one fenced statement; returns the ids it changed."""
+        cur = await _run(
+            conn,
+            self._write_outcomes,
+            [
+                [o.job_id for o in outcomes],
+                [o.lease for o in outcomes],
+                [o.status for o in outcomes],
+                [o.refund for o in outcomes],
+                [o.reprocess for o in outcomes],
+                [o.delay for o in outcomes],
+                [o.not_before for o in outcomes],
+                [o.error for o in outcomes],
+            ],
+        )
+        return {row[0] for row in await cur.fetchall()}
+
+    def heartbeat(
+        self, conn: psycopg.Connection[Any], beats: Sequence[tuple[uuid.UUID, int]]
+    ) -> set[uuid.UUID]:
+        """Beat every job a worker runs in one statement (sync: it runs in its own thread).
+
+        Returns the ids still running under that lease; the others were cancelled or reaped.
+        """
+        cur = conn.cursor(row_factory=tuple_row)
+        cur.execute(self._heartbeat, [[b[0] for b in beats], [b[1] for b in beats]])
+        return {row[0] for row in cur.fetchall()}
+
+    # -- maintenance -----------------------------------------------------------------
+
+    async def reap_stalled(
+        self, conn: AnyConn, stall_after: float, max_reprocess: int, limit: int = 1000
+    ) -> list[tuple[uuid.UUID, str]]:
+        """Stalled running jobs back to pending (attempt refunded), or bad_job when poison."""
+        cur = await _run(
+            conn,
+            self._reap_stalled,
+            {"stall": stall_after, "max_reprocess": max_reprocess, "limit": limit},
+        )
+        return [(row[0], row[1]) for row in await cur.fetchall()]
+
+    async def fail_exhausted(self, conn: AnyConn) -> int:
+        """Pending jobs with no attempt left can never run: end them as failed."""
+        cur = await _run(conn, self._fail_exhausted)
+        return cur.rowcount
+
+    async def archive_completed(self, conn: AnyConn, limit: int) -> int:
+        cur = await _run(conn, self._archive_completed, [limit])
+        return cur.rowcount
+
+    async def move_dead(self, conn: AnyConn, limit: int) -> int:
+        cur = await _run(conn, self._move_dead, [limit])
+        return cur.rowcount
+
+    async def purge_archive(self, conn: AnyConn, retention: float, limit: int) -> int:
+        cur = await _run(conn, self._purge_archive, [retention, limit])
+        return cur.rowcount
+
+    # -- operators -------------------------------------------------------------------
+
+    async def get_job(self, conn: AnyConn, job_id: uuid.UUID) -> Job | None:
+        cur = await _run(conn, self._get_job, {"id": job_id})
+        row = await cur.fetchone()
+        return Job.from_row(row) if row else None
+
+    async def cancel(self, conn: AnyConn, column: str, value: uuid.UUID | str) -> int:
+        """Cancel the live jobs whose `column` (id, unique_key or fingerprint) is `value`."""
+        cur = await _run(conn, self._cancel_by[column], [value])
+        return cur.rowcount
+
+    async def reschedule(self, conn: AnyConn, job_id: uuid.UUID, run_at: datetime) -> bool:
+        cur = await _run(conn, self._reschedule, [run_at, job_id])
+        return cur.rowcount == 1
+
+    async def list_dlq(self, conn: AnyConn, queue: str | None, limit: int) -> list[Job]:
+        cur = await _run(conn, self._list_dlq, {"queue": queue, "limit": limit})
+        return [Job.from_row(row) for row in await cur.fetchall()]
+
+    async def requeue_dead(self, conn: AnyConn, job_id: uuid.UUID) -> bool:
+        """A dead job (in the DLQ or not yet moved there) back to pending with fresh attempts.
+
+        Runs in the caller's transaction. False when no such dead job exists, or when a live
+        job holds its unique key (the dead one then stays where it is).
+        """
+        cur = await _run(conn, self._requeue_dead_live, [job_id])
+        if cur.rowcount:
+            return True
+        cur = await _run(conn, self._requeue_from_dlq, [job_id])
+        if not cur.rowcount:
+            return False
+        await _run(conn, self._delete_from_dlq, [job_id])
+        return True
+
+    async def listen(self, conn: AnyConn) -> None:
+        await _run(conn, self._listen)
+
+
+def notify_payload(queues: set[str]) -> str:
+    """The queue names, one per line; empty (meaning "any queue") when too long for NOTIFY."""
+    payload = "\n".join(sorted(queues))
+    return payload if len(payload.encode()) < 7000 and "\n" not in "".join(queues) else ""
+
+
+# -- the statements ------------------------------------------------------------------
+
+_INSERT_ROWS = """
+    INSERT INTO {s}.jobs (id, queue, data, priority, max_attempts, unique_key, fingerprint, run_at)
+    SELECT id, queue, data::jsonb, priority, max_attempts, unique_key, fingerprint,
+           COALESCE(run_at, now())
+    FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::int[], %s::int[], %s::text[],
+                %s::text[], %s::timestamptz[])
+         AS t(id, queue, data, priority, max_attempts, unique_key, fingerprint, run_at)
+    ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND status IN ('pending', 'running')
+    DO NOTHING
+    RETURNING id
+"""
+_INSERT = _INSERT_ROWS
+# The uncorrelated sub-select runs once (an InitPlan), and only if a row was inserted.
+_INSERT_NOTIFY = (
+    "WITH inserted AS (" + _INSERT_ROWS + ") SELECT id, (SELECT pg_notify(%s, %s)) FROM inserted"
+)
+
+_CLAIM = """
+WITH candidates AS (
+    SELECT j.id
+    FROM unnest(%(queues)s::text[], %(limits)s::int[]) AS q(name, lim)
+    CROSS JOIN LATERAL (
+        SELECT id, priority, run_at
+        FROM {s}.jobs
+        WHERE status = 'pending' AND queue = q.name AND run_at <= now()
+          AND attempt < max_attempts
+        ORDER BY priority DESC, run_at, id
+        LIMIT q.lim
+        FOR UPDATE SKIP LOCKED
+    ) AS j
+    ORDER BY j.priority DESC, j.run_at, j.id
+    LIMIT %(total)s
+)
+UPDATE {s}.jobs AS jobs
+SET status = 'running', attempt = jobs.attempt + 1, lease = jobs.lease + 1,
+    heartbeat_at = now(), updated_at = now()
+FROM candidates
+WHERE jobs.id = candidates.id
+RETURNING jobs.id, jobs.queue, jobs.data, jobs.status, jobs.priority, jobs.attempt,
+          jobs.max_attempts, jobs.reprocess_count, jobs.lease, jobs.unique_key,
+          jobs.fingerprint, jobs.run_at, jobs.created_at, jobs.updated_at,
+          jobs.completed_at, jobs.last_error
+"""
+
+_WRITE_OUTCOMES = """
+UPDATE {s}.jobs AS j
+SET status = r.status,
+    attempt = j.attempt - r.refund,
+    reprocess_count = j.reprocess_count + r.reprocess,
+    run_at = CASE WHEN r.status = 'pending'
+                  THEN GREATEST(now() + make_interval(secs => r.delay), r.not_before)
+                  ELSE j.run_at END,
+    last_error = COALESCE(r.error, j.last_error),
+    completed_at = CASE WHEN r.status = 'pending' THEN NULL ELSE now() END,
+    heartbeat_at = NULL,
+    updated_at = now()
+FROM unnest(%s::uuid[], %s::int[], %s::text[], %s::int[], %s::int[], %s::float8[],
+            %s::timestamptz[], %s::text[])
+     AS r(id, lease, status, refund, reprocess, delay, not_before, error)
+WHERE j.id = r.id AND j.status = 'running' AND j.lease = r.lease
+RETURNING j.id
+"""
+
+_HEARTBEAT = """
+UPDATE {s}.jobs AS j SET heartbeat_at = now()
+FROM unnest(%s::uuid[], %s::int[]) AS b(id, lease)
+WHERE j.id = b.id AND j.status = 'running' AND j.lease = b.lease
+RETURNING j.id
+"""
+
+_REAP_STALLED = """
+UPDATE {s}.jobs AS j
+SET status = CASE WHEN j.reprocess_count + 1 >= %(max_reprocess)s THEN 'bad_job' ELSE 'pending' END,
+    attempt = GREATEST(j.attempt - 1, 0),
+    reprocess_count = j.reprocess_count + 1,
+    last_error = CASE WHEN j.reprocess_count + 1 >= %(max_reprocess)s
+                      THEN 'poison job: stalled or rescheduled ' || (j.reprocess_count + 1)
+                           || ' times (max_reprocess_count)'
+                      ELSE 'stalled: no heartbeat, its worker is presumed dead' END,
+    completed_at = CASE WHEN j.reprocess_count + 1 >= %(max_reprocess)s THEN now() END,
+    heartbeat_at = NULL,
+    updated_at = now()
+FROM (
+    SELECT id FROM {s}.jobs
+    WHERE status = 'running' AND heartbeat_at < now() - make_interval(secs => %(stall)s)
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+) AS stalled
+WHERE j.id = stalled.id
+RETURNING j.id, j.status
+"""
+
+_FAIL_EXHAUSTED = """
+UPDATE {s}.jobs
+SET status = 'failed', completed_at = now(), updated_at = now(),
+    last_error = COALESCE(last_error, 'no attempts left')
+WHERE status = 'pending' AND attempt >= max_attempts
+"""
+
+_GET_JOB = (
+    "SELECT " + JOB_COLUMNS + " FROM {s}.jobs WHERE id = %(id)s "
+    "UNION ALL SELECT " + JOB_COLUMNS + " FROM {s}.archive WHERE id = %(id)s "
+    "UNION ALL SELECT " + JOB_COLUMNS + " FROM {s}.dlq WHERE id = %(id)s "
+    "LIMIT 1"
+)
+
+_CANCEL = """
+UPDATE {s}.jobs
+SET status = 'cancelled', completed_at = now(), updated_at = now(), heartbeat_at = NULL
+WHERE {column} = %s AND status IN ('pending', 'running')
+"""
+
+_RESCHEDULE = """
+UPDATE {s}.jobs SET run_at = %s, updated_at = now()
+WHERE id = %s AND status = 'pending'
+"""
+
+_LIST_DLQ = (
+    "SELECT * FROM ("
+    "  SELECT " + JOB_COLUMNS + " FROM {s}.dlq WHERE %(queue)s::text IS NULL OR queue = %(queue)s"
+    "  UNION ALL"
+    "  SELECT " + JOB_COLUMNS + " FROM {s}.jobs WHERE status IN " + _DEAD + " "
+    "    AND (%(queue)s::text IS NULL OR queue = %(queue)s)"
+    ") AS dead ORDER BY updated_at DESC, id DESC LIMIT %(limit)s"
+)
+
+_REQUEUE_DEAD_LIVE = (
+    "UPDATE {s}.jobs SET status = 'pending', attempt = 0, reprocess_count = 0, run_at = now(), "
+    "completed_at = NULL, updated_at = now() "
+    "WHERE id = %s AND status IN " + _DEAD + " "
+    "AND (unique_key IS NULL OR NOT EXISTS (SELECT 1 FROM {s}.jobs AS live "
+    "     WHERE live.unique_key = jobs.unique_key AND live.status IN ('pending', 'running')))"
+)
+
+_REQUEUE_FROM_DLQ = """
+INSERT INTO {s}.jobs (id, queue, data, status, priority, attempt, max_attempts, reprocess_count,
+                      lease, unique_key, fingerprint, run_at, created_at, updated_at, last_error)
+SELECT id, queue, data, 'pending', priority, 0, max_attempts, 0, lease, unique_key, fingerprint,
+       now(), created_at, now(), last_error
+FROM {s}.dlq WHERE id = %s
+ON CONFLICT DO NOTHING
+"""
+
+_DELETE_FROM_DLQ = "DELETE FROM {s}.dlq WHERE id = %s"
+
+_ARCHIVE_COMPLETED = (
+    "WITH moved AS (DELETE FROM {s}.jobs WHERE id IN ("
+    "    SELECT id FROM {s}.jobs WHERE status = 'completed' LIMIT %s FOR UPDATE SKIP LOCKED)"
+    "  RETURNING *) "
+    "INSERT INTO {s}.archive SELECT *, now() FROM moved"
+)
+
+_MOVE_DEAD = (
+    "WITH moved AS (DELETE FROM {s}.jobs WHERE id IN ("
+    "    SELECT id FROM {s}.jobs WHERE status IN " + _DEAD + " LIMIT %s FOR UPDATE SKIP LOCKED)"
+    "  RETURNING *) "
+    "INSERT INTO {s}.dlq SELECT *, now() FROM moved"
+)
+
+_PURGE_ARCHIVE = """
+DELETE FROM {s}.archive WHERE id IN (
+    SELECT id FROM {s}.archive WHERE moved_at < now() - make_interval(secs => %s) LIMIT %s)
+"""
