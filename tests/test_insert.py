@@ -1,0 +1,189 @@
+"""Inserting jobs: ids, dedup by unique key, batches, transactions, and bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+
+import simplequeue as sq
+from tests.conftest import count, eventually
+
+
+async def test_insert_returns_a_time_ordered_id(queue: sq.SimpleQueue, dsn: str) -> None:
+    first = await queue.insert_job(sq.Job("mail", {"to": "a@b.c"}, priority=5, max_attempts=7))
+    second = await queue.insert_job(sq.Job("mail", {"to": "d@e.f"}))
+    assert isinstance(first, uuid.UUID) and first.version == 7
+    assert second is not None and second > first
+    job = await queue.get_job(first)
+    assert job is not None
+    assert (job.queue, job.data, job.status, job.attempt) == ("mail", {"to": "a@b.c"}, "pending", 0)
+    assert (job.priority, job.max_attempts, job.reprocess_count) == (5, 7, 0)
+    assert job.created_at is not None and job.run_at is not None
+
+
+async def test_a_live_unique_key_deduplicates(queue: sq.SimpleQueue, dsn: str) -> None:
+    first = await queue.insert_job(sq.Job("mail", {}, unique_key="welcome:1"))
+    assert first is not None
+    assert await queue.insert_job(sq.Job("mail", {}, unique_key="welcome:1")) is None
+    assert count(dsn) == 1
+    # once the first one is no longer live, the key is free again
+    assert await queue.cancel_job(first)
+    assert await queue.insert_job(sq.Job("mail", {}, unique_key="welcome:1")) is not None
+    assert count(dsn) == 2
+
+
+async def test_concurrent_duplicate_inserts_leave_one_row(dsn: str) -> None:
+    queues = [sq.SimpleQueue.from_url(dsn, pool_min_size=1, pool_max_size=1) for _ in range(16)]
+    for q in queues:
+        await q.__aenter__()
+    try:
+        results = await asyncio.gather(
+            *(
+                q.insert_job(sq.Job("mail", {"n": i}, unique_key="same"))
+                for i, q in enumerate(queues)
+            )
+        )
+    finally:
+        for q in queues:
+            await q.__aexit__(None, None, None)
+    assert sum(r is not None for r in results) == 1
+    assert count(dsn, "unique_key = 'same'") == 1
+
+
+async def test_insert_jobs_is_aligned_and_deduplicates(queue: sq.SimpleQueue, dsn: str) -> None:
+    await queue.insert_job(sq.Job("mail", {}, unique_key="taken"))
+    jobs = [
+        sq.Job("mail", {"i": 0}),
+        sq.Job("mail", {"i": 1}, unique_key="taken"),
+        sq.Job("mail", {"i": 2}, unique_key="fresh"),
+        sq.Job("mail", {"i": 3}, unique_key="fresh"),
+        sq.Job("other", {"i": 4}),
+    ]
+    ids = await queue.insert_jobs(jobs)
+    assert ids == [jobs[0].id, None, jobs[2].id, None, jobs[4].id]
+    assert count(dsn) == 4
+    assert await queue.insert_jobs([]) == []
+
+
+async def test_insert_in_the_callers_transaction(queue: sq.SimpleQueue, dsn: str) -> None:
+    done = asyncio.Event()
+
+    class Mark(sq.Handler):
+        QUEUE = "tx"
+
+        async def process(self, queue: sq.SimpleQueue, job: sq.Job) -> None:
+            done.set()
+
+    queue.register_handler(Mark())
+    await queue.start()
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        # rolled back: never stored, never run
+        async with conn.transaction(force_rollback=True):
+            assert await queue.insert_job(sq.Job("tx", {"n": 1}), conn=conn) is not None
+        assert count(dsn) == 0
+        # committed: invisible to workers until the commit, then run
+        async with conn.transaction():
+            job_id = await queue.insert_job(sq.Job("tx", {"n": 2}), conn=conn)
+            await conn.execute("SELECT pg_sleep(0.5)")
+            assert count(dsn) == 0 and not done.is_set()
+    await asyncio.wait_for(done.wait(), 5)
+    await eventually(lambda: count(dsn, "id = %s AND status = 'completed'", [job_id]))
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: sq.Job("q", {"f": object()}), "JSON-serialisable"),
+        (lambda: sq.Job("q", {1, 2}), "JSON-serialisable"),
+        (lambda: sq.Job("q", float("nan")), "JSON-serialisable"),
+        (lambda: sq.Job("q", {}, run_at=datetime(2030, 1, 1)), "naive datetime"),
+        (lambda: sq.Job("", {}), "queue must be a non-empty string"),
+        (lambda: sq.Job(None, {}), "queue must be a non-empty string"),  # type: ignore[arg-type]
+        (lambda: sq.Job("q", {}, max_attempts=0), "max_attempts must be an integer between 1"),
+        (lambda: sq.Job("q", {}, max_attempts=2**31), "max_attempts must be an integer between 1"),
+        (lambda: sq.Job("q", {}, priority="high"), "priority must be an integer"),  # type: ignore[arg-type]
+        (lambda: sq.Job("q", {"s": "a\x00b"}), "NUL"),
+        (lambda: sq.Job("q\x00", {}), "NUL"),
+        (lambda: sq.Job("q", {}, unique_key=""), "unique_key must be a non-empty string"),
+        (lambda: sq.Job("q", {"s": "\ud800"}), "JSON-serialisable"),
+        (lambda: sq.Job("q", {}, fingerprint="x" * 2000), "limit is 1024"),
+    ],
+)
+def test_bad_jobs_are_refused_when_built(build: Any, message: str) -> None:
+    with pytest.raises(sq.InvalidJobError, match=message):
+        build()
+
+
+async def test_bad_input_writes_nothing(queue: sq.SimpleQueue, dsn: str) -> None:
+    with pytest.raises(sq.InvalidJobError, match=r"not a simplequeue\.Job"):
+        await queue.insert_jobs([sq.Job("q", {}), {"queue": "q"}])  # type: ignore[list-item]
+    job = sq.Job("q", {})
+    with pytest.raises(sq.InvalidJobError, match="same Job object"):
+        await queue.insert_jobs([job, job])
+    with pytest.raises(sq.InvalidJobError, match="max_payload_bytes"):
+        await queue.insert_jobs([sq.Job("q", {}), sq.Job("q", "x" * (1024 * 1024 + 1))])
+    assert count(dsn) == 0
+
+
+async def test_escaped_text_that_looks_like_nul_is_fine(queue: sq.SimpleQueue) -> None:
+    text = "C:\\u0000\\path"
+    job_id = await queue.insert_job(sq.Job("q", {"s": text}))
+    stored = await queue.get_job(job_id)  # type: ignore[arg-type]
+    assert stored is not None and stored.data == {"s": text}
+
+
+async def test_data_round_trips_exactly(queue: sq.SimpleQueue) -> None:
+    data = {
+        "unicode": "zażółć 🐘",
+        "big": 10**40,
+        "float": 1.5,
+        "nested": [[[{"a": None}]]],
+        "quote": "'; DROP TABLE jobs; --",
+        "empty": {},
+    }
+    job_id = await queue.insert_job(
+        sq.Job(
+            "q'\"; --",
+            data,
+            unique_key="k'\"",
+            fingerprint="ö",
+            run_at=datetime.now(UTC) + timedelta(days=1),
+        )
+    )
+    stored = await queue.get_job(job_id)  # type: ignore[arg-type]
+    assert stored is not None
+    assert stored.data == data
+    assert (stored.queue, stored.unique_key, stored.fingerprint) == ("q'\"; --", "k'\"", "ö")
+
+
+async def test_pydantic_model_as_data(queue: sq.SimpleQueue) -> None:
+    import pydantic
+
+    class Mail(pydantic.BaseModel):
+        to: str
+        when: datetime
+
+    when = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+    job_id = await queue.insert_job(sq.Job("q", Mail(to="a@b.c", when=when)))
+    stored = await queue.get_job(job_id)  # type: ignore[arg-type]
+    assert stored is not None and stored.data == {"to": "a@b.c", "when": "2030-01-02T03:04:05Z"}
+
+
+async def test_inserts_fail_clearly_when_the_database_is_gone(dsn: str) -> None:
+    from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+        dsn + " port=1", open=False, timeout=1, min_size=1
+    )
+    await pool.open(wait=False)
+    try:
+        with pytest.raises(PoolTimeout, match="couldn't get a connection"):
+            await sq.SimpleQueue(pool).insert_job(sq.Job("q", {}))
+    finally:
+        await pool.close()
+    assert count(dsn) == 0

@@ -1,0 +1,140 @@
+"""The reaper and the janitor, and a queue without the janitor extra."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import simplequeue as sq
+from simplequeue.maintenance.janitor import Janitor
+from simplequeue.maintenance.reaper import Reaper
+from tests.conftest import ROOT, count, query
+
+
+def stall(dsn: str, where: str = "true") -> None:
+    """Make running jobs look as if their worker died a minute ago."""
+    query(
+        dsn,
+        "UPDATE simplequeue.jobs SET status = 'running', attempt = attempt + 1, "
+        f"lease = lease + 1, heartbeat_at = now() - interval '1 minute' WHERE {where}",
+    )
+
+
+async def test_reaper_returns_stalled_jobs_and_catches_poison(
+    queue: sq.SimpleQueue, dsn: str
+) -> None:
+    ids = await queue.insert_jobs([sq.Job("q", 1), sq.Job("q", 2), sq.Job("q", 3)])
+    query(dsn, "UPDATE simplequeue.jobs SET reprocess_count = 99 WHERE data = '2'")
+    query(dsn, "UPDATE simplequeue.jobs SET attempt = 3 WHERE data = '3'")  # out of attempts
+    stall(dsn, "data IN ('1', '2')")
+    report = await Reaper(queue.pool, queue._store, queue.config).sweep()
+    assert (report.recovered, report.poisoned, report.exhausted) == (1, 1, 1)
+    rows = {
+        r[0]: r[1:]
+        for r in query(
+            dsn, "SELECT data::int, status, attempt, reprocess_count FROM simplequeue.jobs"
+        )
+    }
+    assert rows[1] == ("pending", 0, 1)  # attempt given back, reprocess counted
+    assert rows[2] == ("bad_job", 0, 100)
+    assert rows[3] == ("failed", 3, 0)
+    assert all(ids)
+
+
+async def test_reaper_leaves_beating_jobs_alone(queue: sq.SimpleQueue, dsn: str) -> None:
+    await queue.insert_job(sq.Job("q", {}))
+    query(dsn, "UPDATE simplequeue.jobs SET status = 'running', attempt = 1, heartbeat_at = now()")
+    report = await Reaper(queue.pool, queue._store, queue.config).sweep()
+    assert report.recovered == 0
+    assert count(dsn, "status = 'running'") == 1
+
+
+async def test_janitor_moves_in_bounded_batches_and_purges(queue: sq.SimpleQueue, dsn: str) -> None:
+    await queue.insert_jobs([sq.Job("q", i) for i in range(25)])
+    query(
+        dsn,
+        "UPDATE simplequeue.jobs SET status = CASE WHEN (data)::int < 10 THEN 'completed' "
+        "WHEN (data)::int < 20 THEN 'failed' ELSE 'pending' END",
+    )
+    config = queue.config.model_copy(update={"janitor_batch_size": 3, "archive_retention": 3600.0})
+    janitor = Janitor(queue.pool, queue._store, config)
+    report = await janitor.sweep()
+    assert (report.archived, report.dead_lettered, report.purged) == (10, 10, 0)
+    assert count(dsn) == 5 and count(dsn, table="archive") == 10 and count(dsn, table="dlq") == 10
+    query(
+        dsn,
+        "UPDATE simplequeue.archive SET moved_at = now() - interval '2 hours' "
+        "WHERE (data)::int < 4",
+    )
+    assert (await janitor.sweep()).purged == 4
+    assert count(dsn, table="archive") == 6
+
+
+def test_janitor_schedule_by_cron() -> None:
+    from datetime import UTC, datetime
+
+    config = sq.QueueConfig.build(janitor_schedule="*/15 * * * *")
+    janitor = Janitor(None, None, config)  # type: ignore[arg-type]
+    at = datetime(2030, 1, 1, 10, 7, tzinfo=UTC)
+    assert janitor.seconds_until_next(at) == 8 * 60
+    assert Janitor(None, None, sq.QueueConfig.build()).seconds_until_next(at) == 60  # type: ignore[arg-type]
+
+
+WITHOUT_EXTRA = """
+import asyncio, logging, sys
+sys.modules["croniter"] = None  # as if `pip install simplequeue` without [janitor]
+logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+import simplequeue as sq
+from simplequeue.maintenance import load_janitor
+assert load_janitor() is None
+
+class Ok(sq.Handler):
+    QUEUE = "ok"
+    async def process(self, queue, job):
+        return None
+
+async def main():
+    for _ in range(2):
+        async with sq.SimpleQueue.from_url(sys.argv[1], empty_poll_sleep=0.1) as queue:
+            queue.register_handler(Ok())
+            await queue.start()
+            job = await queue.wait_for_job(await queue.insert_job(sq.Job("ok", {})), timeout=10)
+            print("status:", job.status.value)
+asyncio.run(main())
+"""
+
+
+def test_without_the_extra_the_queue_works_and_says_so_once(dsn: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", WITHOUT_EXTRA, dsn],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("status: completed") == 2
+    assert result.stderr.count("no janitor runs in this process") == 1
+    assert 'pip install "simplequeue[janitor]"' in result.stderr
+    assert count(dsn, "status = 'completed'") == 2  # nothing archived: no janitor ran
+
+
+async def test_janitor_runs_in_the_worker_with_the_extra(dsn: str) -> None:
+    class Ok(sq.Handler):
+        QUEUE = "ok"
+
+        async def process(self, queue: sq.SimpleQueue, job: sq.Job) -> None:
+            return None
+
+    async with sq.SimpleQueue.from_url(dsn, janitor_interval=0.2) as queue:
+        queue.register_handler(Ok())
+        await queue.start()
+        job_id = await queue.insert_job(sq.Job("ok", {}))
+        from tests.conftest import eventually
+
+        await eventually(lambda: count(dsn, table="archive") == 1)
+        archived = await queue.get_job(job_id)  # type: ignore[arg-type]
+    assert archived is not None and archived.status is sq.JobStatus.COMPLETED
+    assert count(dsn) == 0

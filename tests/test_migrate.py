@@ -1,0 +1,61 @@
+"""Migrations: once, in order, idempotent, safe under concurrency, any valid schema."""
+
+from __future__ import annotations
+
+import asyncio
+
+import psycopg
+import pytest
+
+import simplequeue as sq
+from tests.conftest import count, query
+
+
+async def test_setup_is_idempotent(dsn: str) -> None:
+    assert await sq.setup(dsn, schema="fresh") == ["0001_init"]
+    assert await sq.setup(dsn, schema="fresh") == []
+    assert query(dsn, "SELECT version, name FROM fresh.schema_migrations") == [(1, "init")]
+
+
+async def test_concurrent_setup_applies_once(dsn: str) -> None:
+    results = await asyncio.gather(*(sq.setup(dsn, schema="racing") for _ in range(8)))
+    assert sorted(map(len, results)) == [0] * 7 + [1]
+    assert query(dsn, "SELECT count(*) FROM racing.schema_migrations") == [(1,)]
+
+
+async def test_setup_accepts_a_pool(dsn: str) -> None:
+    from psycopg_pool import AsyncConnectionPool
+
+    async with AsyncConnectionPool(dsn, min_size=1) as pool:
+        assert await sq.setup(pool, schema="pooled") == ["0001_init"]
+
+
+async def test_setup_refuses_a_bad_schema_name(dsn: str) -> None:
+    with pytest.raises(sq.ConfigError, match="invalid schema name"):
+        await sq.setup(dsn, schema='x"; DROP SCHEMA public; --')
+    assert query(dsn, "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'x%'") == [(0,)]
+
+
+async def test_setup_reports_an_unreachable_database(dsn: str) -> None:
+    with pytest.raises(psycopg.OperationalError):
+        await sq.setup(dsn + " port=1", schema="simplequeue")
+
+
+async def test_a_queue_on_its_own_schema(dsn: str) -> None:
+    await sq.setup(dsn, schema="tenant_a")
+
+    class Ok(sq.Handler):
+        QUEUE = "ok"
+
+        async def process(self, queue: sq.SimpleQueue, job: sq.Job) -> None:
+            return None
+
+    async with sq.SimpleQueue.from_url(dsn, schema="tenant_a") as queue:
+        queue.register_handler(Ok())
+        await queue.start()
+        job_id = await queue.insert_job(sq.Job("ok", {}))
+        assert job_id is not None
+        job = await queue.wait_for_job(job_id, timeout=10)
+    assert job.status is sq.JobStatus.COMPLETED
+    assert query(dsn, "SELECT count(*) FROM tenant_a.jobs") == [(1,)]
+    assert count(dsn) == 0  # the default schema saw nothing

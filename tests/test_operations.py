@@ -1,0 +1,182 @@
+"""Cancel, reschedule, read, wait, and the dead-letter queue, by id, key and fingerprint."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+import simplequeue as sq
+from tests.conftest import count, eventually, query
+
+
+async def test_cancel_by_id(queue: sq.SimpleQueue, dsn: str) -> None:
+    job_id = await queue.insert_job(sq.Job("q", {}))
+    assert job_id is not None
+    assert await queue.cancel_job(job_id) is True
+    assert await queue.cancel_job(job_id) is False  # no longer live
+    assert await queue.cancel_job(uuid.uuid4()) is False
+    job = await queue.get_job(job_id)
+    assert job is not None and job.status is sq.JobStatus.CANCELLED and job.completed_at
+
+
+async def test_cancel_by_unique_key_and_fingerprint(queue: sq.SimpleQueue, dsn: str) -> None:
+    await queue.insert_jobs(
+        [
+            sq.Job("q", {}, unique_key="k1", fingerprint="user:1"),
+            sq.Job("q", {}, unique_key="k2", fingerprint="user:1"),
+            sq.Job("q", {}, unique_key="k3", fingerprint="user:2"),
+        ]
+    )
+    assert await queue.cancel_job_by_unique_key("k3") == 1
+    assert await queue.cancel_job_by_unique_key("k3") == 0
+    assert await queue.cancel_jobs_by_fingerprint("user:1") == 2
+    assert await queue.cancel_jobs_by_fingerprint("nobody") == 0
+    assert count(dsn, "status = 'cancelled'") == 3
+
+
+async def test_reschedule_a_pending_job(queue: sq.SimpleQueue, dsn: str) -> None:
+    job_id = await queue.insert_job(sq.Job("q", {}))
+    assert job_id is not None
+    later = datetime.now(UTC) + timedelta(days=2)
+    assert await queue.reschedule_job(job_id, later) is True
+    job = await queue.get_job(job_id)
+    assert job is not None and job.run_at == later
+    with pytest.raises(sq.InvalidJobError, match="naive"):
+        await queue.reschedule_job(job_id, datetime(2031, 1, 1))
+    await queue.cancel_job(job_id)
+    assert await queue.reschedule_job(job_id, later) is False  # only pending jobs
+
+
+async def test_a_job_due_later_waits(queue: sq.SimpleQueue, dsn: str) -> None:
+    ran: list[uuid.UUID] = []
+
+    class Record(sq.Handler):
+        QUEUE = "later"
+
+        async def process(self, queue: sq.SimpleQueue, job: sq.Job) -> None:
+            ran.append(job.id)
+
+    queue.register_handler(Record())
+    await queue.start()
+    soon = await queue.insert_job(
+        sq.Job("later", {}, run_at=datetime.now(UTC) + timedelta(seconds=0.5))
+    )
+    later = await queue.insert_job(
+        sq.Job("later", {}, run_at=datetime.now(UTC) + timedelta(hours=1))
+    )
+    await eventually(lambda: ran == [soon], timeout=5)
+    assert count(dsn, "id = %s AND status = 'pending'", [later]) == 1
+    # rescheduling it to now makes it run
+    assert later is not None and await queue.reschedule_job(later, datetime.now(UTC))
+    await eventually(lambda: ran == [soon, later], timeout=5)
+
+
+async def test_priority_orders_the_claim(dsn: str) -> None:
+    order: list[int] = []
+
+    class Record(sq.Handler):
+        QUEUE = "prio"
+
+        async def process(self, queue: sq.SimpleQueue, job: sq.Job) -> None:
+            order.append(job.data)
+
+    async with sq.SimpleQueue.from_url(dsn, queue_permits=1, empty_poll_sleep=0.1) as queue:
+        await queue.insert_jobs([sq.Job("prio", n, priority=n) for n in (1, 5, 3)])
+        queue.register_handler(Record())
+        await queue.start()
+        await eventually(lambda: len(order) == 3)
+    assert order == [5, 3, 1]
+
+
+async def test_get_job_finds_archived_and_dead_jobs(dsn: str) -> None:
+    from simplequeue.maintenance.janitor import Janitor
+
+    class Ends(sq.Handler):
+        QUEUE = "ends"
+
+        async def process(self, queue: sq.SimpleQueue, job: sq.Job) -> sq.JobResult:
+            return sq.JobResult.success() if job.data == "ok" else sq.JobResult.critical("no")
+
+    async with sq.SimpleQueue.from_url(dsn, janitor_interval=3600) as queue:
+        queue.register_handler(Ends())
+        await queue.start()
+        ok = await queue.insert_job(sq.Job("ends", "ok"))
+        bad = await queue.insert_job(sq.Job("ends", "bad"))
+        assert ok and bad
+        await queue.wait_for_job(ok, timeout=5)
+        await queue.wait_for_job(bad, timeout=5)
+        await eventually(lambda: count(dsn, "status IN ('completed', 'critical_failure')") == 2)
+        report = await Janitor(queue.pool, queue._store, queue.config).sweep()
+        assert (report.archived, report.dead_lettered) == (1, 1)
+        assert count(dsn) == 0
+        archived = await queue.get_job(ok)
+        dead = await queue.get_job(bad)
+    assert archived is not None and archived.status is sq.JobStatus.COMPLETED
+    assert dead is not None and dead.status is sq.JobStatus.CRITICAL_FAILURE
+    assert dead.last_error == "no"
+
+
+async def test_list_and_requeue_dead_jobs(queue: sq.SimpleQueue, dsn: str) -> None:
+    from simplequeue.maintenance.janitor import Janitor
+
+    ids = await queue.insert_jobs([sq.Job("a", 1, unique_key="u1"), sq.Job("b", 2), sq.Job("a", 3)])
+    for job_id in ids:
+        assert job_id is not None and await queue.cancel_job(job_id)
+    # one moved to the DLQ table, two still in the live table: both count as dead
+    query(
+        dsn,
+        "UPDATE simplequeue.jobs SET updated_at = now() - interval '1 hour' WHERE id = %s",
+        [ids[2]],
+    )
+    await Janitor(
+        queue.pool, queue._store, queue.config.model_copy(update={"janitor_batch_size": 1})
+    ).sweep()
+    assert count(dsn, table="dlq") >= 1
+    dead = await queue.list_dlq()
+    assert sorted(j.data for j in dead) == [1, 2, 3]
+    assert sorted(j.data for j in await queue.list_dlq(queue="a")) == [1, 3]
+    assert len(await queue.list_dlq(limit=1)) == 1
+    with pytest.raises(ValueError, match="limit"):
+        await queue.list_dlq(limit=0)
+
+    # a live job holding the unique key blocks the requeue, and nothing moves
+    blocker = await queue.insert_job(sq.Job("a", "live", unique_key="u1"))
+    assert await queue.requeue_dlq_job(ids[0]) is False
+    assert len(await queue.list_dlq()) == 3
+    assert blocker is not None and await queue.cancel_job(blocker)
+
+    for job_id in ids:
+        assert await queue.requeue_dlq_job(job_id) is True
+    assert await queue.requeue_dlq_job(ids[0]) is False  # no longer dead
+    assert count(dsn, table="dlq") == 0
+    assert count(dsn, "status = 'pending' AND attempt = 0 AND reprocess_count = 0") == 3
+    assert await queue.list_dlq() == [] or all(j.data == "live" for j in await queue.list_dlq())
+
+
+async def test_wait_for_unknown_job_and_timeout(queue: sq.SimpleQueue) -> None:
+    with pytest.raises(sq.JobNotFoundError):
+        await queue.wait_for_job(uuid.uuid4(), timeout=1)
+    job_id = await queue.insert_job(sq.Job("nobody-handles-this", {}))
+    assert job_id is not None
+    with pytest.raises(TimeoutError, match="still pending"):
+        await queue.wait_for_job(job_id, timeout=0.3)
+    with pytest.raises(sq.InvalidJobError, match="not a job id"):
+        await queue.get_job("nope")  # type: ignore[arg-type]
+
+
+async def test_only_queues_with_handlers_are_claimed(queue: sq.SimpleQueue, dsn: str) -> None:
+    class Mine(sq.Handler):
+        QUEUE = "mine"
+
+        async def process(self, queue: sq.SimpleQueue, job: sq.Job) -> None:
+            return None
+
+    mine = await queue.insert_job(sq.Job("mine", {}))
+    theirs = await queue.insert_job(sq.Job("theirs", {}))
+    await queue.start()  # before any handler: register_handler works after start
+    queue.register_handler(Mine())
+    assert mine is not None
+    await queue.wait_for_job(mine, timeout=5)
+    assert count(dsn, "id = %s AND status = 'pending' AND attempt = 0", [theirs]) == 1

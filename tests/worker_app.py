@@ -1,0 +1,67 @@
+"""Handlers run by worker processes in the multi-process tests.
+
+Each execution is recorded in `test_executions` (job id, pid, start, end), written in its
+own transaction so the record survives even when the process is killed mid-job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from psycopg_pool import AsyncConnectionPool
+
+import simplequeue as sq
+
+DDL = """
+CREATE TABLE IF NOT EXISTS public.test_executions (
+    job_id uuid NOT NULL, pid integer NOT NULL,
+    started timestamptz NOT NULL DEFAULT clock_timestamp(), ended timestamptz)
+"""
+
+
+_pool: AsyncConnectionPool[Any] | None = None
+
+
+async def record(job: sq.Job, *, end: bool) -> None:
+    global _pool
+    if _pool is None:
+        _pool = AsyncConnectionPool(
+            os.environ["SIMPLEQUEUE_TEST_DSN_APP"],
+            min_size=1,
+            max_size=4,
+            kwargs={"autocommit": True},
+            open=False,
+        )
+        await _pool.open()
+    async with _pool.connection() as conn:
+        if end:
+            await conn.execute(
+                "UPDATE public.test_executions SET ended = clock_timestamp() "
+                "WHERE job_id = %s AND pid = %s AND ended IS NULL",
+                [job.id, os.getpid()],
+            )
+        else:
+            await conn.execute(
+                "INSERT INTO public.test_executions (job_id, pid) VALUES (%s, %s)",
+                [job.id, os.getpid()],
+            )
+
+
+class Work(sq.Handler):
+    """`sleep`: seconds to work; `crash`: exit the process abruptly mid-job."""
+
+    QUEUE = "work"
+
+    async def process(self, queue: sq.SimpleQueue, job: sq.Job) -> Any:
+        await record(job, end=False)
+        if job.data.get("crash"):
+            os._exit(17)
+        await asyncio.sleep(float(job.data.get("sleep", 0)))
+        await record(job, end=True)
+        return None
+
+
+def configure(queue: sq.SimpleQueue) -> None:
+    queue.register_handler(Work())
