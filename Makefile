@@ -23,7 +23,7 @@ test: install
 	$(BIN)/pytest
 
 lint: install
-	$(BIN)/ruff check simplequeue tests bench
+	$(BIN)/ruff check simplequeue tests $(wildcard bench)
 	$(BIN)/ruff format --check simplequeue tests
 	$(BIN)/mypy
 

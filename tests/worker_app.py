@@ -65,3 +65,6 @@ class Work(sq.Handler):
 
 def configure(queue: sq.SimpleQueue) -> None:
     queue.register_handler(Work())
+
+
+HANDLERS = [Work]
