@@ -60,6 +60,10 @@ async def _apply(conn: psycopg.AsyncConnection[Any], schema: str) -> list[str]:
     ident = sql.Identifier(schema)
     applied: list[str] = []
     try:
+        if await _up_to_date(conn, schema):
+            # No DDL at all, not even CREATE ... IF NOT EXISTS: a worker or producer role
+            # without CREATE privileges can call setup() on a migrated schema.
+            return applied
         async with conn.transaction():
             await conn.execute(
                 "SELECT pg_advisory_xact_lock(hashtext(%s))", [f"simplequeue.migrate.{schema}"]
@@ -97,3 +101,18 @@ async def _apply(conn: psycopg.AsyncConnection[Any], schema: str) -> list[str]:
     except psycopg.Error as exc:
         raise MigrationError(f"could not migrate schema {schema!r}: {exc}") from exc
     return applied
+
+
+async def _up_to_date(conn: psycopg.AsyncConnection[Any], schema: str) -> bool:
+    async with conn.transaction():
+        cur = await conn.execute(
+            "SELECT to_regclass(format('%%I.schema_migrations', %s::text)) IS NOT NULL", [schema]
+        )
+        row = await cur.fetchone()
+        if not row or not row[0]:
+            return False
+        cur = await conn.execute(
+            sql.SQL("SELECT version FROM {}.schema_migrations").format(sql.Identifier(schema))
+        )
+        done = {row[0] for row in await cur.fetchall()}
+    return all(m.version in done for m in migrations())

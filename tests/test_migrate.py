@@ -8,26 +8,31 @@ import psycopg
 import pytest
 
 import simplequeue as sq
+from simplequeue.migrate import migrations
 from tests.conftest import count, query
+
+ALL = [f"{m.version:04d}_{m.name}" for m in migrations()]
 
 
 async def test_setup_is_idempotent(dsn: str) -> None:
-    assert await sq.setup(dsn, schema="fresh") == ["0001_init"]
+    assert await sq.setup(dsn, schema="fresh") == ALL
     assert await sq.setup(dsn, schema="fresh") == []
-    assert query(dsn, "SELECT version, name FROM fresh.schema_migrations") == [(1, "init")]
+    assert query(dsn, "SELECT version, name FROM fresh.schema_migrations ORDER BY 1") == [
+        (m.version, m.name) for m in migrations()
+    ]
 
 
 async def test_concurrent_setup_applies_once(dsn: str) -> None:
     results = await asyncio.gather(*(sq.setup(dsn, schema="racing") for _ in range(8)))
-    assert sorted(map(len, results)) == [0] * 7 + [1]
-    assert query(dsn, "SELECT count(*) FROM racing.schema_migrations") == [(1,)]
+    assert sorted(map(len, results)) == [0] * 7 + [len(ALL)]
+    assert query(dsn, "SELECT count(*) FROM racing.schema_migrations") == [(len(ALL),)]
 
 
 async def test_setup_accepts_a_pool(dsn: str) -> None:
     from psycopg_pool import AsyncConnectionPool
 
     async with AsyncConnectionPool(dsn, min_size=1) as pool:
-        assert await sq.setup(pool, schema="pooled") == ["0001_init"]
+        assert await sq.setup(pool, schema="pooled") == ALL
 
 
 async def test_setup_refuses_a_bad_schema_name(dsn: str) -> None:
