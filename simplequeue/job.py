@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import decimal
 import enum
 import json
 import os
 import re
+import sys
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from simplequeue.errors import InvalidJobError
@@ -18,10 +20,39 @@ __all__ = ["Job", "JobResult", "JobStatus", "ResultKind", "new_job_id"]
 
 INT32_MAX = 2**31 - 1
 MAX_KEY_LENGTH = 1024
-"""Longest queue name, unique key or fingerprint: they are indexed, so keep them short."""
+"""Longest queue name, unique key or fingerprint, in UTF-8 bytes: they are indexed, and a
+btree entry must fit in a third of a page (2704 bytes)."""
+
+MAX_DATA_DEPTH = 256
+"""Deepest nesting of arrays and objects in job data: far enough below Python's recursion
+limit that any process can decode the payload again, whatever its own stack depth."""
+
+JSONB_MAX_BYTES = 2**28 - 1
+"""PostgreSQL's limit on one jsonb value (and on any string in it): 256 MiB."""
+
+NUMERIC_MAX_DIGITS = 131072
+"""The most digits PostgreSQL's numeric (what jsonb stores numbers as) takes before the point."""
+
+_JSONB_ENTRY_BYTES = 16
+"""Upper bound of jsonb's own bytes per value, key and container (entry, header, padding)."""
+
+EARLIEST_TIME = datetime(1, 1, 2, tzinfo=UTC)
+LATEST_TIME = datetime(9999, 12, 30, tzinfo=UTC)
+"""Times PostgreSQL stores and Python reads back in any session time zone (a day of margin
+at either end of Python's years 1 to 9999)."""
+
+_MAX_UTC_OFFSET = timedelta(hours=15, minutes=59, seconds=59)
 
 # A JSON-escaped NUL that is not itself an escaped backslash followed by "u0000".
 _ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+# A JSON string token; alternatives after it match only outside strings.
+_JSON_STRING = r'"[^"\\]*(?:\\.[^"\\]*)*"'
+_EXPONENT_HINT = re.compile(r"\de\+")
+_EXPONENT_FLOAT = re.compile(_JSON_STRING + r"|(-?\d+(?:\.\d+)?e\+\d+)", re.DOTALL)
+_LONG_INT = re.compile(_JSON_STRING + rf"|(\d{{{NUMERIC_MAX_DIGITS + 1},}})", re.DOTALL)
+_STRINGS = re.compile(_JSON_STRING, re.DOTALL)
+_NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
+_ARRAYS = (list, tuple)
 
 
 class JobStatus(enum.StrEnum):
@@ -63,21 +94,104 @@ def new_job_id() -> uuid.UUID:
 
 
 def encode_data(data: Any) -> str:
-    """The job's data as JSON text, or InvalidJobError when PostgreSQL could not store it."""
+    """The job's data as JSON text, or InvalidJobError when it could not be stored in jsonb
+    and read back equal: every check runs before anything is written.
+
+    Refused: what JSON cannot express (NaN, infinities, sets, objects, lone surrogates,
+    circular references), NUL characters, non-string object keys (JSON would turn them into
+    strings), nesting deeper than MAX_DATA_DEPTH, integers longer than numeric allows, and
+    documents over jsonb's 256 MiB. Floats of 1e16 and above are written out in full with a
+    ".0", because jsonb would print "1e+16" back as the integer 10000000000000000.
+    """
     if hasattr(data, "model_dump_json") and callable(data.model_dump_json):
         data = json.loads(data.model_dump_json())
     try:
         text = json.dumps(data, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
-        text.encode("utf-8")
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise InvalidJobError(
+            "job data must be JSON-serialisable as UTF-8: it contains the lone surrogate "
+            f"{exc.object[exc.start : exc.end]!r}, which is not a unicode character"
+        ) from exc
     except (TypeError, ValueError) as exc:
-        raise InvalidJobError(f"job data must be JSON-serialisable: {exc}") from exc
+        hint = " (NaN and infinities have no JSON form)" if "float" in str(exc) else ""
+        raise InvalidJobError(f"job data must be JSON-serialisable: {exc}{hint}") from exc
     except RecursionError as exc:
-        raise InvalidJobError("job data is nested too deeply to encode as JSON") from exc
+        raise InvalidJobError(_too_deep()) from exc
     if "\\u0000" in text and _ESCAPED_NUL.search(text):
         raise InvalidJobError(
             "job data contains a NUL character (\\u0000), which jsonb cannot store"
         )
+    if size * (_JSONB_ENTRY_BYTES + 1) > JSONB_MAX_BYTES:
+        entries = 1 + sum(text.count(char) for char in ",:[{")
+        if size + entries * _JSONB_ENTRY_BYTES > JSONB_MAX_BYTES:
+            raise InvalidJobError(
+                f"job data is too large for jsonb: {size} bytes of JSON holding up to "
+                f"{entries} values would exceed PostgreSQL's 256 MiB jsonb limit. Store "
+                "large blobs elsewhere and pass a reference."
+            )
+    if text.count("[") + text.count("{") > MAX_DATA_DEPTH and _nesting(text) > MAX_DATA_DEPTH:
+        raise InvalidJobError(_too_deep())
+    _check_keys(data)
+    digits = sys.get_int_max_str_digits()
+    if (digits == 0 or digits > NUMERIC_MAX_DIGITS) and any(
+        match.group(1) for match in _LONG_INT.finditer(text)
+    ):
+        raise InvalidJobError(
+            f"job data holds an integer of more than {NUMERIC_MAX_DIGITS} digits, which "
+            "PostgreSQL's numeric cannot store; pass it as a string"
+        )
+    if "e+" in text and _EXPONENT_HINT.search(text):
+        text = _EXPONENT_FLOAT.sub(_positional, text)
     return text
+
+
+def _too_deep() -> str:
+    return (
+        f"job data is nested more than {MAX_DATA_DEPTH} levels deep (arrays and objects); "
+        "flatten it"
+    )
+
+
+def _nesting(text: str) -> int:
+    """How deeply the arrays and objects of JSON text nest (brackets inside strings aside)."""
+    depth = deepest = 0
+    for char in _NOT_BRACKETS.sub("", _STRINGS.sub("", text)):
+        if char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
+def _check_keys(data: Any) -> None:
+    """Refuse object keys that JSON would turn into strings: they would not be read back.
+    (Tuples become lists, which read back equal enough to index the same way.)"""
+    stack = [data]
+    while stack:
+        value = stack.pop()
+        if type(value) is dict or isinstance(value, dict):
+            for key in value:
+                if type(key) is not str and not isinstance(key, str):
+                    raise InvalidJobError(
+                        f"job data has the {type(key).__name__} object key {key!r}: JSON "
+                        "object keys are strings, so it would be read back as a different "
+                        "key; convert the keys to strings first"
+                    )
+            stack.extend(value.values())
+        elif type(value) is list or isinstance(value, _ARRAYS):
+            stack.extend(value)
+
+
+def _positional(match: re.Match[str]) -> str:
+    """A float written with a positive exponent, in full and with a fraction, so that jsonb
+    prints it back as a float (strings, matched first, stay as they are)."""
+    number = match.group(1)
+    if number is None:
+        return match.group(0)
+    text = format(decimal.Decimal(number), "f")
+    return text if "." in text else text + ".0"
 
 
 def _check_key(name: str, value: Any, *, required: bool) -> None:
@@ -87,16 +201,21 @@ def _check_key(name: str, value: Any, *, required: bool) -> None:
         raise InvalidJobError(f"{name} must be a non-empty string, got {value!r}")
     if len(value) > MAX_KEY_LENGTH:
         raise InvalidJobError(
-            f"{name} is {len(value)} characters long; the limit is {MAX_KEY_LENGTH}"
+            f"{name} is {len(value)} characters long; the limit is {MAX_KEY_LENGTH} bytes"
         )
     if "\x00" in value:
         raise InvalidJobError(
             f"{name} contains a NUL character, which PostgreSQL text cannot store"
         )
     try:
-        value.encode("utf-8")
+        size = len(value.encode("utf-8"))
     except UnicodeEncodeError as exc:
         raise InvalidJobError(f"{name} is not valid unicode: {exc}") from exc
+    if size > MAX_KEY_LENGTH:
+        raise InvalidJobError(
+            f"{name} is {size} bytes long in UTF-8; the limit is {MAX_KEY_LENGTH} bytes "
+            "(it is indexed, and index entries must stay small)"
+        )
 
 
 def _check_int(name: str, value: Any, low: int) -> None:
@@ -106,13 +225,41 @@ def _check_int(name: str, value: Any, low: int) -> None:
         )
 
 
+MAX_TIMEOUT = 366 * 86400.0
+"""A year: longer than any attempt should run, short enough to be a plain float of seconds."""
+
+
+def _check_timeout(value: Any) -> float:
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidJobError(f"timeout must be seconds or a timedelta, got {value!r}")
+    if not 0 < value <= MAX_TIMEOUT:  # NaN fails this too
+        raise InvalidJobError(
+            f"timeout must be more than 0 and at most {MAX_TIMEOUT:g} seconds, got {value!r}"
+        )
+    return float(value)
+
+
 def require_aware(name: str, value: datetime) -> datetime:
     """Naive datetimes are ambiguous across hosts; refuse them instead of guessing a zone."""
     if not isinstance(value, datetime):
         raise InvalidJobError(f"{name} must be a datetime, got {type(value).__name__}")
-    if value.tzinfo is None or value.utcoffset() is None:
+    offset = value.utcoffset()
+    if value.tzinfo is None or offset is None:
         raise InvalidJobError(
             f"{name} is a naive datetime; pass a timezone-aware one, e.g. datetime.now(UTC)"
+        )
+    if offset % timedelta(seconds=1) or abs(offset) > _MAX_UTC_OFFSET:
+        raise InvalidJobError(
+            f"{name} has the UTC offset {offset}, which PostgreSQL does not accept (whole "
+            f"seconds up to ±15:59:59); convert it first, e.g. {name}.astimezone(UTC)"
+        )
+    if not EARLIEST_TIME <= value <= LATEST_TIME:
+        raise InvalidJobError(
+            f"{name} {value.isoformat()} is out of range: use a time between "
+            f"{EARLIEST_TIME:%Y-%m-%d} and {LATEST_TIME:%Y-%m-%d} UTC, which PostgreSQL stores "
+            "and Python reads back in any time zone"
         )
     return value
 
@@ -141,6 +288,7 @@ class Job:
         "reprocess_count",
         "run_at",
         "status",
+        "timeout",
         "unique_key",
         "updated_at",
     )
@@ -155,6 +303,7 @@ class Job:
         run_at: datetime | None = None,
         max_attempts: int = 3,
         priority: int = 0,
+        timeout: float | timedelta | None = None,
     ) -> None:
         _check_key("queue", queue, required=True)
         _check_key("unique_key", unique_key, required=False)
@@ -163,6 +312,7 @@ class Job:
         _check_int("priority", priority, -INT32_MAX)
         if run_at is not None:
             require_aware("run_at", run_at)
+        self.timeout = None if timeout is None else _check_timeout(timeout)
         self._encoded: str | None = encode_data(data)
         self.id: uuid.UUID = new_job_id()
         self.queue = queue
@@ -190,13 +340,16 @@ class Job:
         return self._encoded
 
     @classmethod
-    def from_row(cls, row: tuple[Any, ...]) -> Job:
-        """A job read back from the database, in the column order of `store.JOB_COLUMNS`."""
+    def from_row(cls, row: tuple[Any, ...], *, encoded: bool = False) -> Job:
+        """A job read back from the database, in the column order of `store.JOB_COLUMNS`.
+
+        With `encoded`, the data column is JSON text still to be decoded by `decode_data()`.
+        """
         job = cls.__new__(cls)
         (
             job.id,
             job.queue,
-            job.data,
+            data,
             status,
             job.priority,
             job.attempt,
@@ -210,11 +363,21 @@ class Job:
             job.updated_at,
             job.completed_at,
             job.last_error,
+            job.timeout,
         ) = row
         job.status = JobStatus(status)
-        job.payload = job.data
-        job._encoded = None
+        job._encoded = data if encoded else None
+        job.data = job.payload = None if encoded else data
         return job
+
+    def decode_data(self) -> None:
+        """Decode data claimed as JSON text; InvalidJobError if Python cannot read it."""
+        if self._encoded is None or self.data is not None:
+            return
+        try:
+            self.data = self.payload = json.loads(self._encoded)
+        except (ValueError, RecursionError) as exc:
+            raise InvalidJobError(f"stored payload cannot be decoded: {exc}") from None
 
     def __repr__(self) -> str:
         return (

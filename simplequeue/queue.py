@@ -191,7 +191,11 @@ class SimpleQueue:
             yield conn
 
     async def get_job(self, job_id: uuid.UUID) -> Job | None:
-        """The job from the live table, the archive or the DLQ; None if unknown."""
+        """The job from the live table, the archive or the DLQ; None if unknown.
+
+        Raises JobNotFoundError when the job is not live and this database role may not
+        read the archive and the DLQ (the producer role of `simplequeue roles`).
+        """
         async with self._connection() as conn:
             return await self._store.get_job(conn, _as_uuid(job_id))
 

@@ -218,6 +218,55 @@ async def test_handler_timeout_fails_the_attempt(queue: sq.SimpleQueue, dsn: str
     assert job.last_error == "timed out after 0.2s"
 
 
+async def test_a_job_timeout_overrides_the_handlers(queue: sq.SimpleQueue, dsn: str) -> None:
+    class Slowish(sq.Handler):
+        QUEUE = "slowish"
+        timeout = 30.0
+
+        async def process(self, queue: sq.SimpleQueue, job: sq.Job) -> None:
+            await asyncio.sleep(job.data["sleep"])
+
+    queue.register_handler(Slowish())
+    await queue.start()
+    short = await queue.insert_job(sq.Job("slowish", {"sleep": 30}, timeout=0.2, max_attempts=1))
+    roomy = await queue.insert_job(
+        sq.Job("slowish", {"sleep": 0.3}, timeout=timedelta(seconds=20), max_attempts=1)
+    )
+    assert short is not None and roomy is not None
+    timed_out = await queue.wait_for_job(short, timeout=10)
+    assert timed_out.status is sq.JobStatus.FAILED
+    assert timed_out.last_error == "timed out after 0.2s"
+    assert timed_out.timeout == 0.2
+    finished = await queue.wait_for_job(roomy, timeout=10)
+    assert finished.status is sq.JobStatus.COMPLETED
+    assert finished.timeout == 20.0
+
+
+@pytest.mark.parametrize("bad", [0, -1, float("nan"), float("inf"), "10", True, 10**9])
+async def test_a_bad_job_timeout_is_refused_before_anything_is_written(
+    queue: sq.SimpleQueue, dsn: str, bad: Any
+) -> None:
+    with pytest.raises(sq.InvalidJobError, match="timeout"):
+        sq.Job("q", {}, timeout=bad)
+    assert count(dsn) == 0
+
+
+async def test_a_backoff_that_raises_still_ends_the_attempt(
+    queue: sq.SimpleQueue, dsn: str
+) -> None:
+    def broken(attempt: int) -> float:
+        raise RuntimeError("no delay today")
+
+    queue.set_backoff("scripted", sq.Custom(broken))
+    job = await run_one(queue, Scripted(), {"do": "raise"}, max_attempts=2)
+    assert job.status is sq.JobStatus.PENDING
+    assert job.attempt == 1
+    assert "kaput" in (job.last_error or "")
+    await queue.stop()
+    state = row(dsn, job.id)
+    assert state["run_at"] > state["now"], "retried after a fallback delay, not at once"
+
+
 async def test_a_late_result_after_cancel_changes_nothing(queue: sq.SimpleQueue, dsn: str) -> None:
     started = asyncio.Event()
     release = asyncio.Event()
@@ -240,3 +289,31 @@ async def test_a_late_result_after_cancel_changes_nothing(queue: sq.SimpleQueue,
     await queue.stop()
     stored = row(dsn, job_id)
     assert stored["status"] == "cancelled"
+
+
+async def test_a_stored_payload_that_cannot_be_decoded_ends_unprocessable(
+    queue: sq.SimpleQueue, dsn: str
+) -> None:
+    ran: list[Any] = []
+
+    class Any_(sq.Handler):
+        QUEUE = "any"
+
+        async def process(self, queue: sq.SimpleQueue, job: sq.Job) -> None:
+            ran.append(job.data)
+
+    # written by some other client: valid jsonb, but Python refuses ints over 4300 digits
+    query(
+        dsn,
+        "INSERT INTO simplequeue.jobs (id, queue, data) VALUES "
+        "(gen_random_uuid(), 'any', ('[' || repeat('9', 5000) || ']')::jsonb), "
+        "(gen_random_uuid(), 'any', '\"fine\"')",
+    )
+    queue.register_handler(Any_())
+    await queue.start()
+    await eventually(lambda: count(dsn, "status IN ('completed', 'unprocessable')") == 2)
+    ((error,),) = query(
+        dsn, "SELECT last_error FROM simplequeue.jobs WHERE status = 'unprocessable'"
+    )
+    assert "stored payload cannot be decoded" in error
+    assert ran == ["fine"]

@@ -10,12 +10,15 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from simplequeue.backoff import Fixed
+from simplequeue.errors import InvalidJobError
 from simplequeue.handler import Handler
 from simplequeue.job import Job, JobResult, JobStatus
 from simplequeue.permits import CancelJob, MarkCompleted, RetryJob, TryAfter
 from simplequeue.registry import QueueRegistry
 from simplequeue.runtime.heartbeat import Heartbeater
 from simplequeue.runtime.outcomes import (
+    FALLBACK_DELAY,
     describe_error,
     outcome_for_failure,
     outcome_for_result,
@@ -67,6 +70,11 @@ class Executor:
                     "job %s interrupted by shutdown; returned to pending", job.id, extra=_extra(job)
                 )
                 raise
+            except Exception as exc:  # a bug of ours must not strand the job as running
+                log.exception("job %s: processing failed unexpectedly", job.id, extra=_extra(job))
+                outcome = outcome_for_failure(
+                    job, f"internal error: {describe_error(exc)}", Fixed(FALLBACK_DELAY)
+                )
             await self._results.submit(outcome)
 
     def shutdown(self) -> None:
@@ -75,6 +83,10 @@ class Executor:
     async def _attempt(self, job: Job) -> Outcome:
         handler = self._registry.handlers[job.queue]
         backoff = self._registry.backoff(job.queue)
+        try:
+            job.decode_data()
+        except InvalidJobError as exc:
+            return Outcome(job.id, job.lease, JobStatus.UNPROCESSABLE, error=str(exc))
         try:
             permit = await self._registry.strategy(job.queue).acquire(job)
         except CancelJob:
@@ -125,14 +137,15 @@ class Executor:
             work = loop.run_in_executor(self._threads, call)
         else:
             work = handler.process(self._queue, job)
-        if handler.timeout is None:
+        limit = job.timeout if job.timeout is not None else handler.timeout
+        if limit is None:
             return await work
         try:
-            async with asyncio.timeout(handler.timeout) as scope:
+            async with asyncio.timeout(limit) as scope:
                 return await work
         except TimeoutError:
             if scope.expired():
-                raise HandlerTimeout(f"timed out after {handler.timeout:g}s") from None
+                raise HandlerTimeout(f"timed out after {limit:g}s") from None
             raise
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import traceback
 from datetime import datetime
 
@@ -17,6 +18,8 @@ __all__ = [
     "outcome_for_try_after",
 ]
 
+log = logging.getLogger("simplequeue.executor")
+
 _TERMINAL = {
     ResultKind.SUCCESS: JobStatus.COMPLETED,
     ResultKind.CANCEL: JobStatus.CANCELLED,
@@ -27,12 +30,29 @@ _TERMINAL = {
 
 def describe_error(exc: BaseException) -> str:
     """What `last_error` keeps of an exception: its type, message and where it was raised."""
-    text = f"{type(exc).__name__}: {exc}".rstrip(": ")
+    try:
+        message = str(exc)
+    except Exception:  # a broken __str__ must not take the job's outcome with it
+        message = "<the exception's message could not be rendered>"
+    text = f"{type(exc).__name__}: {message}".rstrip(": ")
     frames = traceback.extract_tb(exc.__traceback__)
     if frames:
         last = frames[-1]
         text += f" (at {last.filename}:{last.lineno} in {last.name})"
     return text
+
+
+FALLBACK_DELAY = 60.0
+"""Seconds before a retry when the queue's backoff strategy itself fails."""
+
+
+def backoff_delay(backoff: BackoffStrategy, attempt: int) -> float:
+    """The strategy's delay, in seconds; a strategy that raises must not strand the job."""
+    try:
+        return backoff.delay(attempt).total_seconds()
+    except Exception:
+        log.exception("backoff strategy %r failed; retrying in %gs", backoff, FALLBACK_DELAY)
+        return FALLBACK_DELAY
 
 
 def outcome_for_failure(
@@ -41,7 +61,7 @@ def outcome_for_failure(
     """The attempt is spent: retry after backoff (never before `not_before`), or give up."""
     if job.attempt >= job.max_attempts:
         return Outcome(job.id, job.lease, JobStatus.FAILED, error=error)
-    delay = backoff.delay(job.attempt).total_seconds()
+    delay = backoff_delay(backoff, job.attempt)
     return Outcome(
         job.id, job.lease, JobStatus.PENDING, delay=delay, not_before=not_before, error=error
     )
@@ -68,7 +88,7 @@ def outcome_for_result(
             error=f"poison job: rescheduled or stalled {job.reprocess_count + 1} "
             "times (max_reprocess_count)",
         )
-    delay = backoff.delay(max(job.attempt, 1)).total_seconds()
+    delay = backoff_delay(backoff, max(job.attempt, 1))
     return Outcome(
         job.id,
         job.lease,
