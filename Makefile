@@ -23,13 +23,17 @@ test: install
 	$(BIN)/pytest
 
 lint: install
-	$(BIN)/ruff check simplequeue tests $(wildcard bench)
-	$(BIN)/ruff format --check simplequeue tests
+	$(BIN)/ruff check simplequeue tests chaos $(wildcard bench)
+	$(BIN)/ruff format --check simplequeue tests chaos
 	$(BIN)/mypy
 
 format: install
-	$(BIN)/ruff format simplequeue tests
-	$(BIN)/ruff check --fix simplequeue tests bench
+	$(BIN)/ruff format simplequeue tests chaos
+	$(BIN)/ruff check --fix simplequeue tests chaos bench
+
+# Fault injection at full size (about 15 minutes): kills, restarts, stalls, shutdown, soak.
+chaos: install
+	$(BIN)/python chaos/run.py --size full
 
 bench:
 	bash bench/setup.sh

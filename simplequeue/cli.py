@@ -1,4 +1,4 @@
-"""The `simplequeue` command: migrate, worker, demo."""
+"""The `simplequeue` command: migrate, worker, roles, demo."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -73,6 +74,25 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--shutdown-timeout", type=float, default=30.0)
     worker.set_defaults(func=_worker)
 
+    roles = commands.add_parser(
+        "roles",
+        help="create least-privilege producer and worker roles and grant them their privileges",
+        description="Create (if missing) a producer role that may insert and read live jobs "
+        "and a worker role that may run them, and grant each exactly its privileges on the "
+        "schema. Run as the schema's owner or a superuser, after `migrate`. See "
+        "docs/security.md.",
+    )
+    dsn_options(roles)
+    roles.add_argument("--producer", default="simplequeue_producer", help="producer role name")
+    roles.add_argument("--worker", default="simplequeue_worker", help="worker role name")
+    roles.add_argument(
+        "--login",
+        action="store_true",
+        help="let the roles log in (default: new roles are NOLOGIN, to be granted to login "
+        "roles; set passwords with ALTER ROLE ... PASSWORD or psql's \\password)",
+    )
+    roles.set_defaults(func=_roles)
+
     demo = commands.add_parser("demo", help="a guided tour on a throwaway database")
     dsn_options(demo, required=False)
     demo.set_defaults(func=_demo)
@@ -129,7 +149,26 @@ def _worker(args: argparse.Namespace) -> int:
         "use_notify": not args.no_notify,
     }
     asyncio.run(_run_worker(args.dsn, settings, configure, args.shutdown_timeout, args.no_migrate))
+    _exit_past_sync_handlers()
     return 0
+
+
+def _exit_past_sync_handlers() -> None:
+    """Leave at once when interrupted sync handlers still run in their threads.
+
+    A thread cannot be cancelled, and interpreter exit would wait for it: the process (and
+    the handler's side effects) would run on although its job is already back in `pending`.
+    """
+    busy = [t for t in threading.enumerate() if t.name.startswith("simplequeue-job")]
+    for thread in busy:
+        thread.join(timeout=0.2)
+    busy = [t for t in busy if t.is_alive()]
+    if busy:
+        log.warning("exiting with %d interrupted sync handler(s) still running", len(busy))
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 async def _run_worker(
@@ -172,6 +211,25 @@ async def _run_worker(
         await queue.stop(shutdown_timeout)
     await asyncio.gather(*stopping)
     log.info("worker stopped")
+
+
+def _roles(args: argparse.Namespace) -> int:
+    from simplequeue.roles import grant_roles
+
+    asyncio.run(
+        grant_roles(
+            args.dsn,
+            schema=args.schema,
+            producer=args.producer,
+            worker=args.worker,
+            login=args.login,
+        )
+    )
+    print(
+        f"granted on schema {args.schema}: producer {args.producer} (insert and read live "
+        f"jobs), worker {args.worker} (run jobs, reaper, janitor)"
+    )
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:

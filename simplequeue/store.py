@@ -18,14 +18,19 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import TupleRow, tuple_row
 
+from simplequeue.errors import JobNotFoundError
 from simplequeue.job import DEAD_STATUSES, Job
 
 __all__ = ["JOB_COLUMNS", "Outcome", "Store"]
 
 JOB_COLUMNS = (
     "id, queue, data, status, priority, attempt, max_attempts, reprocess_count, lease, "
-    "unique_key, fingerprint, run_at, created_at, updated_at, completed_at, last_error"
+    "unique_key, fingerprint, run_at, created_at, updated_at, completed_at, last_error, "
+    "timeout_seconds"
 )
+"""What `Job.from_row` reads, in its order."""
+_ROW_COLUMNS = JOB_COLUMNS + ", heartbeat_at"
+"""Every column of a job row: what the janitor copies to the archive and the DLQ."""
 _DEAD = "(" + ", ".join(f"'{s}'" for s in DEAD_STATUSES) + ")"
 
 AnyConn = psycopg.AsyncConnection[Any]
@@ -47,6 +52,25 @@ class Outcome:
     delay: float = 0.0
     not_before: datetime | None = None
     error: str | None = None
+
+
+MAX_ERROR_CHARS = 8192
+"""`last_error` keeps at most this much of a handler's error text."""
+
+
+def storable_error(text: str | None) -> str | None:
+    """Error text as a text column can hold it: no NUL, no lone surrogate, bounded.
+
+    Handlers raise whatever they like; a message PostgreSQL refuses would make the
+    result write fail and the job run again and again.
+    """
+    if text is None:
+        return None
+    text = text.replace("\x00", "\\x00")
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    if len(text) > MAX_ERROR_CHARS:
+        text = text[: MAX_ERROR_CHARS - 20] + f" ... [{len(text) - MAX_ERROR_CHARS + 20} more]"
+    return text
 
 
 async def _run(
@@ -75,7 +99,8 @@ class Store:
         self._heartbeat = _q(_HEARTBEAT, schema)
         self._reap_stalled = _q(_REAP_STALLED, schema)
         self._fail_exhausted = _q(_FAIL_EXHAUSTED, schema)
-        self._get_job = _q(_GET_JOB, schema)
+        self._get_live_job = _q(_GET_LIVE_JOB, schema)
+        self._get_finished_job = _q(_GET_FINISHED_JOB, schema)
         self._cancel_by = {
             column: _q(_CANCEL.format(column=column, s="{s}"), schema)
             for column in ("id", "unique_key", "fingerprint")
@@ -110,6 +135,7 @@ class Store:
             [j.unique_key for j in jobs],
             [j.fingerprint for j in jobs],
             [j.run_at for j in jobs],
+            [j.timeout for j in jobs],
         ]
         if notify:
             params += [self.channel, notify_payload({j.queue for j in jobs})]
@@ -121,11 +147,15 @@ class Store:
     async def claim(
         self, conn: AnyConn, queues: Sequence[str], limits: Sequence[int], total: int
     ) -> list[Job]:
-        """Claim up to `total` due jobs, at most `limits[i]` of `queues[i]`, in one statement."""
+        """Claim up to `total` due jobs, at most `limits[i]` of `queues[i]`, in one statement.
+
+        The data comes back as JSON text, decoded per job by its executor: one payload that
+        Python cannot decode must fail its own job, not the whole batch.
+        """
         cur = await _run(
             conn, self._claim, {"queues": list(queues), "limits": list(limits), "total": total}
         )
-        return [Job.from_row(row) for row in await cur.fetchall()]
+        return [Job.from_row(row, encoded=True) for row in await cur.fetchall()]
 
     async def write_outcomes(self, conn: AnyConn, outcomes: Sequence[Outcome]) -> set[uuid.UUID]:
         """Apply a batch of results in one fenced statement; returns the ids it changed."""
@@ -140,7 +170,7 @@ class Store:
                 [o.reprocess for o in outcomes],
                 [o.delay for o in outcomes],
                 [o.not_before for o in outcomes],
-                [o.error for o in outcomes],
+                [storable_error(o.error) for o in outcomes],
             ],
         )
         return {row[0] for row in await cur.fetchall()}
@@ -189,8 +219,28 @@ class Store:
     # -- operators -------------------------------------------------------------------
 
     async def get_job(self, conn: AnyConn, job_id: uuid.UUID) -> Job | None:
-        cur = await _run(conn, self._get_job, {"id": job_id})
+        """The job from the live table; only when it is not there, from the archive or DLQ.
+
+        So a role that may read live jobs only (the producer role) reads them; for a job
+        that is not live, such a role gets JobNotFoundError saying why. Live is read again
+        last, for a job requeued from the DLQ between the first two reads.
+        """
+        cur = await _run(conn, self._get_live_job, {"id": job_id})
         row = await cur.fetchone()
+        if row is None:
+            try:
+                cur = await _run(conn, self._get_finished_job, {"id": job_id})
+            except psycopg.errors.InsufficientPrivilege as exc:
+                raise JobNotFoundError(
+                    f"job {job_id} is not in {self.schema}.jobs, and this database role may "
+                    f"not read {self.schema}.archive or {self.schema}.dlq "
+                    f"({exc.diag.message_primary}): producers read live jobs only; finished "
+                    "jobs need a role with the worker's privileges"
+                ) from exc
+            row = await cur.fetchone()
+        if row is None:
+            cur = await _run(conn, self._get_live_job, {"id": job_id})
+            row = await cur.fetchone()
         return Job.from_row(row) if row else None
 
     async def cancel(self, conn: AnyConn, column: str, value: uuid.UUID | str) -> int:
@@ -239,12 +289,14 @@ def notify_payload(queues: set[str]) -> str:
 # -- the statements ------------------------------------------------------------------
 
 _INSERT_ROWS = """
-    INSERT INTO {s}.jobs (id, queue, data, priority, max_attempts, unique_key, fingerprint, run_at)
+    INSERT INTO {s}.jobs (id, queue, data, priority, max_attempts, unique_key, fingerprint, run_at,
+                          timeout_seconds)
     SELECT id, queue, data::jsonb, priority, max_attempts, unique_key, fingerprint,
-           COALESCE(run_at, now())
+           COALESCE(run_at, now()), timeout_seconds
     FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::int[], %s::int[], %s::text[],
-                %s::text[], %s::timestamptz[])
-         AS t(id, queue, data, priority, max_attempts, unique_key, fingerprint, run_at)
+                %s::text[], %s::timestamptz[], %s::float8[])
+         AS t(id, queue, data, priority, max_attempts, unique_key, fingerprint, run_at,
+              timeout_seconds)
     ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND status IN ('pending', 'running')
     DO NOTHING
     RETURNING id
@@ -276,10 +328,10 @@ SET status = 'running', attempt = jobs.attempt + 1, lease = jobs.lease + 1,
     heartbeat_at = now(), updated_at = now()
 FROM candidates
 WHERE jobs.id = candidates.id
-RETURNING jobs.id, jobs.queue, jobs.data, jobs.status, jobs.priority, jobs.attempt,
+RETURNING jobs.id, jobs.queue, jobs.data::text, jobs.status, jobs.priority, jobs.attempt,
           jobs.max_attempts, jobs.reprocess_count, jobs.lease, jobs.unique_key,
           jobs.fingerprint, jobs.run_at, jobs.created_at, jobs.updated_at,
-          jobs.completed_at, jobs.last_error
+          jobs.completed_at, jobs.last_error, jobs.timeout_seconds
 """
 
 _WRITE_OUTCOMES = """
@@ -301,11 +353,24 @@ WHERE j.id = r.id AND j.status = 'running' AND j.lease = r.lease
 RETURNING j.id
 """
 
+# SKIP LOCKED: a row held by another transaction (a result write, a cancel, a user's long
+# transaction) must not block the beats of all the others; it is beaten next interval.
+# The ids returned are read from the snapshot, locked or not: still running under the lease.
+# Never waiting on a lock, a beat cannot deadlock with a result write either.
 _HEARTBEAT = """
-UPDATE {s}.jobs AS j SET heartbeat_at = now()
-FROM unnest(%s::uuid[], %s::int[]) AS b(id, lease)
-WHERE j.id = b.id AND j.status = 'running' AND j.lease = b.lease
-RETURNING j.id
+WITH mine AS (
+    SELECT j.id FROM {s}.jobs AS j
+    JOIN unnest(%s::uuid[], %s::int[]) AS b(id, lease) ON j.id = b.id AND j.lease = b.lease
+    WHERE j.status = 'running'
+), beatable AS (
+    SELECT j.id FROM {s}.jobs AS j JOIN mine ON j.id = mine.id
+    WHERE j.status = 'running'
+    ORDER BY j.id
+    FOR UPDATE OF j SKIP LOCKED
+), beaten AS (
+    UPDATE {s}.jobs AS j SET heartbeat_at = now() FROM beatable WHERE j.id = beatable.id
+)
+SELECT id FROM mine
 """
 
 _REAP_STALLED = """
@@ -337,9 +402,10 @@ SET status = 'failed', completed_at = now(), updated_at = now(),
 WHERE status = 'pending' AND attempt >= max_attempts
 """
 
-_GET_JOB = (
-    "SELECT " + JOB_COLUMNS + " FROM {s}.jobs WHERE id = %(id)s "
-    "UNION ALL SELECT " + JOB_COLUMNS + " FROM {s}.archive WHERE id = %(id)s "
+_GET_LIVE_JOB = "SELECT " + JOB_COLUMNS + " FROM {s}.jobs WHERE id = %(id)s"
+
+_GET_FINISHED_JOB = (
+    "SELECT " + JOB_COLUMNS + " FROM {s}.archive WHERE id = %(id)s "
     "UNION ALL SELECT " + JOB_COLUMNS + " FROM {s}.dlq WHERE id = %(id)s "
     "LIMIT 1"
 )
@@ -374,9 +440,10 @@ _REQUEUE_DEAD_LIVE = (
 
 _REQUEUE_FROM_DLQ = """
 INSERT INTO {s}.jobs (id, queue, data, status, priority, attempt, max_attempts, reprocess_count,
-                      lease, unique_key, fingerprint, run_at, created_at, updated_at, last_error)
+                      lease, unique_key, fingerprint, run_at, created_at, updated_at, last_error,
+                      timeout_seconds)
 SELECT id, queue, data, 'pending', priority, 0, max_attempts, 0, lease, unique_key, fingerprint,
-       now(), created_at, now(), last_error
+       now(), created_at, now(), last_error, timeout_seconds
 FROM {s}.dlq WHERE id = %s
 ON CONFLICT DO NOTHING
 """
@@ -392,15 +459,15 @@ _DELETE_FROM_DLQ = "DELETE FROM {s}.dlq WHERE id = %s"
 _ARCHIVE_COMPLETED = (
     "WITH moved AS (DELETE FROM {s}.jobs WHERE id IN ("
     "    SELECT id FROM {s}.jobs WHERE status = 'completed' LIMIT %s FOR UPDATE SKIP LOCKED)"
-    "  RETURNING *) "
-    "INSERT INTO {s}.archive SELECT *, now() FROM moved"
+    "  RETURNING " + _ROW_COLUMNS + ") "
+    "INSERT INTO {s}.archive (" + _ROW_COLUMNS + ") SELECT " + _ROW_COLUMNS + " FROM moved"
 )
 
 _MOVE_DEAD = (
     "WITH moved AS (DELETE FROM {s}.jobs WHERE id IN ("
     "    SELECT id FROM {s}.jobs WHERE status IN " + _DEAD + " LIMIT %s FOR UPDATE SKIP LOCKED)"
-    "  RETURNING *) "
-    "INSERT INTO {s}.dlq SELECT *, now() FROM moved"
+    "  RETURNING " + _ROW_COLUMNS + ") "
+    "INSERT INTO {s}.dlq (" + _ROW_COLUMNS + ") SELECT " + _ROW_COLUMNS + " FROM moved"
 )
 
 _PURGE_ARCHIVE = """

@@ -124,3 +124,49 @@ async def test_jobs_inserted_while_the_database_was_away_are_found(dsn: str) -> 
                 "VALUES (gen_random_uuid(), 'stamp', '7')"
             )
         await eventually(lambda: 7 in handler.seen, timeout=10)
+
+
+class Idle(sq.Handler):
+    QUEUE = "idle"
+
+    async def process(self, queue: sq.SimpleQueue, job: sq.Job) -> None:
+        pass
+
+
+async def test_a_full_queue_moves_on_when_another_handled_queue_is_idle(dsn: str) -> None:
+    # One permit for "stamp", nothing for "idle" to do: each finished stamp job must wake the
+    # poller, which is otherwise asleep on the idle queue's behalf until the fallback poll.
+    handler = Stamp()
+    async with sq.SimpleQueue.from_url(dsn, empty_poll_sleep=60) as queue:
+        queue.register_handler(handler)
+        queue.register_handler(Idle())
+        queue.set_queue_permits("stamp", 1)
+        await queue.insert_jobs([sq.Job("stamp", n) for n in range(5)])
+        await queue.start()
+        await eventually(lambda: len(handler.seen) == 5, timeout=20)
+
+
+async def test_finished_results_waiting_to_be_written_hold_back_their_jobs(dsn: str) -> None:
+    # A full result buffer makes the finishing job wait with its permits: claims cannot
+    # outrun the writes and leave thousands of rows `running` that nobody is running.
+    from simplequeue.runtime.results import ResultWriter
+    from simplequeue.store import Outcome
+
+    async with sq.SimpleQueue.from_url(dsn) as queue:
+        ids = [job_id for job_id in await queue.insert_jobs([sq.Job("q", n) for n in range(3)])]
+        query(dsn, "UPDATE simplequeue.jobs SET status = 'running', attempt = 1, lease = 1")
+        writer = ResultWriter(
+            queue.pool, queue._store, batch_size=10, flush_interval=0, max_buffered=2
+        )
+        for job_id in ids[:2]:
+            assert job_id is not None
+            await writer.submit(Outcome(job_id, 1, "completed"))
+        assert ids[2] is not None
+        third = asyncio.create_task(writer.submit(Outcome(ids[2], 1, "completed")))
+        await asyncio.sleep(0.2)
+        assert not third.done(), "a full buffer must make the submitter wait"
+        running = asyncio.create_task(writer.run())
+        await asyncio.wait_for(third, 5)
+        writer.close(time.monotonic() + 5)
+        await running
+    assert count(dsn, "status = 'completed'") == 3

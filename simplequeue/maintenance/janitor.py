@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
 from croniter import croniter
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from simplequeue.config import QueueConfig
+from simplequeue.runtime.outage import Outage
 from simplequeue.store import Store
 
 __all__ = ["Janitor", "JanitorReport"]
@@ -40,6 +42,7 @@ class Janitor:
         self._pool = pool
         self._store = store
         self._config = config
+        self._outage = Outage(log, "janitor")
 
     def seconds_until_next(self, now: datetime | None = None) -> float:
         if self._config.janitor_schedule is None:
@@ -51,7 +54,12 @@ class Janitor:
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self.seconds_until_next())
-            await self.sweep()
+            try:
+                await self.sweep()
+            except (psycopg.OperationalError, PoolTimeout) as exc:
+                self._outage.failed(exc)  # logged once; the next sweep is the retry
+                continue
+            self._outage.recovered()
 
     async def sweep(self) -> JanitorReport:
         batch = self._config.janitor_batch_size

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
-from psycopg_pool import AsyncConnectionPool
+import psycopg
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from simplequeue.config import QueueConfig
 from simplequeue.job import JobStatus
+from simplequeue.runtime.outage import Outage, seconds_since_trouble
 from simplequeue.store import Store
 
 __all__ = ["ReapReport", "Reaper"]
 
 log = logging.getLogger("simplequeue.reaper")
+
+MAX_DEFER_FACTOR = 10
 
 
 @dataclass(frozen=True)
@@ -27,18 +32,56 @@ class ReapReport:
 
 class Reaper:
     """Stalled running jobs → pending (attempt given back, reprocess counted), or bad_job
-    once poison; pending jobs with no attempts left → failed."""
+    once poison; pending jobs with no attempts left → failed.
+
+    After trouble with the database (any of this process's connections failing) it waits
+    until `stall_after` has passed without any: an outage silences every worker's
+    heartbeats, not only those of dead workers, and the live ones need that long to beat
+    again. Reaping at once would take their jobs away and run them twice. Trouble that
+    persists defers reaping by at most `MAX_DEFER_FACTOR` × `stall_after` at a time.
+    """
 
     def __init__(self, pool: AsyncConnectionPool[Any], store: Store, config: QueueConfig) -> None:
         self._pool = pool
         self._store = store
         self._config = config
+        self._outage = Outage(log, "reaper")
+        self._deferring_since: float | None = None
 
     async def run(self) -> None:
         interval = self._config.reaper_interval or self._config.heartbeat_interval
         while True:
-            await self.sweep()
+            wait = self._defer_for()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            try:
+                await self.sweep()
+            except (psycopg.OperationalError, PoolTimeout) as exc:
+                await asyncio.sleep(self._outage.failed(exc))
+                continue
+            self._outage.recovered()
             await asyncio.sleep(interval)
+
+    def _defer_for(self) -> float:
+        """Seconds to wait before the next sweep because of recent database trouble."""
+        stall_after = self._config.stall_after
+        wait = stall_after - seconds_since_trouble()
+        now = time.monotonic()
+        if wait <= 0:
+            self._deferring_since = None
+            return 0.0
+        if self._deferring_since is None:
+            self._deferring_since = now
+            log.info(
+                "reaper: database trouble in this process; waiting until heartbeats have "
+                "had %.1fs to resume before reaping",
+                stall_after,
+            )
+        if now - self._deferring_since >= MAX_DEFER_FACTOR * stall_after:
+            self._deferring_since = now  # trouble that persists must not stop reaping
+            return 0.0
+        return wait
 
     async def sweep(self) -> ReapReport:
         async with self._pool.connection() as conn:

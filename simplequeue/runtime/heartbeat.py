@@ -2,7 +2,9 @@
 
 The thread has its own connection, so a handler that blocks the event loop cannot
 silence its job's heartbeat and get it taken away while it still runs. Each job is
-tracked exactly for the span of its processing (`tracking()`), however that ends.
+tracked for the span of its processing (`tracking()`), however that ends, and then held
+(`hold()`) until the result writer has stored its outcome: a result waiting out a
+database outage must not have its job reaped and run again.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class Heartbeater:
         self._store = store
         self._interval = interval
         self._beats: dict[uuid.UUID, int] = {}
+        self._held: set[tuple[uuid.UUID, int]] = set()  # finished, result not yet written
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -52,6 +55,15 @@ class Heartbeater:
             with self._lock:
                 self._beats.pop(job.id, None)
 
+    def hold(self, job_id: uuid.UUID, lease: int) -> None:
+        """Beat for a finished attempt until `release()`: its outcome is not stored yet."""
+        with self._lock:
+            self._held.add((job_id, lease))
+
+    def release(self, job_id: uuid.UUID, lease: int) -> None:
+        with self._lock:
+            self._held.discard((job_id, lease))
+
     @property
     def tracked(self) -> int:
         return len(self._beats)
@@ -69,13 +81,11 @@ class Heartbeater:
     def beat_now(self) -> None:
         """One round of heartbeats (the thread calls it every interval)."""
         with self._lock:
-            beats = list(self._beats.items())
+            beats = sorted(set(self._beats.items()) | self._held)
         if not beats:
             return
         try:
-            if self._conn is None or self._conn.closed:
-                self._conn = self._connect()
-            alive = self._store.heartbeat(self._conn, beats)
+            alive = self._beat(beats)
         except psycopg.Error as exc:
             self._outage.failed(exc)
             self._close()
@@ -92,6 +102,20 @@ class Heartbeater:
                 len(gone),
                 extra={"job_ids": sorted(map(str, gone))},
             )
+
+    def _beat(self, beats: list[tuple[uuid.UUID, int]]) -> set[uuid.UUID]:
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            try:
+                return self._store.heartbeat(conn, beats)
+            except psycopg.OperationalError:
+                if not conn.closed:
+                    raise  # the statement failed, not the connection
+                # The connection was dropped (a server restart, pg_terminate_backend): one
+                # fresh try now rather than a missed beat, which brings a job closer to stalled.
+                self._close()
+        self._conn = self._connect()
+        return self._store.heartbeat(self._conn, beats)
 
     def _run(self) -> None:
         try:

@@ -5,7 +5,33 @@ from __future__ import annotations
 import logging
 import time
 
-__all__ = ["Outage"]
+import psycopg
+from psycopg_pool import PoolTimeout
+
+__all__ = ["Outage", "describe", "seconds_since_trouble"]
+
+_last_failure = float("-inf")
+
+
+def seconds_since_trouble() -> float:
+    """Seconds since a background loop of this process last failed to use the database.
+
+    The reaper reads it: right after an outage, every worker's heartbeats look stale, the
+    live ones' included, whether or not the reaper's own statements happened to fail.
+    """
+    return time.monotonic() - _last_failure
+
+
+def describe(exc: BaseException) -> str:
+    """What went wrong, in the words an operator searches the logs for."""
+    detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]  # libpq's are multi-line
+    if isinstance(exc, PoolTimeout):
+        return f"no free connection in the pool ({detail}); is the connection pool exhausted?"
+    if isinstance(exc, psycopg.errors.QueryCanceled):
+        return f"statement cancelled ({detail})"
+    if isinstance(exc, psycopg.errors.DeadlockDetected | psycopg.errors.LockNotAvailable):
+        return f"lock conflict ({detail})"
+    return f"database unreachable ({detail})"
 
 
 class Outage:
@@ -25,15 +51,13 @@ class Outage:
 
     def failed(self, exc: BaseException) -> float:
         """Record a failure; returns how long to wait before the next try."""
+        global _last_failure
+        _last_failure = time.monotonic()
         self.failures += 1
         if self._since is None:
             self._since = time.monotonic()
             self._delay = 0.05
-            self._log.warning(
-                "%s: database unreachable (%s); retrying with backoff",
-                self._what,
-                str(exc).strip() or type(exc).__name__,
-            )
+            self._log.warning("%s: %s; retrying with backoff", self._what, describe(exc))
         else:
             self._delay = min(self._delay * 2, self._max_delay)
         return self._delay

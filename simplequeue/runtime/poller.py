@@ -53,6 +53,7 @@ class Poller:
         self._wake = asyncio.Event()
         self._capacity = asyncio.Event()
         self._claiming = True
+        self._full: set[str] = set()  # handled queues left out of the last claim: no room
         self.tasks: set[asyncio.Task[None]] = set()
         self._outage = Outage(log, "poller", max_delay=config.empty_poll_sleep)
         self.claims = 0
@@ -100,11 +101,14 @@ class Poller:
         limits: list[int] = []
         if free <= 0:
             return queues, limits
+        self._full = set()
         for name in self._registry.handlers:
             room = min(self._registry.permits(name).free, free)
             if room > 0:
                 queues.append(name)
                 limits.append(room)
+            else:
+                self._full.add(name)
         return queues, limits
 
     @staticmethod
@@ -129,3 +133,6 @@ class Poller:
             self.global_permits.release()
             self._registry.permits(job.queue).release()
             self._capacity.set()
+            if job.queue in self._full:
+                # The poller may be asleep on the other queues' behalf: this one has room now.
+                self._wake.set()

@@ -2,7 +2,8 @@
 
 A handler's work is done before its result is durable: a crash between the two makes the
 job run again (at-least-once). Failed writes are retried, never dropped; the fence makes a
-retried write that already landed a no-op.
+retried write that already landed a no-op. Until its outcome is written, the job keeps its
+heartbeat (`Heartbeater.hold`), so the reaper does not take it away meanwhile.
 """
 
 from __future__ import annotations
@@ -10,13 +11,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from simplequeue.runtime.outage import Outage
 from simplequeue.store import Outcome, Store
+
+if TYPE_CHECKING:
+    from simplequeue.runtime.heartbeat import Heartbeater
 
 __all__ = ["ResultWriter"]
 
@@ -32,8 +36,10 @@ class ResultWriter:
         batch_size: int,
         flush_interval: float,
         max_buffered: int = 10_000,
+        heartbeats: Heartbeater | None = None,
     ) -> None:
         self._pool = pool
+        self._heartbeats = heartbeats
         self._store = store
         self._batch_size = batch_size
         self._flush_interval = flush_interval
@@ -53,6 +59,8 @@ class ResultWriter:
         while len(self._buffer) >= self._max_buffered:
             self._has_room.clear()
             await self._has_room.wait()
+        if self._heartbeats is not None:
+            self._heartbeats.hold(outcome.job_id, outcome.lease)
         self._buffer.append(outcome)
         self._has_items.set()
 
@@ -71,10 +79,14 @@ class ResultWriter:
                 continue
             if len(self._buffer) < self._batch_size and self._flush_interval and not self._closing:
                 await asyncio.sleep(self._flush_interval)
-            batch = self._buffer[: self._batch_size]
+            batch = sorted(self._buffer[: self._batch_size], key=lambda o: o.job_id)
             del self._buffer[: self._batch_size]
             self._has_room.set()
-            if not await self._write(batch):
+            try:
+                written = await self._write(batch)
+            finally:
+                self._release(batch)
+            if not written:
                 return
 
     def close(self, deadline: float) -> None:
@@ -82,6 +94,11 @@ class ResultWriter:
         self._closing = True
         self._deadline = deadline
         self._has_items.set()
+
+    def _release(self, outcomes: list[Outcome]) -> None:
+        if self._heartbeats is not None:
+            for outcome in outcomes:
+                self._heartbeats.release(outcome.job_id, outcome.lease)
 
     async def _write(self, batch: list[Outcome]) -> bool:
         while True:
@@ -101,11 +118,12 @@ class ResultWriter:
                         "until the reaper returns them to pending",
                         lost,
                     )
+                    self._release(self._buffer)
                     self._buffer.clear()
                     return False
                 await asyncio.sleep(delay)
                 continue
-            except psycopg.Error:
+            except Exception:  # this batch cannot be written: the writer must go on
                 if len(batch) == 1:
                     log.exception(
                         "could not write the result of job %s; the reaper will return "

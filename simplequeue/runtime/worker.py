@@ -61,6 +61,10 @@ class Worker:
             store,
             batch_size=config.result_batch_size,
             flush_interval=config.result_flush_interval,
+            # Finished jobs still hold their permits while they wait here: bounding the
+            # buffer keeps claims from outrunning the writes.
+            max_buffered=config.global_permits,
+            heartbeats=self.heartbeats,
         )
         self.executor = Executor(
             queue,

@@ -1,0 +1,1 @@
+"""Fault-injection suite: real SIGKILLs, real server restarts, real broken connections."""
