@@ -93,6 +93,10 @@ def new_job_id() -> uuid.UUID:
     return uuid.UUID(int=value)
 
 
+_ENCODER = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+"""Built once: json.dumps with non-default options builds a new encoder at every call."""
+
+
 def encode_data(data: Any) -> str:
     """The job's data as JSON text, or InvalidJobError when it could not be stored in jsonb
     and read back equal: every check runs before anything is written.
@@ -106,8 +110,9 @@ def encode_data(data: Any) -> str:
     if hasattr(data, "model_dump_json") and callable(data.model_dump_json):
         data = json.loads(data.model_dump_json())
     try:
-        text = json.dumps(data, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
-        size = len(text.encode("utf-8"))
+        text = _ENCODER.encode(data)
+        # ASCII text holds no lone surrogate and is its own size; the rest is encoded to check.
+        size = len(text) if text.isascii() else len(text.encode("utf-8"))
     except UnicodeEncodeError as exc:
         raise InvalidJobError(
             "job data must be JSON-serialisable as UTF-8: it contains the lone surrogate "

@@ -54,6 +54,9 @@ class Outcome:
     error: str | None = None
 
 
+COPY_THRESHOLD = 500
+"""From this many jobs (none with a unique key), insert_jobs uses COPY."""
+
 MAX_ERROR_CHARS = 8192
 """`last_error` keeps at most this much of a handler's error text."""
 
@@ -94,6 +97,9 @@ class Store:
         self.channel = f"{schema}.jobs"
         self._insert = _q(_INSERT, schema)
         self._insert_notify = _q(_INSERT_NOTIFY, schema)
+        self._copy = _q(_COPY, schema)
+        self._copy_run_at = _q(_COPY_RUN_AT, schema)
+        self._notify = sql.SQL("SELECT pg_notify(%s, %s)")
         self._claim = _q(_CLAIM, schema)
         self._write_outcomes = _q(_WRITE_OUTCOMES, schema)
         self._heartbeat = _q(_HEARTBEAT, schema)
@@ -126,6 +132,8 @@ class Store:
         With `notify`, the same statement sends one NOTIFY naming the queues, delivered
         when the inserting transaction commits.
         """
+        if len(jobs) >= COPY_THRESHOLD and all(j.unique_key is None for j in jobs):
+            return await self._copy_jobs(conn, jobs, notify=notify)
         params: list[Any] = [
             [j.id for j in jobs],
             [j.queue for j in jobs],
@@ -141,6 +149,40 @@ class Store:
             params += [self.channel, notify_payload({j.queue for j in jobs})]
         cur = await _run(conn, self._insert_notify if notify else self._insert, params)
         return {row[0] for row in await cur.fetchall()}
+
+    async def _copy_jobs(
+        self, conn: AnyConn, jobs: Sequence[Job], *, notify: bool
+    ) -> set[uuid.UUID]:
+        """Insert a large batch with COPY, several times faster than one INSERT of arrays.
+
+        Only without unique keys: COPY has no ON CONFLICT, and there is nothing to
+        deduplicate then. Jobs without `run_at` take the database's `now()` as the INSERT
+        path gives them, so they go in a COPY that leaves the column to its default.
+        """
+        timed = [j for j in jobs if j.run_at is not None]
+        untimed = [j for j in jobs if j.run_at is None]
+        async with conn.transaction():  # a savepoint inside the caller's transaction
+            cur = conn.cursor()
+            for group, statement in ((untimed, self._copy), (timed, self._copy_run_at)):
+                if not group:
+                    continue
+                async with cur.copy(statement) as copy:
+                    for j in group:
+                        row = (
+                            j.id,
+                            j.queue,
+                            j.encoded_data,
+                            j.priority,
+                            j.max_attempts,
+                            j.fingerprint,
+                            j.timeout,
+                        )
+                        await copy.write_row(row if j.run_at is None else (*row, j.run_at))
+            if notify:
+                await cur.execute(
+                    self._notify, [self.channel, notify_payload({j.queue for j in jobs})]
+                )
+        return {j.id for j in jobs}
 
     # -- the worker's hot path -------------------------------------------------------
 
@@ -306,6 +348,10 @@ _INSERT = _INSERT_ROWS
 _INSERT_NOTIFY = (
     "WITH inserted AS (" + _INSERT_ROWS + ") SELECT id, (SELECT pg_notify(%s, %s)) FROM inserted"
 )
+
+_COPY_COLUMNS = "id, queue, data, priority, max_attempts, fingerprint, timeout_seconds"
+_COPY = "COPY {s}.jobs (" + _COPY_COLUMNS + ") FROM STDIN"
+_COPY_RUN_AT = "COPY {s}.jobs (" + _COPY_COLUMNS + ", run_at) FROM STDIN"
 
 _CLAIM = """
 WITH candidates AS (

@@ -95,6 +95,78 @@ async def test_insert_in_the_callers_transaction(queue: sq.SimpleQueue, dsn: str
     await eventually(lambda: count(dsn, "id = %s AND status = 'completed'", [job_id]))
 
 
+async def test_a_large_batch_goes_in_whole_with_every_field(
+    queue: sq.SimpleQueue, dsn: str
+) -> None:
+    # Large batches without unique keys take the COPY path: same rows as the INSERT path.
+    from simplequeue.store import COPY_THRESHOLD
+
+    later = datetime.now(UTC) + timedelta(hours=1)
+    jobs = [
+        sq.Job(
+            "big",
+            {"n": n, "text": "tab\tnewline\nbackslash\\ \u00e9"},
+            fingerprint="fp" if n % 2 else None,
+            run_at=later if n % 3 == 0 else None,
+            timeout=5 if n % 5 == 0 else None,
+            priority=n % 7,
+            max_attempts=1 + n % 4,
+        )
+        for n in range(COPY_THRESHOLD + 10)
+    ]
+    ids = await queue.insert_jobs(jobs)
+    assert ids == [j.id for j in jobs]
+    for job in (jobs[0], jobs[1], jobs[5], jobs[-1]):
+        stored = await queue.get_job(job.id)
+        assert stored is not None
+        assert (stored.data, stored.fingerprint, stored.priority, stored.max_attempts) == (
+            job.data,
+            job.fingerprint,
+            job.priority,
+            job.max_attempts,
+        )
+        assert stored.timeout == job.timeout
+        if job.run_at is not None:
+            assert stored.run_at == job.run_at
+    assert count(dsn, "run_at <= now()") == len([j for j in jobs if j.run_at is None])
+    assert count(dsn, "fingerprint = 'fp'") == len(jobs) // 2
+
+
+async def test_a_large_batch_in_the_callers_transaction_rolls_back_whole(
+    queue: sq.SimpleQueue, dsn: str
+) -> None:
+    from simplequeue.store import COPY_THRESHOLD
+
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        async with conn.transaction(force_rollback=True):
+            jobs = [sq.Job("big", n) for n in range(COPY_THRESHOLD)]
+            await queue.insert_jobs(jobs, conn=conn)
+            cur = await conn.execute("SELECT count(*) FROM simplequeue.jobs")
+            assert await cur.fetchone() == (COPY_THRESHOLD,)
+        assert count(dsn) == 0
+
+
+async def test_a_large_batch_wakes_an_idle_worker(dsn: str) -> None:
+    from simplequeue.store import COPY_THRESHOLD
+
+    seen: list[int] = []
+
+    class Big(sq.Handler):
+        QUEUE = "big"
+
+        async def process(self, queue: sq.SimpleQueue, job: sq.Job) -> None:
+            seen.append(job.data)
+
+    async with sq.SimpleQueue.from_url(dsn, empty_poll_sleep=60) as queue:
+        queue.register_handler(Big())
+        await queue.start()
+        assert queue._worker is not None and queue._worker.listener is not None
+        await asyncio.wait_for(queue._worker.listener.connected.wait(), 10)
+        await asyncio.sleep(0.2)
+        await queue.insert_jobs([sq.Job("big", n) for n in range(COPY_THRESHOLD)])
+        await eventually(lambda: len(seen) == COPY_THRESHOLD, timeout=20)
+
+
 @pytest.mark.parametrize(
     ("build", "message"),
     [
