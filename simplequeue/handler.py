@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -34,7 +35,7 @@ class Handler:
     def process(self, queue: SimpleQueue, job: Job) -> Any:
         raise NotImplementedError(f"{type(self).__name__} must implement process()")
 
-    @property
+    @functools.cached_property
     def runs_in_thread(self) -> bool:
         """A plain `def process` blocks; it runs in a worker thread to keep the loop free."""
         return not inspect.iscoroutinefunction(self.process)

@@ -9,7 +9,7 @@ trip serves a whole batch. Anything that changes a running job is fenced by its 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -36,7 +36,7 @@ _DEAD = "(" + ", ".join(f"'{s}'" for s in DEAD_STATUSES) + ")"
 AnyConn = psycopg.AsyncConnection[Any]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built once per job, and frozen init costs
 class Outcome:
     """The end of one claimed attempt, as the result writer stores it.
 
@@ -52,6 +52,21 @@ class Outcome:
     delay: float = 0.0
     not_before: datetime | None = None
     error: str | None = None
+
+    @property
+    def is_plain_success(self) -> bool:
+        return (
+            self.status == "completed"
+            and self.error is None
+            and not self.refund
+            and not self.reprocess
+        )
+
+
+def _array(values: Iterable[object]) -> str:
+    """A PostgreSQL array literal of uuids or ints, several times cheaper than adapting a
+    list element by element (nothing here needs quoting)."""
+    return "{" + ",".join(map(str, values)) + "}"
 
 
 COPY_THRESHOLD = 500
@@ -102,6 +117,7 @@ class Store:
         self._notify = sql.SQL("SELECT pg_notify(%s, %s)")
         self._claim = _q(_CLAIM, schema)
         self._write_outcomes = _q(_WRITE_OUTCOMES, schema)
+        self._complete = _q(_COMPLETE, schema)
         self._heartbeat = _q(_HEARTBEAT, schema)
         self._reap_stalled = _q(_REAP_STALLED, schema)
         self._fail_exhausted = _q(_FAIL_EXHAUSTED, schema)
@@ -200,22 +216,38 @@ class Store:
         return [Job.from_row(row, encoded=True) for row in await cur.fetchall()]
 
     async def write_outcomes(self, conn: AnyConn, outcomes: Sequence[Outcome]) -> set[uuid.UUID]:
-        """Apply a batch of results in one fenced statement; returns the ids it changed."""
-        cur = await _run(
-            conn,
-            self._write_outcomes,
-            [
-                [o.job_id for o in outcomes],
-                [o.lease for o in outcomes],
-                [o.status for o in outcomes],
-                [o.refund for o in outcomes],
-                [o.reprocess for o in outcomes],
-                [o.delay for o in outcomes],
-                [o.not_before for o in outcomes],
-                [storable_error(o.error) for o in outcomes],
-            ],
-        )
-        return {row[0] for row in await cur.fetchall()}
+        """Apply a batch of results, fenced by lease; returns the ids it changed.
+
+        Plain successes, most of any batch, go in a statement of their own that needs
+        only ids and leases: adapting eight arrays per batch costs more than the query.
+        """
+        done = [o for o in outcomes if o.is_plain_success]
+        rest = [o for o in outcomes if not o.is_plain_success] if len(done) < len(outcomes) else []
+        changed: set[uuid.UUID] = set()
+        if done:
+            cur = await _run(
+                conn,
+                self._complete,
+                [_array(o.job_id for o in done), _array(o.lease for o in done)],
+            )
+            changed.update(row[0] for row in await cur.fetchall())
+        if rest:
+            cur = await _run(
+                conn,
+                self._write_outcomes,
+                [
+                    [o.job_id for o in rest],
+                    [o.lease for o in rest],
+                    [o.status for o in rest],
+                    [o.refund for o in rest],
+                    [o.reprocess for o in rest],
+                    [o.delay for o in rest],
+                    [o.not_before for o in rest],
+                    [storable_error(o.error) for o in rest],
+                ],
+            )
+            changed.update(row[0] for row in await cur.fetchall())
+        return changed
 
     def heartbeat(
         self, conn: psycopg.Connection[Any], beats: Sequence[tuple[uuid.UUID, int]]
@@ -378,6 +410,14 @@ RETURNING jobs.id, jobs.queue, jobs.data::text, jobs.status, jobs.priority, jobs
           jobs.max_attempts, jobs.reprocess_count, jobs.lease, jobs.unique_key,
           jobs.fingerprint, jobs.run_at, jobs.created_at, jobs.updated_at,
           jobs.completed_at, jobs.last_error, jobs.timeout_seconds
+"""
+
+_COMPLETE = """
+UPDATE {s}.jobs AS j
+SET status = 'completed', completed_at = now(), heartbeat_at = NULL, updated_at = now()
+FROM unnest(%s::uuid[], %s::int[]) AS r(id, lease)
+WHERE j.id = r.id AND j.status = 'running' AND j.lease = r.lease
+RETURNING j.id
 """
 
 _WRITE_OUTCOMES = """

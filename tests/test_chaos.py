@@ -133,6 +133,25 @@ async def test_a_finished_job_keeps_its_heartbeat_until_its_result_is_written(
     heartbeats.stop()
 
 
+async def test_a_heartbeat_reconnects_at_once_when_its_connection_was_killed(
+    queue: sq.SimpleQueue, dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Found by the chaos suite: a beat on a terminated connection was lost, with an outage
+    # logged, although one fresh connection would have delivered it.
+    (job_id,) = make_running(dsn, stale=False)
+    heartbeats = Heartbeater(lambda: psycopg.connect(dsn, autocommit=True), queue._store, 60)
+    job = sq.Job("q", {})
+    job.id, job.lease = job_id, 1
+    with heartbeats.tracking(job):
+        await asyncio.to_thread(heartbeats.beat_now)  # connects
+        terminate_others(dsn)
+        query(dsn, "UPDATE simplequeue.jobs SET heartbeat_at = now() - interval '1 hour'")
+        await asyncio.to_thread(heartbeats.beat_now)
+    heartbeats.stop()
+    assert beat_age(dsn, job_id) < 5, "the beat after a killed connection was lost"
+    assert not [r for r in caplog.records if "heartbeat: database" in r.getMessage()]
+
+
 def test_a_locked_row_does_not_block_the_heartbeats_of_the_others(
     queue: sq.SimpleQueue, dsn: str
 ) -> None:

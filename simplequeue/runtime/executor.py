@@ -61,7 +61,8 @@ class Executor:
 
         Cancelled (by a stop), the job goes back to pending without spending its attempt.
         """
-        with self._heartbeats.tracking(job):
+        self._heartbeats.track(job)  # not a context manager: this is the per-job hot path
+        try:
             try:
                 outcome = await self._attempt(job)
             except asyncio.CancelledError:
@@ -76,6 +77,8 @@ class Executor:
                     job, f"internal error: {describe_error(exc)}", Fixed(FALLBACK_DELAY)
                 )
             await self._results.submit(outcome)
+        finally:
+            self._heartbeats.untrack(job)
 
     def shutdown(self) -> None:
         self._threads.shutdown(wait=False, cancel_futures=True)

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -47,22 +47,30 @@ class Heartbeater:
     @contextmanager
     def tracking(self, job: Job) -> Iterator[None]:
         """Beat for `job` while the block runs."""
-        with self._lock:
-            self._beats[job.id] = job.lease
+        self.track(job)
         try:
             yield
         finally:
-            with self._lock:
-                self._beats.pop(job.id, None)
+            self.untrack(job)
+
+    def track(self, job: Job) -> None:
+        """Beat for `job` until `untrack()`: call both around its processing, in try/finally."""
+        with self._lock:
+            self._beats[job.id] = job.lease
+
+    def untrack(self, job: Job) -> None:
+        with self._lock:
+            self._beats.pop(job.id, None)
 
     def hold(self, job_id: uuid.UUID, lease: int) -> None:
         """Beat for a finished attempt until `release()`: its outcome is not stored yet."""
         with self._lock:
             self._held.add((job_id, lease))
 
-    def release(self, job_id: uuid.UUID, lease: int) -> None:
+    def release(self, keys: Iterable[tuple[uuid.UUID, int]]) -> None:
+        """Stop beating for finished attempts (job id, lease) whose outcome is stored."""
         with self._lock:
-            self._held.discard((job_id, lease))
+            self._held.difference_update(keys)
 
     @property
     def tracked(self) -> int:

@@ -9,6 +9,7 @@ heartbeat (`Heartbeater.hold`), so the reaper does not take it away meanwhile.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -45,6 +46,9 @@ class ResultWriter:
         self._flush_interval = flush_interval
         self._max_buffered = max_buffered
         self._buffer: list[Outcome] = []
+        # A batch is full at batch_size, or when the buffer is: nothing more can come then.
+        self._full_batch = min(batch_size, max_buffered)
+        self._filled = asyncio.Event()
         self._has_items = asyncio.Event()
         self._has_room = asyncio.Event()
         self._has_room.set()
@@ -63,6 +67,8 @@ class ResultWriter:
             self._heartbeats.hold(outcome.job_id, outcome.lease)
         self._buffer.append(outcome)
         self._has_items.set()
+        if len(self._buffer) >= self._full_batch:
+            self._filled.set()
 
     @property
     def pending(self) -> int:
@@ -77,8 +83,11 @@ class ResultWriter:
                 self._has_items.clear()
                 await self._has_items.wait()
                 continue
-            if len(self._buffer) < self._batch_size and self._flush_interval and not self._closing:
-                await asyncio.sleep(self._flush_interval)
+            if len(self._buffer) < self._full_batch and self._flush_interval and not self._closing:
+                # Wait a little for more results, unless a whole batch is already there.
+                self._filled.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._filled.wait(), self._flush_interval)
             batch = sorted(self._buffer[: self._batch_size], key=lambda o: o.job_id)
             del self._buffer[: self._batch_size]
             self._has_room.set()
@@ -97,8 +106,7 @@ class ResultWriter:
 
     def _release(self, outcomes: list[Outcome]) -> None:
         if self._heartbeats is not None:
-            for outcome in outcomes:
-                self._heartbeats.release(outcome.job_id, outcome.lease)
+            self._heartbeats.release([(o.job_id, o.lease) for o in outcomes])
 
     async def _write(self, batch: list[Outcome]) -> bool:
         while True:
