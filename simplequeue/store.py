@@ -91,17 +91,17 @@ def storable_error(text: str | None) -> str | None:
     return text
 
 
-async def _run(
-    conn: AnyConn, query: sql.Composed, params: Any = None
-) -> psycopg.AsyncCursor[TupleRow]:
+async def _run(conn: AnyConn, query: str, params: Any = None) -> psycopg.AsyncCursor[TupleRow]:
     """Execute with tuple rows whatever row factory the caller's connection or pool uses."""
     cur = conn.cursor(row_factory=tuple_row)
     await cur.execute(query, params)
     return cur
 
 
-def _q(template: str, schema: str) -> sql.Composed:
-    return sql.SQL(template).format(s=sql.Identifier(schema))
+def _q(template: str, schema: str) -> str:
+    """The statement for this schema, rendered once: psycopg would otherwise turn a
+    Composed into text again at every execute, on the hot path."""
+    return sql.SQL(template).format(s=sql.Identifier(schema)).as_string(None)
 
 
 class Store:
@@ -112,6 +112,8 @@ class Store:
         self.channel = f"{schema}.jobs"
         self._insert = _q(_INSERT, schema)
         self._insert_notify = _q(_INSERT_NOTIFY, schema)
+        self._insert_one = _q(_INSERT_ONE, schema)
+        self._insert_one_notify = _q(_INSERT_ONE_NOTIFY, schema)
         self._copy = _q(_COPY, schema)
         self._copy_run_at = _q(_COPY_RUN_AT, schema)
         self._notify = sql.SQL("SELECT pg_notify(%s, %s)")
@@ -136,7 +138,7 @@ class Store:
         self._move_dead = _q(_MOVE_DEAD, schema)
         self._purge_archive = _q(_PURGE_ARCHIVE, schema)
         self._counts = _q(_COUNTS, schema)
-        self._listen = sql.SQL("LISTEN {}").format(sql.Identifier(self.channel))
+        self._listen = sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)).as_string(None)
 
     # -- producers -------------------------------------------------------------------
 
@@ -150,6 +152,23 @@ class Store:
         """
         if len(jobs) >= COPY_THRESHOLD and all(j.unique_key is None for j in jobs):
             return await self._copy_jobs(conn, jobs, notify=notify)
+        if len(jobs) == 1:  # scalars: adapting nine one-element arrays costs more than the insert
+            (j,) = jobs
+            one: list[Any] = [
+                j.id,
+                j.queue,
+                j.encoded_data,
+                j.priority,
+                j.max_attempts,
+                j.unique_key,
+                j.fingerprint,
+                j.run_at,
+                j.timeout,
+            ]
+            if notify:
+                one += [self.channel, notify_payload({j.queue})]
+            cur = await _run(conn, self._insert_one_notify if notify else self._insert_one, one)
+            return {row[0] for row in await cur.fetchall()}
         params: list[Any] = [
             [j.id for j in jobs],
             [j.queue for j in jobs],
@@ -376,6 +395,19 @@ _INSERT_ROWS = """
     RETURNING id
 """
 _INSERT = _INSERT_ROWS
+_INSERT_ONE_ROW = """
+    INSERT INTO {s}.jobs (id, queue, data, priority, max_attempts, unique_key, fingerprint, run_at,
+                          timeout_seconds)
+    VALUES (%s, %s, %s::text::jsonb, %s, %s, %s, %s, COALESCE(%s::timestamptz, now()),
+            %s::float8)
+    ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND status IN ('pending', 'running')
+    DO NOTHING
+    RETURNING id
+"""
+_INSERT_ONE = _INSERT_ONE_ROW
+_INSERT_ONE_NOTIFY = (
+    "WITH inserted AS (" + _INSERT_ONE_ROW + ") SELECT id, (SELECT pg_notify(%s, %s)) FROM inserted"
+)
 # The uncorrelated sub-select runs once (an InitPlan), and only if a row was inserted.
 _INSERT_NOTIFY = (
     "WITH inserted AS (" + _INSERT_ROWS + ") SELECT id, (SELECT pg_notify(%s, %s)) FROM inserted"
