@@ -1,0 +1,893 @@
+"""Benchmark harness: simplequeue vs procrastinate vs pgqueuer (two drivers) vs bare SQL.
+
+Every (system, workload) case gets a fresh database, runs through the same adapter
+interface (bench/adapters), and is verified by counting jobs in the database: a case
+that processed fewer jobs than it should is reported FAILED, never as a number.
+
+    python bench/run.py [--quick] [--only sq,procrastinate,...] [--dsn URL]
+
+Writes bench/results/<date>.json (+ .png chart) and prints markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import psutil
+import psycopg
+from psycopg import sql
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from adapters import SYSTEMS, expand, make_adapter
+from adapters.base import Adapter, Control
+
+BENCH_DIR = Path(__file__).resolve().parent
+RESULTS_DIR = BENCH_DIR / "results"
+DEFAULT_DSN = os.environ.get("BENCH_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+DB_PREFIX = "sqbench_"
+LATENCY_CONCURRENCY = 10
+LATENCY_WARMUP = 20
+SCALE_CONCURRENCY = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    """Workload sizes; --quick divides them by ten."""
+
+    enqueue_one: int = 5_000
+    producers: int = 8
+    bulk: int = 100_000
+    bulk_chunk: int = 100_000  # jobs per batch-API call (the whole set in one call)
+    preload_chunk: int = 10_000  # drains preload through the batch API in these chunks
+    drain: int = 50_000
+    #: Systems too slow for `drain` jobs within the time budget drain this many instead
+    #: (still fully verified). procrastinate fetches one job per round trip: ~250-400
+    #: jobs/s here, so 50k would cost ~3 minutes per drain case.
+    drain_override: tuple[tuple[str, int], ...] = (("procrastinate", 8_000),)
+    latency: int = 1_000
+    latency_gap_s: float = 0.005
+    scale_rows: int = 1_000_000
+    scale_drain: int = 50_000
+
+    def drain_jobs(self, system: str) -> int:
+        return dict(self.drain_override).get(system, self.drain)
+
+    def quick(self) -> Sizes:
+        return dataclasses.replace(
+            self,
+            enqueue_one=self.enqueue_one // 10,
+            bulk=self.bulk // 10,
+            bulk_chunk=self.bulk_chunk // 10,
+            preload_chunk=self.preload_chunk // 10,
+            drain=self.drain // 10,
+            drain_override=tuple((k, v // 10) for k, v in self.drain_override),
+            latency=self.latency // 10,
+            scale_rows=self.scale_rows // 10,
+            scale_drain=self.scale_drain // 10,
+        )
+
+
+@dataclasses.dataclass
+class Outcome:
+    """One (workload, system) cell: a verified number, or why there is none."""
+
+    status: str  # ok | FAILED | ERROR | SKIPPED
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    detail: str = ""
+    seconds: float = 0.0
+
+
+class CaseFailed(Exception):
+    """The database shows fewer jobs processed than the workload required."""
+
+
+# --------------------------------------------------------------------------- databases
+
+
+def dsn_for(admin_dsn: str, dbname: str) -> str:
+    """Same server and user, another database; URL form (asyncpg accepts no key=value)."""
+    if "://" not in admin_dsn:
+        params = psycopg.conninfo.conninfo_to_dict(admin_dsn)
+        user = urllib.parse.quote(str(params.get("user", "postgres")))
+        password = params.get("password")
+        auth = user + (f":{urllib.parse.quote(str(password))}" if password else "")
+        host, port = params.get("host", "127.0.0.1"), params.get("port", 5432)
+        admin_dsn = f"postgresql://{auth}@{host}:{port}/postgres"
+    parts = urllib.parse.urlsplit(admin_dsn)
+    return urllib.parse.urlunsplit(parts._replace(path=f"/{dbname}"))
+
+
+@contextlib.asynccontextmanager
+async def fresh_db(admin_dsn: str, name: str) -> AsyncIterator[str]:
+    """A brand-new database for one case, dropped afterwards (1M-row cases are big)."""
+    ident = sql.Identifier(name)
+    async with await psycopg.AsyncConnection.connect(admin_dsn, autocommit=True) as conn:
+        await conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
+        await conn.execute(sql.SQL("CREATE DATABASE {}").format(ident))
+    try:
+        yield dsn_for(admin_dsn, name)
+    finally:
+        async with await psycopg.AsyncConnection.connect(admin_dsn, autocommit=True) as conn:
+            await conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
+
+
+@contextlib.asynccontextmanager
+async def db_conn(dsn: str) -> AsyncIterator[psycopg.AsyncConnection]:
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        yield conn
+
+
+async def vacuum_analyze(dsn: str) -> None:
+    """After a preload: every system starts its drain with fresh stats and no autovacuum debt."""
+    async with db_conn(dsn) as conn:
+        await conn.execute("VACUUM ANALYZE")
+
+
+# --------------------------------------------------------------------------- workers
+
+
+class RssSampler(threading.Thread):
+    """Peak RSS of each worker process, sampled every 50 ms."""
+
+    def __init__(self, pids: list[int], interval: float = 0.05) -> None:
+        super().__init__(daemon=True)
+        self.procs = [psutil.Process(pid) for pid in pids]
+        self.peak: dict[int, int] = {pid: 0 for pid in pids}
+        self.interval = interval
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            for proc in self.procs:
+                with contextlib.suppress(psutil.Error):
+                    rss = proc.memory_info().rss
+                    self.peak[proc.pid] = max(self.peak[proc.pid], rss)
+            self._halt.wait(self.interval)
+
+    def halt(self) -> None:
+        self._halt.set()
+        self.join()
+
+
+class WorkerGroup:
+    """N worker subprocesses of one system, with their control blocks and RSS sampler."""
+
+    def __init__(
+        self, system: str, dsn: str, procs: int, concurrency: int, record_starts: bool = False
+    ) -> None:
+        self.tmp = tempfile.TemporaryDirectory(prefix="sqbench-")
+        self.controls: list[Control] = []
+        self.popen: list[subprocess.Popen[bytes]] = []
+        self.results: list[Path] = []
+        for k in range(procs):
+            ctl_path = os.path.join(self.tmp.name, f"ctl{k}")
+            result = Path(self.tmp.name, f"result{k}.json")
+            self.controls.append(Control(ctl_path, create=True))
+            self.results.append(result)
+            cmd = [
+                sys.executable,
+                str(BENCH_DIR / "workerproc.py"),
+                system,
+                dsn,
+                str(concurrency),
+                ctl_path,
+                str(result),
+            ]
+            if record_starts:
+                cmd.append("--record-starts")
+            self.popen.append(subprocess.Popen(cmd))
+        self.sampler = RssSampler([p.pid for p in self.popen])
+        self.sampler.start()
+
+    def handled(self) -> int:
+        return int(sum(c.get(Control.HANDLED) for c in self.controls))
+
+    def first_start(self) -> float | None:
+        firsts = [
+            c.get(Control.FIRST_START) for c in self.controls if c.get(Control.FIRST_START) > 0
+        ]
+        return min(firsts) if firsts else None
+
+    def dead(self) -> list[int]:
+        return [p.returncode for p in self.popen if p.poll() is not None]
+
+    async def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not all(c.get(Control.READY) for c in self.controls):
+            if self.dead():
+                raise RuntimeError(f"worker exited during start-up: {self.errors()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError("workers not ready after 60 s")
+            await asyncio.sleep(0.02)
+
+    async def wait_handled(self, target: int, deadline: float) -> bool:
+        """Until the handlers ran `target` times or the monotonic deadline passes.
+
+        Re-executions count too, so the caller always checks the database afterwards.
+        """
+        while self.handled() < target:
+            if self.dead():
+                raise RuntimeError(f"worker exited early: {self.errors()}")
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.02)
+        return True
+
+    async def stop(self, timeout: float = 60.0) -> None:
+        for c in self.controls:
+            c.set(Control.STOP, 1.0)
+        deadline = time.monotonic() + timeout
+        # Polling a subprocess and the DB: there is no event to await.
+        while any(p.poll() is None for p in self.popen) and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        for p in self.popen:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        self.sampler.halt()
+
+    def errors(self) -> list[str]:
+        out = []
+        for path in self.results:
+            if path.exists():
+                err = json.loads(path.read_text()).get("error")
+                if err:
+                    out.append(err.strip().splitlines()[-1])
+        return out
+
+    def starts(self) -> dict[int, float]:
+        merged: dict[int, float] = {}
+        for path in self.results:
+            if path.exists():
+                for i, t in json.loads(path.read_text()).get("starts", []):
+                    merged.setdefault(int(i), float(t))  # a re-run keeps the first start
+        return merged
+
+    def peak_rss_mb(self) -> float:
+        return max(self.sampler.peak.values(), default=0) / 2**20
+
+    def close(self) -> None:
+        for c in self.controls:
+            c.close()
+        self.tmp.cleanup()
+
+
+# --------------------------------------------------------------------------- workloads
+
+
+async def wait_for_done(
+    adapter: Adapter, conn: psycopg.AsyncConnection, want: int, deadline: float
+) -> None:
+    """Poll until the database records `want` completions or the monotonic deadline passes.
+
+    The caller verifies the count either way.
+    """
+    while await adapter.count_done(conn) < want and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.1)
+
+
+async def enqueue_one(adapter: Adapter, dsn: str, n: int, producers: int) -> dict[str, float]:
+    """n single-job transactions from `producers` concurrent producers."""
+    await adapter.setup(dsn)
+    producer = await adapter.open_producer(dsn, producers)
+    try:
+
+        async def produce(k: int) -> None:
+            for i in range(k, n, producers):
+                await producer.enqueue_one({"i": i})
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(produce(k) for k in range(producers)))
+        elapsed = time.perf_counter() - t0
+    finally:
+        await producer.aclose()
+    async with db_conn(dsn) as conn:
+        queued = await adapter.count_queued(conn)
+    if queued != n:
+        raise CaseFailed(f"{queued}/{n} jobs in the table")
+    return {"jobs_per_s": n / elapsed, "seconds": elapsed}
+
+
+async def bulk_enqueue(adapter: Adapter, dsn: str, n: int, chunk: int) -> dict[str, float]:
+    """n jobs through the batch API (COPY for the floor)."""
+    await adapter.setup(dsn)
+    payloads = [{"i": i} for i in range(n)]
+    producer = await adapter.open_producer(dsn, 1)
+    try:
+        t0 = time.perf_counter()
+        for lo in range(0, n, chunk):
+            await producer.enqueue_bulk(payloads[lo : lo + chunk])
+        elapsed = time.perf_counter() - t0
+    finally:
+        await producer.aclose()
+    async with db_conn(dsn) as conn:
+        queued = await adapter.count_queued(conn)
+    if queued != n:
+        raise CaseFailed(f"{queued}/{n} jobs in the table")
+    return {"jobs_per_s": n / elapsed, "seconds": elapsed}
+
+
+async def drain(
+    adapter: Adapter,
+    dsn: str,
+    *,
+    total: int,
+    target: int,
+    procs: int,
+    concurrency: int,
+    preload: Callable[[], Awaitable[None]],
+    timeout: float,
+) -> dict[str, float]:
+    """Preload, then time worker processes from the first claim to the last completion.
+
+    `total` jobs are pending; the run stops once `target` handlers ran (== total for a
+    full drain). Rate = completions in the DB / (last completion - first handler start).
+    """
+    await adapter.setup(dsn)
+    await preload()
+    await vacuum_analyze(dsn)
+    async with db_conn(dsn) as conn:
+        baseline = await adapter.count_done(conn)
+        pending = await adapter.count_queued(conn)
+    if pending != total:
+        raise CaseFailed(f"preload left {pending}/{total} jobs pending")
+    group = WorkerGroup(adapter.name, dsn, procs, concurrency)
+    try:
+        await group.wait_ready()
+        # One deadline for the handlers and for the database to record them, so a
+        # pathological case costs at most `timeout` and then shows as FAILED.
+        deadline = time.monotonic() + timeout
+        await group.wait_handled(target, deadline)
+        async with db_conn(dsn) as conn:
+            await wait_for_done(adapter, conn, baseline + target, deadline)
+            observed_end = time.time()
+        await group.stop()
+        errors = group.errors()
+        async with db_conn(dsn) as conn:
+            done = await adapter.count_done(conn) - baseline
+            left = await adapter.count_queued(conn)
+            last = await adapter.last_done_epoch(conn)
+        first = group.first_start()
+    finally:
+        await group.stop()
+        group.close()
+    if errors:
+        raise RuntimeError(f"worker error: {errors[0]}")
+    if done < target:
+        raise CaseFailed(
+            f"{done}/{target} completed in the database within the {timeout:.0f} s limit"
+        )
+    if done + left != total:
+        raise CaseFailed(
+            f"{done} completed + {left} pending != {total} jobs: jobs lost or duplicated"
+        )
+    if target == total and done != total:
+        raise CaseFailed(f"{done} completions recorded for {total} jobs")
+    assert first is not None
+    end = last if last is not None else observed_end
+    elapsed = end - first
+    return {"jobs_per_s": done / elapsed, "seconds": elapsed, "peak_rss_mb": group.peak_rss_mb()}
+
+
+async def pickup_latency(adapter: Adapter, dsn: str, n: int, gap: float) -> dict[str, float]:
+    """An idle worker; n jobs committed `gap` apart; commit-return -> handler-start.
+
+    The producer takes time.time() right after its commit returns and keeps it by job
+    index (a timestamp taken after the commit cannot ride in the same insert); the
+    handler records time.time() at its start. Same clock, same machine.
+    """
+    await adapter.setup(dsn)
+    group = WorkerGroup(adapter.name, dsn, 1, LATENCY_CONCURRENCY, record_starts=True)
+    committed: dict[int, float] = {}
+    try:
+        await group.wait_ready()
+        producer = await adapter.open_producer(dsn, 1)
+        try:
+            # Warm-up, not measured: a fresh database and fresh connections make the first
+            # few pickups pay for catalog caches and prepared statements.
+            for i in range(LATENCY_WARMUP):
+                await producer.enqueue_one({"i": -1 - i, "t": time.time()})
+                await asyncio.sleep(gap)
+            await group.wait_handled(LATENCY_WARMUP, time.monotonic() + 60)
+            await asyncio.sleep(2.0)  # then idle: LISTEN and any fallback polls settle
+            t0 = time.perf_counter()
+            for i in range(n):
+                delay = t0 + i * gap - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                await producer.enqueue_one({"i": i, "t": time.time()})
+                committed[i] = time.time()
+        finally:
+            await producer.aclose()
+        n += LATENCY_WARMUP
+        deadline = time.monotonic() + 60
+        await group.wait_handled(n, deadline)
+        async with db_conn(dsn) as conn:
+            await wait_for_done(adapter, conn, n, deadline)
+        await group.stop()
+        errors = group.errors()
+        starts = group.starts()
+        async with db_conn(dsn) as conn:
+            done = await adapter.count_done(conn)
+    finally:
+        await group.stop()
+        group.close()
+    if errors:
+        raise RuntimeError(f"worker error: {errors[0]}")
+    if done != n or len(starts) != n:
+        raise CaseFailed(
+            f"{done}/{n} completed in the database (warm-up included), {len(starts)} handler starts"
+        )
+    lat_ms = sorted((starts[i] - committed[i]) * 1000 for i in committed)
+    return {
+        "p50_ms": percentile(lat_ms, 50),
+        "p99_ms": percentile(lat_ms, 99),
+        "max_ms": lat_ms[-1],
+        "mean_ms": statistics.fmean(lat_ms),
+    }
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an already sorted list."""
+    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+# --------------------------------------------------------------------------- plan
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    key: str
+    title: str
+    metric: str  # the metric shown in the table
+    unit: str
+    higher_is_better: bool
+    run: Callable[[Adapter, str, Sizes], Awaitable[dict[str, float]]]
+    scale_only: bool = False  # needs adapter.supports_scale
+
+
+def drain_timeout(n: int) -> float:
+    """Generous for a healthy queue (700+ jobs/s at 50k), bounded for the 15-min budget."""
+    return 45 + n / 2000
+
+
+def _drain_case(
+    procs: int, concurrency: int
+) -> Callable[[Adapter, str, Sizes], Awaitable[dict[str, float]]]:
+    async def run(adapter: Adapter, dsn: str, sizes: Sizes) -> dict[str, float]:
+        n = sizes.drain_jobs(adapter.name)
+        return await drain(
+            adapter,
+            dsn,
+            total=n,
+            target=n,
+            procs=procs,
+            concurrency=concurrency,
+            preload=lambda: adapter.preload(dsn, n, sizes.preload_chunk),
+            timeout=drain_timeout(n),
+        ) | {"jobs": n}
+
+    return run
+
+
+async def _scale_pending(adapter: Adapter, dsn: str, sizes: Sizes) -> dict[str, float]:
+    async def preload() -> None:
+        async with db_conn(dsn) as conn:
+            await adapter.preload_sql(conn, pending=sizes.scale_rows, finished=0)
+
+    return await drain(
+        adapter,
+        dsn,
+        total=sizes.scale_rows,
+        target=sizes.scale_drain,
+        procs=1,
+        concurrency=SCALE_CONCURRENCY,
+        preload=preload,
+        timeout=drain_timeout(sizes.scale_drain),
+    )
+
+
+async def _scale_finished(adapter: Adapter, dsn: str, sizes: Sizes) -> dict[str, float]:
+    async def preload() -> None:
+        async with db_conn(dsn) as conn:
+            await adapter.preload_sql(conn, pending=sizes.scale_drain, finished=sizes.scale_rows)
+
+    return await drain(
+        adapter,
+        dsn,
+        total=sizes.scale_drain,
+        target=sizes.scale_drain,
+        procs=1,
+        concurrency=SCALE_CONCURRENCY,
+        preload=preload,
+        timeout=drain_timeout(sizes.scale_drain),
+    )
+
+
+WORKLOADS: tuple[Workload, ...] = (
+    Workload(
+        "enqueue_one_1",
+        "enqueue one, 1 producer",
+        "jobs_per_s",
+        "jobs/s",
+        True,
+        lambda a, d, s: enqueue_one(a, d, s.enqueue_one, 1),
+    ),
+    Workload(
+        "enqueue_one_8",
+        "enqueue one, 8 producers",
+        "jobs_per_s",
+        "jobs/s",
+        True,
+        lambda a, d, s: enqueue_one(a, d, s.enqueue_one, s.producers),
+    ),
+    Workload(
+        "bulk",
+        "bulk enqueue (batch API / COPY)",
+        "jobs_per_s",
+        "jobs/s",
+        True,
+        lambda a, d, s: bulk_enqueue(a, d, s.bulk, s.bulk_chunk),
+    ),
+    Workload(
+        "drain_1x10", "drain, 1 worker x c=10", "jobs_per_s", "jobs/s", True, _drain_case(1, 10)
+    ),
+    Workload(
+        "drain_1x100", "drain, 1 worker x c=100", "jobs_per_s", "jobs/s", True, _drain_case(1, 100)
+    ),
+    Workload(
+        "drain_2x100", "drain, 2 workers x c=100", "jobs_per_s", "jobs/s", True, _drain_case(2, 100)
+    ),
+    Workload(
+        "latency",
+        "pickup latency (idle worker)",
+        "p50_ms",
+        "ms",
+        False,
+        lambda a, d, s: pickup_latency(a, d, s.latency, s.latency_gap_s),
+    ),
+    Workload(
+        "scale_pending", "drain with 1M pending", "jobs_per_s", "jobs/s", True, _scale_pending, True
+    ),
+    Workload(
+        "scale_finished",
+        "drain with 1M finished rows",
+        "jobs_per_s",
+        "jobs/s",
+        True,
+        _scale_finished,
+        True,
+    ),
+)
+
+#: Rows of the report: (label, workload key, metric, unit, higher is better).
+REPORT_ROWS: tuple[tuple[str, str, str, str, bool], ...] = (
+    ("enqueue one, 1 producer", "enqueue_one_1", "jobs_per_s", "jobs/s", True),
+    ("enqueue one, 8 producers", "enqueue_one_8", "jobs_per_s", "jobs/s", True),
+    ("bulk enqueue", "bulk", "jobs_per_s", "jobs/s", True),
+    ("drain 1 proc x c=10", "drain_1x10", "jobs_per_s", "jobs/s", True),
+    ("drain 1 proc x c=100", "drain_1x100", "jobs_per_s", "jobs/s", True),
+    ("drain 2 procs x c=100", "drain_2x100", "jobs_per_s", "jobs/s", True),
+    ("pickup latency p50", "latency", "p50_ms", "ms", False),
+    ("pickup latency p99", "latency", "p99_ms", "ms", False),
+    ("drain, {rows} pending", "scale_pending", "jobs_per_s", "jobs/s", True),
+    ("drain, {rows} finished rows", "scale_finished", "jobs_per_s", "jobs/s", True),
+    ("worker peak RSS (drain 1x100)", "drain_1x100", "peak_rss_mb", "MB", False),
+    ("worker peak RSS (drain 1x10)", "drain_1x10", "peak_rss_mb", "MB", False),
+)
+
+
+def sq_available() -> str | None:
+    """None if simplequeue's public API is importable in this interpreter, else why not."""
+    try:
+        import simplequeue as sq
+    except Exception as exc:
+        return f"import simplequeue failed: {exc!r}"
+    missing = [n for n in ("setup", "Handler", "SimpleQueue", "Job") if not hasattr(sq, n)]
+    return f"simplequeue lacks {', '.join(missing)}" if missing else None
+
+
+async def run_case(workload: Workload, system: str, admin_dsn: str, sizes: Sizes) -> Outcome:
+    adapter = make_adapter(system)
+    if workload.scale_only and not adapter.supports_scale:
+        return Outcome("SKIPPED", detail="scale workloads: simplequeue and the floor only")
+    t0 = time.perf_counter()
+    try:
+        async with fresh_db(
+            admin_dsn, f"{DB_PREFIX}{system.replace('-', '_')}_{workload.key}"
+        ) as dsn:
+            metrics = await workload.run(adapter, dsn, sizes)
+        return Outcome("ok", metrics, seconds=time.perf_counter() - t0)
+    except CaseFailed as exc:
+        return Outcome("FAILED", detail=str(exc), seconds=time.perf_counter() - t0)
+    except Exception as exc:
+        return Outcome(
+            "ERROR", detail=f"{type(exc).__name__}: {exc}"[:300], seconds=time.perf_counter() - t0
+        )
+
+
+# --------------------------------------------------------------------------- report
+
+
+def human(n: int) -> str:
+    """1000000 -> 1M, 100000 -> 100k: for row labels."""
+    if n >= 1_000_000 and n % 1_000_000 == 0:
+        return f"{n // 1_000_000}M"
+    return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
+
+
+def fmt(value: float, unit: str) -> str:
+    if unit == "jobs/s":
+        return f"{value:,.0f}"
+    return f"{value:,.1f}" if value >= 10 else f"{value:,.2f}"
+
+
+def cell(
+    results: dict[str, dict[str, Outcome]], key: str, system: str, metric: str
+) -> float | None:
+    outcome = results.get(key, {}).get(system)
+    if outcome is None or outcome.status != "ok":
+        return None
+    return outcome.metrics.get(metric)
+
+
+def status_text(results: dict[str, dict[str, Outcome]], key: str, system: str) -> str:
+    outcome = results.get(key, {}).get(system)
+    if outcome is None:
+        return "-"
+    if outcome.status == "SKIPPED":
+        return "n/a"
+    return outcome.status
+
+
+def markdown(results: dict[str, dict[str, Outcome]], systems: list[str], sizes: Sizes) -> str:
+    """Raw values, then ratios vs the bare floor and vs simplequeue."""
+    drain_size = sizes.drain
+    rows = [(label.format(rows=human(sizes.scale_rows)), *rest) for label, *rest in REPORT_ROWS]
+    out: list[str] = []
+    header = "| workload | unit | " + " | ".join(systems) + " |"
+    rule = "|---|---|" + "---:|" * len(systems)
+    out += ["### Results", "", header, rule]
+    for label, key, metric, unit, _ in rows:
+        cells = []
+        for system in systems:
+            value = cell(results, key, system, metric)
+            cells.append(
+                fmt(value, unit) if value is not None else status_text(results, key, system)
+            )
+        out.append(f"| {label} | {unit} | " + " | ".join(cells) + " |")
+    for ref, title in (("bare", "the bare floor"), ("sq", "simplequeue")):
+        if ref not in systems:
+            continue
+        out += [
+            "",
+            f"### Ratio vs {title} (throughput: >1 is faster than {ref}; latency/RSS: >1 is worse)",
+            "",
+            header.replace("| unit |", "| |"),
+            rule,
+        ]
+        for label, key, metric, unit, _ in rows:
+            base = cell(results, key, ref, metric)
+            cells = []
+            for system in systems:
+                value = cell(results, key, system, metric)
+                cells.append(f"{value / base:.2f}x" if value is not None and base else "-")
+            out.append(f"| {label} | {unit} | " + " | ".join(cells) + " |")
+    sizes_used = sorted(
+        {
+            f"- {system} drains {o.metrics['jobs']:,.0f} jobs per drain case (README: Sizes)"
+            for key, per in results.items()
+            if key.startswith("drain_")
+            for system, o in per.items()
+            if o.status == "ok" and o.metrics.get("jobs") not in (None, drain_size)
+        }
+    )
+    if sizes_used:
+        out += ["", f"Drain cases use {drain_size:,} jobs, except:", "", *sizes_used]
+    problems = [
+        f"- {key} / {system}: **{o.status}** {o.detail}"
+        for key, per in results.items()
+        for system, o in per.items()
+        if o.status in ("FAILED", "ERROR")
+    ]
+    if problems:
+        out += ["", "### Failures", "", *problems]
+    return "\n".join(out)
+
+
+def chart(
+    results: dict[str, dict[str, Outcome]], systems: list[str], sizes: Sizes, path: Path, title: str
+) -> None:
+    """Grouped bars of throughput ratios vs the floor and vs simplequeue (log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [(r[0].format(rows=human(sizes.scale_rows)), *r[1:]) for r in REPORT_ROWS if r[4]]
+    refs = [r for r in ("bare", "sq") if r in systems]
+    if not refs:
+        return
+    fig, axes = plt.subplots(len(refs), 1, figsize=(12, 4.5 * len(refs)), squeeze=False)
+    for ax, ref in zip(axes[:, 0], refs, strict=True):
+        others = [s for s in systems if s != ref]  # the reference is the 1.0 line
+        width = 0.8 / max(1, len(others))
+        for k, system in enumerate(others):
+            xs, ys = [], []
+            for x, (_, key, metric, _, _) in enumerate(rows):
+                base = cell(results, key, ref, metric)
+                value = cell(results, key, system, metric)
+                if base and value is not None:
+                    xs.append(x + (k - (len(others) - 1) / 2) * width)
+                    ys.append(value / base)
+            bars = ax.bar(xs, ys, width, label=system)
+            ax.bar_label(bars, labels=[f"{y:.2g}" for y in ys], fontsize=6, padding=1)
+            for x, (_, key, _, _, _) in enumerate(rows):
+                status = status_text(results, key, system)
+                if status in ("FAILED", "ERROR"):  # a missing bar must not read as "not run"
+                    ax.text(
+                        x + (k - (len(others) - 1) / 2) * width,
+                        0.02,
+                        status,
+                        rotation=90,
+                        transform=ax.get_xaxis_transform(),
+                        ha="center",
+                        va="bottom",
+                        fontsize=7,
+                        color="red",
+                    )
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_yscale("log")
+        ax.set_xticks(range(len(rows)))
+        ax.set_xticklabels([r[0] for r in rows], rotation=20, ha="right", fontsize=8)
+        ax.set_ylabel(f"throughput / {ref}")
+        ax.set_title(f"{title}: ratio vs {ref} (higher is faster)")
+        ax.legend(fontsize=8, ncols=max(1, len(others)))
+        ax.grid(axis="y", which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+async def server_settings(admin_dsn: str) -> dict[str, str]:
+    names = (
+        "server_version",
+        "fsync",
+        "synchronous_commit",
+        "shared_buffers",
+        "max_connections",
+        "wal_level",
+    )
+    async with await psycopg.AsyncConnection.connect(admin_dsn, autocommit=True) as conn:
+        return {
+            n: str(
+                (
+                    await (
+                        await conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(n)))
+                    ).fetchone()
+                    or [""]
+                )[0]
+            )
+            for n in names
+        }
+
+
+async def cleanup_stale(admin_dsn: str) -> None:
+    """Drop databases an interrupted earlier run left behind."""
+    async with await psycopg.AsyncConnection.connect(admin_dsn, autocommit=True) as conn:
+        cur = await conn.execute(
+            "SELECT datname FROM pg_database WHERE datname LIKE %s", (DB_PREFIX + "%",)
+        )
+        for (name,) in await cur.fetchall():
+            await conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    sizes = Sizes().quick() if args.quick else Sizes()
+    systems = expand(args.only) if args.only else list(SYSTEMS)
+    workloads = [w for w in WORKLOADS if not args.workloads or w.key in args.workloads.split(",")]
+    started = time.perf_counter()
+    await cleanup_stale(args.dsn)
+    settings = await server_settings(args.dsn)
+    results: dict[str, dict[str, Outcome]] = {w.key: {} for w in workloads}
+    sq_problem = sq_available() if "sq" in systems else None
+    print(
+        f"bench: systems={','.join(systems)} quick={args.quick}"
+        f" postgres {settings['server_version']}"
+        f" fsync={settings['fsync']} synchronous_commit={settings['synchronous_commit']}",
+        flush=True,
+    )
+    if sq_problem:
+        print(f"bench: simplequeue unavailable: {sq_problem}", flush=True)
+    for workload in workloads:
+        for system in systems:
+            if system == "sq" and sq_problem:
+                outcome = Outcome("ERROR", detail=sq_problem)
+            else:
+                outcome = await run_case(workload, system, args.dsn, sizes)
+            results[workload.key][system] = outcome
+            shown = ", ".join(f"{k}={v:,.2f}" for k, v in outcome.metrics.items()) or outcome.detail
+            print(
+                f"  {workload.key:<15} {system:<17} {outcome.status:<7}"
+                f" {outcome.seconds:6.1f}s  {shown}",
+                flush=True,
+            )
+    wall = time.perf_counter() - started
+
+    date = dt.date.today().isoformat()
+    stem = date + ("-quick" if args.quick else "")
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    versions = {}
+    for dist in ("procrastinate", "pgqueuer", "psycopg", "psycopg-pool", "asyncpg", "simplequeue"):
+        with contextlib.suppress(Exception):
+            from importlib.metadata import version
+
+            versions[dist] = version(dist)
+    payload = {
+        "date": date,
+        "quick": args.quick,
+        "wall_seconds": wall,
+        "sizes": dataclasses.asdict(sizes),
+        "systems": systems,
+        "server": settings,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "versions": versions,
+        "results": {
+            k: {s: dataclasses.asdict(o) for s, o in per.items()} for k, per in results.items()
+        },
+    }
+    (RESULTS_DIR / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    with contextlib.suppress(Exception):
+        chart(results, systems, sizes, RESULTS_DIR / f"{stem}.png", f"simplequeue bench {stem}")
+    print()
+    print(markdown(results, systems, sizes))
+    print(f"\nwall time: {wall:.0f} s; results: {RESULTS_DIR / (stem + '.json')} and .png")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="sizes / 10: a smoke run")
+    parser.add_argument(
+        "--only",
+        default="",
+        help=f"comma list of systems or aliases: {', '.join(SYSTEMS)}, pgqueuer",
+    )
+    parser.add_argument(
+        "--workloads", default="", help="comma list of workload keys (default: all)"
+    )
+    parser.add_argument(
+        "--dsn", default=DEFAULT_DSN, help="admin DSN (URL); each case gets its own database"
+    )
+    return asyncio.run(main_async(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
