@@ -18,21 +18,25 @@ from pydantic import (
 from simplequeue.backoff import BackoffStrategy, Linear, as_seconds, check_backoff
 from simplequeue.errors import ConfigError
 
-__all__ = ["QueueConfig", "validate_schema_name"]
+__all__ = ["QueueConfig", "validate_plain_name", "validate_schema_name"]
 
-_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_PLAIN_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
-def validate_schema_name(name: object) -> str:
-    """Schema names end up in SQL as identifiers: allow only plain lower-case names."""
-    if not isinstance(name, str) or not _SCHEMA_NAME.match(name):
+def validate_plain_name(kind: str, name: object) -> str:
+    """Names that end up in SQL as identifiers: allow only plain lower-case ones."""
+    if not isinstance(name, str) or not _PLAIN_NAME.match(name):
         raise ConfigError(
-            f"invalid schema name {name!r}: use 1-63 lower-case letters, digits or underscores, "
+            f"invalid {kind} name {name!r}: use 1-63 lower-case letters, digits or underscores, "
             "not starting with a digit"
         )
     if name.startswith("pg_"):
-        raise ConfigError(f"invalid schema name {name!r}: names starting with pg_ are reserved")
+        raise ConfigError(f"invalid {kind} name {name!r}: names starting with pg_ are reserved")
     return name
+
+
+def validate_schema_name(name: object) -> str:
+    return validate_plain_name("schema", name)
 
 
 def _seconds(value: Any) -> Any:

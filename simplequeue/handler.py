@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel
 
 from simplequeue.errors import ConfigError, InvalidJobError
-from simplequeue.job import _check_key
+from simplequeue.job import check_key
 
 if TYPE_CHECKING:
     from simplequeue.job import Job
@@ -50,7 +50,7 @@ class Handler:
         name = type(handler).__name__
         queue_name = getattr(handler, "QUEUE", None)
         try:
-            _check_key(f"{name}.QUEUE", queue_name, required=True)
+            check_key(f"{name}.QUEUE", queue_name, required=True)
         except InvalidJobError as exc:
             raise ConfigError(str(exc)) from None
         if type(handler).process is Handler.process:

@@ -199,7 +199,8 @@ def _positional(match: re.Match[str]) -> str:
     return text if "." in text else text + ".0"
 
 
-def _check_key(name: str, value: Any, *, required: bool) -> None:
+def check_key(name: str, value: Any, *, required: bool) -> None:
+    """A queue name, unique key or fingerprint as PostgreSQL text and its index can hold."""
     if value is None and not required:
         return
     if not isinstance(value, str) or not value:
@@ -310,9 +311,9 @@ class Job:
         priority: int = 0,
         timeout: float | timedelta | None = None,
     ) -> None:
-        _check_key("queue", queue, required=True)
-        _check_key("unique_key", unique_key, required=False)
-        _check_key("fingerprint", fingerprint, required=False)
+        check_key("queue", queue, required=True)
+        check_key("unique_key", unique_key, required=False)
+        check_key("fingerprint", fingerprint, required=False)
         _check_int("max_attempts", max_attempts, 1)
         _check_int("priority", priority, -INT32_MAX)
         if run_at is not None:

@@ -20,7 +20,7 @@ from simplequeue.backoff import BackoffStrategy
 from simplequeue.config import QueueConfig
 from simplequeue.errors import InvalidJobError, JobNotFoundError, QueueStateError
 from simplequeue.handler import Handler
-from simplequeue.job import Job, JobStatus, require_aware
+from simplequeue.job import Job, JobStatus, check_key, require_aware
 from simplequeue.permits import JobStrategy
 from simplequeue.registry import QueueRegistry
 from simplequeue.runtime.worker import Worker
@@ -206,10 +206,14 @@ class SimpleQueue:
             return await self._store.cancel(conn, "id", _as_uuid(job_id)) == 1
 
     async def cancel_job_by_unique_key(self, unique_key: str) -> int:
+        """Cancel the live job holding `unique_key` (0 or 1)."""
+        check_key("unique_key", unique_key, required=True)
         async with self._connection() as conn:
             return await self._store.cancel(conn, "unique_key", unique_key)
 
     async def cancel_jobs_by_fingerprint(self, fingerprint: str) -> int:
+        """Cancel every pending or running job with this fingerprint; returns how many."""
+        check_key("fingerprint", fingerprint, required=True)
         async with self._connection() as conn:
             return await self._store.cancel(conn, "fingerprint", fingerprint)
 
@@ -240,8 +244,9 @@ class SimpleQueue:
 
     async def list_dlq(self, queue: str | None = None, limit: int = 50) -> list[Job]:
         """Dead jobs, newest first: in the DLQ table or not yet moved there by the janitor."""
+        check_key("queue", queue, required=False)
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ValueError(f"limit must be a positive integer, got {limit!r}")
+            raise InvalidJobError(f"limit must be a positive integer, got {limit!r}")
         async with self._connection() as conn:
             return await self._store.list_dlq(conn, queue, limit)
 

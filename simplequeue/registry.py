@@ -8,7 +8,7 @@ from simplequeue.backoff import BackoffStrategy, check_backoff
 from simplequeue.config import QueueConfig
 from simplequeue.errors import ConfigError
 from simplequeue.handler import Handler
-from simplequeue.job import _check_key
+from simplequeue.job import check_key
 from simplequeue.permits import Immediate, JobStrategy, PermitCounter
 
 __all__ = ["QueueRegistry"]
@@ -16,7 +16,7 @@ __all__ = ["QueueRegistry"]
 
 def _check_queue_name(name: str) -> str:
     try:
-        _check_key("queue name", name, required=True)
+        check_key("queue name", name, required=True)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     return name

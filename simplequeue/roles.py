@@ -9,7 +9,6 @@ each role can and cannot do.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from simplequeue.config import validate_schema_name
+from simplequeue.config import validate_plain_name, validate_schema_name
 from simplequeue.errors import ConfigError, SimpleQueueError
 
 __all__ = [
@@ -27,8 +26,6 @@ __all__ = [
     "grant_roles",
     "validate_role_name",
 ]
-
-_ROLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 TABLES = ("jobs", "archive", "dlq", "schema_migrations")
 """Every table simplequeue creates; a role holds on each exactly what the maps below say."""
@@ -91,15 +88,7 @@ counts. Not: deleting from the DLQ, so not requeue_dlq_job for rows already move
 
 
 def validate_role_name(name: object) -> str:
-    """Role names end up in SQL as identifiers: allow only plain lower-case names."""
-    if not isinstance(name, str) or not _ROLE_NAME.match(name):
-        raise ConfigError(
-            f"invalid role name {name!r}: use 1-63 lower-case letters, digits or underscores, "
-            "not starting with a digit"
-        )
-    if name.startswith("pg_"):
-        raise ConfigError(f"invalid role name {name!r}: names starting with pg_ are reserved")
-    return name
+    return validate_plain_name("role", name)
 
 
 async def grant_roles(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -180,3 +181,24 @@ async def test_only_queues_with_handlers_are_claimed(queue: sq.SimpleQueue, dsn:
     assert mine is not None
     await queue.wait_for_job(mine, timeout=5)
     assert count(dsn, "id = %s AND status = 'pending' AND attempt = 0", [theirs]) == 1
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda q: q.cancel_job_by_unique_key(""), "unique_key"),
+        (lambda q: q.cancel_job_by_unique_key(42), "unique_key"),
+        (lambda q: q.cancel_job_by_unique_key("nul\x00"), "NUL"),
+        (lambda q: q.cancel_jobs_by_fingerprint(None), "fingerprint"),
+        (lambda q: q.cancel_jobs_by_fingerprint("x" * 2000), "fingerprint"),
+        (lambda q: q.list_dlq(queue=""), "queue"),
+        (lambda q: q.list_dlq(limit=True), "limit"),
+    ],
+)
+async def test_bad_arguments_to_operations_are_refused_and_change_nothing(
+    queue: sq.SimpleQueue, dsn: str, call: Any, message: str
+) -> None:
+    job_id = await queue.insert_job(sq.Job("q", {}, unique_key="k", fingerprint="f"))
+    with pytest.raises(sq.InvalidJobError, match=message):
+        await call(queue)
+    assert count(dsn, "id = %s AND status = 'pending'", [job_id]) == 1
