@@ -103,7 +103,7 @@ def _bytes(n: int | None) -> str:
 def render(reports: list[Report]) -> str:
     header = [
         "scenario", "result", "secs", "inserted", "kills", "restarts", "conns killed",
-        "lost", "dup exec", "peak size", "RSS start", "RSS end",
+        "lost", "dup exec", "bad input rejected", "peak size", "RSS start", "RSS end",
     ]  # fmt: skip
     rows = [header]
     for r in reports:
@@ -118,6 +118,7 @@ def render(reports: list[Report]) -> str:
                 str(r.conns_terminated),
                 str(r.lost),
                 str(r.duplicates),
+                f"{r.bad_rejected}/{r.bad_tried}" if r.bad_tried else "-",
                 _bytes(r.peak_bytes),
                 _bytes(r.rss_start),
                 _bytes(r.rss_end),

@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +85,8 @@ class Report:
     peak_bytes: int | None = None
     rss_start: int | None = None
     rss_end: int | None = None
+    bad_tried: int = 0
+    bad_rejected: int = 0
     notes: list[str] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
 
@@ -899,10 +901,165 @@ async def soak(ctx: Context) -> Report:
     return report
 
 
+# -- 6. hostile input ------------------------------------------------------------------
+
+
+def _nested(depth: int) -> Any:
+    value: Any = 0
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+# Values jsonb stores and Python reads back equal: each rides in a job the fleet processes.
+STORABLE: dict[str, Any] = {
+    "sql metacharacters": "'; DROP TABLE simplequeue.jobs; -- \\ \" $$ %s {s}",
+    "unicode": "\u00e9\u4e2d\U0001f680\u202e\ufeff zero\u200bwidth",
+    "control characters": "\x01\x07\t\n\r\x1b[31m",
+    "escaped nul text": "\\u0000 is fine as text",
+    "a 512 kB string": "x" * (512 * 1024),
+    "a 4000-digit integer": int("9" * 4000),
+    "float limits": [1.7976931348623157e308, 5e-324, -0.0, 1e16, 2.5e-10],
+    "200 levels deep": _nested(200),
+    "a wide object": {f"k{i}": i for i in range(10_000)},
+    "empty values": [{}, [], "", None, False, 0],
+}
+
+# Names and keys with metacharacters, stored and read back, then cancelled by key.
+STRANGE_NAMES = ["q'; DROP TABLE x; --", 'q"quoted"', "q\\back", "ü🚀名前", "q %s {0}", " "]
+
+
+def _hostile_jobs() -> list[tuple[str, Callable[[], sq.Job]]]:
+    """What the library must refuse, with InvalidJobError, before anything is written."""
+    utc16 = timezone(timedelta(hours=16))
+    cases: list[tuple[str, Any, dict[str, Any]]] = [
+        ("NaN", {"x": float("nan")}, {}),
+        ("Infinity", [float("inf")], {}),
+        ("NUL in data", "a\x00b", {}),
+        ("NUL in an object key", {"a\x00": 1}, {}),
+        ("lone surrogate", "\ud800", {}),
+        ("300 levels deep", _nested(300), {}),
+        ("a set", {1, 2}, {}),
+        ("an object", object(), {}),
+        ("an int object key", {1: "x"}, {}),
+        ("empty queue", {}, {"queue": ""}),
+        ("NUL in queue", {}, {"queue": "q\x00"}),
+        ("2 kB unique key", {}, {"unique_key": "k" * 2048}),
+        ("surrogate fingerprint", {}, {"fingerprint": "\udfff"}),
+        ("max_attempts 0", {}, {"max_attempts": 0}),
+        ("priority 2**31", {}, {"priority": 2**31}),
+        ("timeout -1", {}, {"timeout": -1}),
+        ("naive run_at", {}, {"run_at": datetime.now(UTC).replace(tzinfo=None)}),
+        ("run_at in year 1", {}, {"run_at": datetime(1, 1, 1, tzinfo=UTC)}),
+        ("run_at at UTC+16", {}, {"run_at": datetime.now(UTC).astimezone(utc16)}),
+    ]
+
+    def build(data: Any, kwargs: dict[str, Any]) -> Callable[[], sq.Job]:
+        queue = kwargs.pop("queue", "chaos")
+        return lambda: sq.Job(queue, data, **kwargs)
+
+    return [(what, build(data, dict(kwargs))) for what, data, kwargs in cases]
+
+
+async def hostile_input(ctx: Context) -> Report:
+    report = Report("6 hostile input")
+    db = "chaos_hostile"
+    dsn = await create_database(ctx.server, db, transitions=True)
+    fleet = ctx.fleet("hostile", db, WorkerSettings())
+    fleet.start()
+    rejected: Counter[str] = Counter()
+
+    def refused(what: str, error: BaseException, expected: type[BaseException]) -> None:
+        report.bad_rejected += 1
+        report.check(isinstance(error, expected), f"{what}: {type(error).__name__}: {error}")
+        rejected[type(error).__name__] += 1
+
+    async with producer(dsn) as queue:
+        # Refused by the library, before any statement.
+        for what, build in _hostile_jobs():
+            report.bad_tried += 1
+            try:
+                await queue.insert_job(build())
+            except Exception as exc:
+                refused(what, exc, sq.InvalidJobError)
+            else:
+                report.check(False, f"{what}: was stored")
+        report.bad_tried += 1
+        try:
+            await queue.insert_job(sq.Job("chaos", {"blob": "x" * (2 * 1024 * 1024)}))
+        except Exception as exc:
+            refused("a 2 MiB payload (limit 1 MiB)", exc, sq.InvalidJobError)
+        # Refused by the database, for producers that bypass the library.
+        for run_at in ("-infinity", "infinity", "20000-01-01"):
+            report.bad_tried += 1
+            try:
+                await sql(
+                    dsn,
+                    "INSERT INTO simplequeue.jobs (id, queue, data, run_at) "
+                    "VALUES (gen_random_uuid(), 'chaos', '{\"plan\": \"ok\"}', %s)",
+                    [run_at],
+                )
+            except psycopg.errors.CheckViolation as exc:
+                refused(f"raw run_at {run_at}", exc, psycopg.errors.CheckViolation)
+            else:
+                report.check(False, f"raw SQL run_at {run_at}: was stored")
+        report.check(await count_where(dsn, "true") == 0, "a refused job left a row behind")
+
+        # Stored exactly, processed like any other job, by workers that stay up.
+        jobs = {
+            what: sq.Job("chaos", {"plan": "ok", "work": 0, "blob": value})
+            for what, value in STORABLE.items()
+        }
+        await insert(queue, dsn, list(jobs.values()))
+        for what, job_ in jobs.items():
+            back = await queue.get_job(job_.id)
+            report.check(
+                back is not None and back.data == job_.data, f"{what}: not read back equal"
+            )
+        # Strange queue names, keys and fingerprints: stored, read back, cancelled by key.
+        strange = [
+            sq.Job(name, {"n": i}, unique_key=name, fingerprint=name, run_at=_far_future())
+            for i, name in enumerate(STRANGE_NAMES)
+        ]
+        ids = await queue.insert_jobs(strange)
+        for job_, stored in zip(strange, ids, strict=True):
+            back = await queue.get_job(job_.id) if stored else None
+            report.check(
+                back is not None
+                and (back.queue, back.unique_key, back.fingerprint)
+                == (job_.queue, job_.unique_key, job_.fingerprint),
+                f"queue/key {job_.queue!r}: not read back equal",
+            )
+            report.check(
+                await queue.cancel_job_by_unique_key(job_.queue) == 1,
+                f"unique key {job_.queue!r}: not cancelled",
+            )
+            await sql(dsn, "DELETE FROM simplequeue.jobs WHERE id = %s", [job_.id])
+        drained = await wait_until_drained(dsn, len(jobs), 60)
+        report.check(drained, "the storable hostile jobs were not all processed")
+    exits = await fleet.stop(30)
+    report.check(all(c == 0 for c, _ in exits.values()), f"a worker did not stop cleanly: {exits}")
+    report.take(await account(dsn))
+    report.notes.insert(
+        0,
+        f"{report.bad_tried} bad inputs tried, {report.bad_rejected} rejected before a row was "
+        f"written ({', '.join(f'{k} {v}' for k, v in rejected.most_common())}); "
+        f"{len(STORABLE)} hostile-but-valid payloads and {len(STRANGE_NAMES)} strange "
+        "names/keys stored and read back exactly",
+    )
+    check_logs(report, fleet)
+    return report
+
+
+def _far_future() -> datetime:
+    return datetime.now(UTC) + timedelta(days=1)
+
+
 SCENARIOS: dict[str, Callable[[Context], Awaitable[Report]]] = {
     "storm": crash_storm,
     "outage": db_outage,
     "stalls": stalls,
     "shutdown": shutdown,
     "soak": soak,
+    "hostile": hostile_input,
 }
