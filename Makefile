@@ -24,11 +24,11 @@ test: install
 
 lint: install
 	$(BIN)/ruff check simplequeue tests chaos $(wildcard bench)
-	$(BIN)/ruff format --check simplequeue tests chaos
+	$(BIN)/ruff format --check simplequeue tests chaos $(wildcard bench)
 	$(BIN)/mypy
 
 format: install
-	$(BIN)/ruff format simplequeue tests chaos
+	$(BIN)/ruff format simplequeue tests chaos $(wildcard bench)
 	$(BIN)/ruff check --fix simplequeue tests chaos bench
 
 # Fault injection at full size (about 15 minutes): kills, restarts, stalls, shutdown, soak.

@@ -489,38 +489,33 @@ def _drain_case(
     return run
 
 
-async def _scale_pending(adapter: Adapter, dsn: str, sizes: Sizes) -> dict[str, float]:
+async def _scale(
+    adapter: Adapter, dsn: str, sizes: Sizes, *, pending: int, finished: int
+) -> dict[str, float]:
+    """Drain `scale_drain` jobs out of a table preloaded with `pending` and `finished` rows."""
+
     async def preload() -> None:
         async with db_conn(dsn) as conn:
-            await adapter.preload_sql(conn, pending=sizes.scale_rows, finished=0)
+            await adapter.preload_sql(conn, pending=pending, finished=finished)
 
     return await drain(
         adapter,
         dsn,
-        total=sizes.scale_rows,
+        total=pending,
         target=sizes.scale_drain,
         procs=1,
         concurrency=SCALE_CONCURRENCY,
         preload=preload,
         timeout=drain_timeout(sizes.scale_drain),
     )
+
+
+async def _scale_pending(adapter: Adapter, dsn: str, sizes: Sizes) -> dict[str, float]:
+    return await _scale(adapter, dsn, sizes, pending=sizes.scale_rows, finished=0)
 
 
 async def _scale_finished(adapter: Adapter, dsn: str, sizes: Sizes) -> dict[str, float]:
-    async def preload() -> None:
-        async with db_conn(dsn) as conn:
-            await adapter.preload_sql(conn, pending=sizes.scale_drain, finished=sizes.scale_rows)
-
-    return await drain(
-        adapter,
-        dsn,
-        total=sizes.scale_drain,
-        target=sizes.scale_drain,
-        procs=1,
-        concurrency=SCALE_CONCURRENCY,
-        preload=preload,
-        timeout=drain_timeout(sizes.scale_drain),
-    )
+    return await _scale(adapter, dsn, sizes, pending=sizes.scale_drain, finished=sizes.scale_rows)
 
 
 WORKLOADS: tuple[Workload, ...] = (

@@ -417,6 +417,8 @@ _COPY_COLUMNS = "id, queue, data, priority, max_attempts, fingerprint, timeout_s
 _COPY = "COPY {s}.jobs (" + _COPY_COLUMNS + ") FROM STDIN"
 _COPY_RUN_AT = "COPY {s}.jobs (" + _COPY_COLUMNS + ", run_at) FROM STDIN"
 
+# heartbeat_at takes clock_timestamp(), not now(): a claim (or a beat) that waited on a lock
+# would otherwise stamp the time it started waiting, and the reaper would take the job at once.
 _CLAIM = """
 WITH candidates AS (
     SELECT j.id
@@ -435,7 +437,7 @@ WITH candidates AS (
 )
 UPDATE {s}.jobs AS jobs
 SET status = 'running', attempt = jobs.attempt + 1, lease = jobs.lease + 1,
-    heartbeat_at = now(), updated_at = now()
+    heartbeat_at = clock_timestamp(), updated_at = now()
 FROM candidates
 WHERE jobs.id = candidates.id
 RETURNING jobs.id, jobs.queue, jobs.data::text, jobs.status, jobs.priority, jobs.attempt,
@@ -486,7 +488,7 @@ WITH mine AS (
     ORDER BY j.id
     FOR UPDATE OF j SKIP LOCKED
 ), beaten AS (
-    UPDATE {s}.jobs AS j SET heartbeat_at = now() FROM beatable WHERE j.id = beatable.id
+    UPDATE {s}.jobs AS j SET heartbeat_at = clock_timestamp() FROM beatable WHERE j.id = beatable.id
 )
 SELECT id FROM mine
 """

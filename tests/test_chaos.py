@@ -200,3 +200,22 @@ def test_chaos_suite_small(tmp_path: Path) -> None:
     )
     print(run.stdout)
     assert run.returncode == 0, run.stdout[-8000:] + run.stderr[-4000:]
+
+
+async def test_a_claim_that_waited_on_a_lock_is_not_born_stalled(
+    queue: sq.SimpleQueue, dsn: str
+) -> None:
+    # Found by the chaos suite (full stalls): a claim blocked for 6 s by LOCK TABLE stamped
+    # heartbeat_at with its transaction's start, so the reaper took the job 0.3 s after it
+    # was claimed, while its worker ran it.
+    job_id = await queue.insert_job(sq.Job("q", {}))
+    with psycopg.connect(dsn) as locker:
+        locker.execute("LOCK TABLE simplequeue.jobs IN EXCLUSIVE MODE")
+        async with queue.pool.connection() as conn:
+            claim = asyncio.create_task(queue._store.claim(conn, ["q"], [1], 1))
+            await asyncio.sleep(1.5)
+            assert not claim.done(), "the claim should wait for the table lock"
+            locker.commit()
+            (claimed,) = await asyncio.wait_for(claim, 10)
+    assert claimed.id == job_id
+    assert beat_age(dsn, job_id) < 1.0, "the claim's heartbeat predates the claim"
