@@ -63,6 +63,21 @@ class Outcome:
         )
 
 
+def _insert_row(j: Job) -> tuple[Any, ...]:
+    """A job's values in the column order of the INSERT statements."""
+    return (
+        j.id,
+        j.queue,
+        j.encoded_data,
+        j.priority,
+        j.max_attempts,
+        j.unique_key,
+        j.fingerprint,
+        j.run_at,
+        j.timeout,
+    )
+
+
 def _array(values: Iterable[object]) -> str:
     """A PostgreSQL array literal of uuids or ints, several times cheaper than adapting a
     list element by element (nothing here needs quoting)."""
@@ -152,37 +167,16 @@ class Store:
         """
         if len(jobs) >= COPY_THRESHOLD and all(j.unique_key is None for j in jobs):
             return await self._copy_jobs(conn, jobs, notify=notify)
+        rows = [_insert_row(j) for j in jobs]
         if len(jobs) == 1:  # scalars: adapting nine one-element arrays costs more than the insert
-            (j,) = jobs
-            one: list[Any] = [
-                j.id,
-                j.queue,
-                j.encoded_data,
-                j.priority,
-                j.max_attempts,
-                j.unique_key,
-                j.fingerprint,
-                j.run_at,
-                j.timeout,
-            ]
-            if notify:
-                one += [self.channel, notify_payload({j.queue})]
-            cur = await _run(conn, self._insert_one_notify if notify else self._insert_one, one)
-            return {row[0] for row in await cur.fetchall()}
-        params: list[Any] = [
-            [j.id for j in jobs],
-            [j.queue for j in jobs],
-            [j.encoded_data for j in jobs],
-            [j.priority for j in jobs],
-            [j.max_attempts for j in jobs],
-            [j.unique_key for j in jobs],
-            [j.fingerprint for j in jobs],
-            [j.run_at for j in jobs],
-            [j.timeout for j in jobs],
-        ]
+            params: list[Any] = list(rows[0])
+            insert, insert_notify = self._insert_one, self._insert_one_notify
+        else:
+            params = [list(column) for column in zip(*rows, strict=True)]
+            insert, insert_notify = self._insert, self._insert_notify
         if notify:
             params += [self.channel, notify_payload({j.queue for j in jobs})]
-        cur = await _run(conn, self._insert_notify if notify else self._insert, params)
+        cur = await _run(conn, insert_notify if notify else insert, params)
         return {row[0] for row in await cur.fetchall()}
 
     async def _copy_jobs(
@@ -240,8 +234,10 @@ class Store:
         Plain successes, most of any batch, go in a statement of their own that needs
         only ids and leases: adapting eight arrays per batch costs more than the query.
         """
-        done = [o for o in outcomes if o.is_plain_success]
-        rest = [o for o in outcomes if not o.is_plain_success] if len(done) < len(outcomes) else []
+        done: list[Outcome] = []
+        rest: list[Outcome] = []
+        for outcome in outcomes:
+            (done if outcome.is_plain_success else rest).append(outcome)
         changed: set[uuid.UUID] = set()
         if done:
             cur = await _run(
@@ -381,7 +377,7 @@ def notify_payload(queues: set[str]) -> str:
 
 # -- the statements ------------------------------------------------------------------
 
-_INSERT_ROWS = """
+_INSERT = """
     INSERT INTO {s}.jobs (id, queue, data, priority, max_attempts, unique_key, fingerprint, run_at,
                           timeout_seconds)
     SELECT id, queue, data::jsonb, priority, max_attempts, unique_key, fingerprint,
@@ -394,8 +390,7 @@ _INSERT_ROWS = """
     DO NOTHING
     RETURNING id
 """
-_INSERT = _INSERT_ROWS
-_INSERT_ONE_ROW = """
+_INSERT_ONE = """
     INSERT INTO {s}.jobs (id, queue, data, priority, max_attempts, unique_key, fingerprint, run_at,
                           timeout_seconds)
     VALUES (%s, %s, %s::text::jsonb, %s, %s, %s, %s, COALESCE(%s::timestamptz, now()),
@@ -404,14 +399,16 @@ _INSERT_ONE_ROW = """
     DO NOTHING
     RETURNING id
 """
-_INSERT_ONE = _INSERT_ONE_ROW
-_INSERT_ONE_NOTIFY = (
-    "WITH inserted AS (" + _INSERT_ONE_ROW + ") SELECT id, (SELECT pg_notify(%s, %s)) FROM inserted"
-)
-# The uncorrelated sub-select runs once (an InitPlan), and only if a row was inserted.
-_INSERT_NOTIFY = (
-    "WITH inserted AS (" + _INSERT_ROWS + ") SELECT id, (SELECT pg_notify(%s, %s)) FROM inserted"
-)
+
+
+def _notifying(insert: str) -> str:
+    """The insert, plus one NOTIFY naming the queues: the uncorrelated sub-select runs once
+    (an InitPlan), and only if a row was inserted."""
+    return "WITH inserted AS (" + insert + ") SELECT id, (SELECT pg_notify(%s, %s)) FROM inserted"
+
+
+_INSERT_NOTIFY = _notifying(_INSERT)
+_INSERT_ONE_NOTIFY = _notifying(_INSERT_ONE)
 
 _COPY_COLUMNS = "id, queue, data, priority, max_attempts, fingerprint, timeout_seconds"
 _COPY = "COPY {s}.jobs (" + _COPY_COLUMNS + ") FROM STDIN"

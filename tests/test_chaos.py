@@ -142,11 +142,14 @@ async def test_a_heartbeat_reconnects_at_once_when_its_connection_was_killed(
     heartbeats = Heartbeater(lambda: psycopg.connect(dsn, autocommit=True), queue._store, 60)
     job = sq.Job("q", {})
     job.id, job.lease = job_id, 1
-    with heartbeats.tracking(job):
+    heartbeats.track(job)
+    try:
         await asyncio.to_thread(heartbeats.beat_now)  # connects
         terminate_others(dsn)
         query(dsn, "UPDATE simplequeue.jobs SET heartbeat_at = now() - interval '1 hour'")
         await asyncio.to_thread(heartbeats.beat_now)
+    finally:
+        heartbeats.untrack(job)
     heartbeats.stop()
     assert beat_age(dsn, job_id) < 5, "the beat after a killed connection was lost"
     assert not [r for r in caplog.records if "heartbeat: database" in r.getMessage()]

@@ -317,3 +317,22 @@ async def test_a_stored_payload_that_cannot_be_decoded_ends_unprocessable(
     )
     assert "stored payload cannot be decoded" in error
     assert ran == ["fine"]
+
+
+async def test_an_unexpected_error_after_the_handler_still_ends_the_attempt(
+    queue: sq.SimpleQueue, dsn: str
+) -> None:
+    # A permit whose release() raises escapes every handler-level except: the executor's
+    # last resort must turn it into a failed attempt, not leave the job running.
+    class BrokenPermit:
+        def release(self) -> None:
+            raise RuntimeError("permit bookkeeping broke")
+
+    class Hands:
+        async def acquire(self, job: sq.Job) -> BrokenPermit:
+            return BrokenPermit()
+
+    queue.set_queue_strategy("scripted", Hands())
+    job = await run_one(queue, Scripted(), {"do": "none"}, max_attempts=1)
+    assert job.status is sq.JobStatus.FAILED
+    assert (job.last_error or "").startswith("internal error: RuntimeError: permit bookkeeping")

@@ -2,9 +2,9 @@
 
 The thread has its own connection, so a handler that blocks the event loop cannot
 silence its job's heartbeat and get it taken away while it still runs. Each job is
-tracked for the span of its processing (`tracking()`), however that ends, and then held
-(`hold()`) until the result writer has stored its outcome: a result waiting out a
-database outage must not have its job reaped and run again.
+tracked for the span of its processing (`track()` to `untrack()`), however that ends,
+then held (`hold()`) until the result writer has stored its outcome: a result waiting out
+a database outage must not have its job reaped and run again.
 """
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ import contextlib
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import psycopg
@@ -43,15 +42,6 @@ class Heartbeater:
         self._conn: psycopg.Connection[Any] | None = None
         self._outage = Outage(log, "heartbeat")
         self.lost: set[uuid.UUID] = set()
-
-    @contextmanager
-    def tracking(self, job: Job) -> Iterator[None]:
-        """Beat for `job` while the block runs."""
-        self.track(job)
-        try:
-            yield
-        finally:
-            self.untrack(job)
 
     def track(self, job: Job) -> None:
         """Beat for `job` until `untrack()`: call both around its processing, in try/finally."""
