@@ -4,6 +4,7 @@ from simplequeue.backoff import BackoffStrategy, Custom, Exponential, Fixed, Lin
 from simplequeue.config import QueueConfig
 from simplequeue.errors import (
     ConfigError,
+    InvalidArgumentError,
     InvalidJobError,
     JobNotFoundError,
     MigrationError,
@@ -38,6 +39,7 @@ __all__ = [
     "Fixed",
     "Handler",
     "Immediate",
+    "InvalidArgumentError",
     "InvalidJobError",
     "Job",
     "JobNotFoundError",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -10,7 +11,25 @@ from typing import Protocol, runtime_checkable
 
 from simplequeue.errors import ConfigError
 
-__all__ = ["BackoffStrategy", "Custom", "Exponential", "Fixed", "Linear", "as_seconds"]
+__all__ = [
+    "MAX_DELAY",
+    "BackoffStrategy",
+    "Custom",
+    "Exponential",
+    "Fixed",
+    "Linear",
+    "as_seconds",
+    "clamp_delay",
+]
+
+MAX_DELAY = 10_000 * 365.25 * 86400.0
+"""Ten thousand years: longer than any due time the jobs table can hold (the write caps
+`run_at` at its latest storable time), short enough for a timedelta and an interval."""
+
+
+def clamp_delay(seconds: float) -> float:
+    """A wait as long as asked, but no longer than a job can be put off."""
+    return min(seconds, MAX_DELAY)
 
 
 @runtime_checkable
@@ -20,8 +39,11 @@ class BackoffStrategy(Protocol):
     def delay(self, attempt: int) -> timedelta: ...
 
 
-def as_seconds(name: str, value: float | timedelta, *, allow_zero: bool = True) -> float:
-    """Durations are accepted as seconds or timedelta; refuse negatives (and zero if asked)."""
+def as_seconds(
+    name: str, value: float | timedelta, *, allow_zero: bool = True, maximum: float | None = None
+) -> float:
+    """Durations are accepted as seconds or timedelta: finite, not negative (nor zero if
+    asked), and at most `maximum` when given."""
     if isinstance(value, timedelta):
         seconds = value.total_seconds()
     elif isinstance(value, int | float) and not isinstance(value, bool):
@@ -33,6 +55,8 @@ def as_seconds(name: str, value: float | timedelta, *, allow_zero: bool = True) 
     if seconds < 0 or (seconds == 0 and not allow_zero):
         bound = "zero or more" if allow_zero else "more than zero"
         raise ConfigError(f"{name} must be {bound} seconds, got {value!r}")
+    if maximum is not None and seconds > maximum:
+        raise ConfigError(f"{name} must be at most {maximum:g} seconds, got {value!r}")
     return seconds
 
 
@@ -46,7 +70,7 @@ class Fixed:
         as_seconds("Fixed.wait", self.wait)
 
     def delay(self, attempt: int) -> timedelta:
-        return timedelta(seconds=as_seconds("Fixed.wait", self.wait))
+        return timedelta(seconds=clamp_delay(as_seconds("Fixed.wait", self.wait)))
 
 
 @dataclass(frozen=True)
@@ -59,7 +83,8 @@ class Linear:
         as_seconds("Linear.step", self.step)
 
     def delay(self, attempt: int) -> timedelta:
-        return timedelta(seconds=as_seconds("Linear.step", self.step) * max(attempt, 1))
+        step = as_seconds("Linear.step", self.step)
+        return timedelta(seconds=clamp_delay(step * max(attempt, 1)))
 
 
 @dataclass(frozen=True)
@@ -78,7 +103,12 @@ class Exponential:
     def __post_init__(self) -> None:
         as_seconds("Exponential.base", self.base)
         as_seconds("Exponential.max_delay", self.max_delay)
-        if not isinstance(self.factor, int | float) or self.factor < 1:
+        factor = self.factor
+        if (
+            isinstance(factor, bool)
+            or not isinstance(factor, int | float)
+            or not (1 <= factor < math.inf)
+        ):
             raise ConfigError(f"Exponential.factor must be a number >= 1, got {self.factor!r}")
         if not isinstance(self.jitter, int | float) or not 0 <= self.jitter <= 1:
             raise ConfigError(f"Exponential.jitter must be between 0 and 1, got {self.jitter!r}")
@@ -87,11 +117,21 @@ class Exponential:
         base = as_seconds("base", self.base)
         cap = as_seconds("max_delay", self.max_delay)
         exponent = max(attempt, 1) - 1
-        # Compare exponents before computing the power: it may not fit in a float.
-        seconds = cap if exponent > 1024 else min(cap, base * self.factor**exponent)
+        # Compare logarithms before computing the power: it may not fit in a float.
+        if base == 0 or cap == 0:
+            seconds = 0.0
+        else:
+            log_delay = math.log(base) + exponent * math.log(self.factor)
+            if log_delay >= math.log(cap):
+                seconds = cap
+            else:
+                try:
+                    seconds = base * self.factor**exponent
+                except OverflowError:  # a tiny base times a power past the float range
+                    seconds = math.exp(log_delay)
         if self.jitter:
             seconds -= random.uniform(0, seconds * self.jitter)
-        return timedelta(seconds=seconds)
+        return timedelta(seconds=clamp_delay(seconds))
 
 
 @dataclass(frozen=True)
@@ -106,7 +146,7 @@ class Custom:
 
     def delay(self, attempt: int) -> timedelta:
         value = self.fn(attempt)
-        return timedelta(seconds=as_seconds("Custom backoff result", value))
+        return timedelta(seconds=clamp_delay(as_seconds("Custom backoff result", value)))
 
 
 def check_backoff(name: str, strategy: object) -> BackoffStrategy:

@@ -18,9 +18,27 @@ from pydantic import (
 from simplequeue.backoff import BackoffStrategy, Linear, as_seconds, check_backoff
 from simplequeue.errors import ConfigError
 
-__all__ = ["QueueConfig", "validate_plain_name", "validate_schema_name"]
+__all__ = [
+    "MAX_SCHEMA_NAME",
+    "QueueConfig",
+    "notify_channel",
+    "validate_plain_name",
+    "validate_schema_name",
+]
 
 _PLAIN_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+IDENTIFIER_MAX_BYTES = 63
+"""PostgreSQL's longest identifier (NAMEDATALEN - 1): a longer one is cut short or refused."""
+
+
+def notify_channel(schema: str) -> str:
+    """The LISTEN/NOTIFY channel of a schema's jobs."""
+    return f"{schema}.jobs"
+
+
+MAX_SCHEMA_NAME = IDENTIFIER_MAX_BYTES - len(notify_channel(""))
+"""A longer schema name would make the NOTIFY channel too long for an identifier."""
 
 
 def validate_plain_name(kind: str, name: object) -> str:
@@ -36,11 +54,25 @@ def validate_plain_name(kind: str, name: object) -> str:
 
 
 def validate_schema_name(name: object) -> str:
-    return validate_plain_name("schema", name)
+    name = validate_plain_name("schema", name)
+    if len(name) > MAX_SCHEMA_NAME:
+        raise ConfigError(
+            f"invalid schema name {name!r}: at most {MAX_SCHEMA_NAME} characters, so that "
+            f"its NOTIFY channel {notify_channel(name)!r} fits PostgreSQL's "
+            f"{IDENTIFIER_MAX_BYTES}-byte identifiers"
+        )
+    return name
+
+
+MAX_SETTING_SECONDS = 100 * 365.25 * 86400.0
+"""The longest duration a setting takes: a century is "never" for a queue, and longer ones
+overflow a thread's wait or a PostgreSQL interval subtracted from now()."""
 
 
 def _seconds(value: Any) -> Any:
-    return as_seconds("duration", value) if isinstance(value, timedelta) else value
+    if isinstance(value, timedelta | int | float) and not isinstance(value, bool):
+        return as_seconds("duration", value, maximum=MAX_SETTING_SECONDS)
+    return value
 
 
 Seconds = Annotated[float, BeforeValidator(_seconds)]
@@ -57,7 +89,9 @@ class QueueConfig(BaseModel):
     global_permits: int = Field(500, ge=1, description="jobs running at once in this process")
     queue_permits: int = Field(100, ge=1, description="default jobs at once per queue")
     heartbeat_interval: Seconds = Field(5.0, gt=0)
-    stall_factor: float = Field(2.5, gt=1, description="stalled after this many silent intervals")
+    stall_factor: float = Field(
+        2.5, gt=1, le=1000, description="stalled after this many silent intervals"
+    )
     backoff: Any = Field(default_factory=lambda: Linear(5.0))
     empty_poll_sleep: Seconds = Field(1.0, gt=0, description="fallback poll when idle")
     max_reprocess_count: int = Field(100, ge=1)

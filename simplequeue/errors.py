@@ -15,6 +15,10 @@ class InvalidJobError(SimpleQueueError, ValueError):
     """A job cannot be stored as given; raised before anything is written."""
 
 
+class InvalidArgumentError(SimpleQueueError, TypeError, ValueError):
+    """An argument other than a job is of the wrong kind; raised before any statement runs."""
+
+
 class MigrationError(SimpleQueueError):
     """The schema could not be brought up to date."""
 

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -81,16 +82,55 @@ class JobStatus(enum.StrEnum):
 DEAD_STATUSES = tuple(s.value for s in JobStatus if s.is_dead)
 
 
+class _IdClock:
+    """UUIDv7 ids that grow strictly within a process, even within one millisecond.
+
+    RFC 9562's counter method: the 74 bits after the millisecond timestamp start at a
+    random value (top bit clear, leaving room to count) at each new millisecond and go
+    up by one per id within it, so jobs built in order are claimed in order. A clock
+    that steps back keeps counting from the last id instead. A forked child starts afresh:
+    it must not repeat its parent's sequence.
+    """
+
+    _COUNTER_BITS = 74
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ms = -1
+        self._counter = 0
+
+    def reset(self) -> None:
+        self._lock = threading.Lock()
+        self._ms = -1
+
+    def next(self) -> uuid.UUID:
+        now = time.time_ns() // 1_000_000
+        with self._lock:
+            if now > self._ms:
+                self._ms = now
+                self._counter = int.from_bytes(os.urandom(10), "big") >> 7  # 73 random bits
+            else:
+                self._counter += 1
+                if self._counter >> self._COUNTER_BITS:  # 2**74 ids in one millisecond
+                    self._ms += 1
+                    self._counter = 0
+            ms, counter = self._ms, self._counter
+        value = (ms & 0xFFFF_FFFF_FFFF) << 80
+        value |= 0x7 << 76  # version 7
+        value |= (counter >> 62) << 64  # rand_a: the counter's top 12 bits
+        value |= 0b10 << 62  # variant
+        value |= counter & ((1 << 62) - 1)  # rand_b: the rest
+        return uuid.UUID(int=value)
+
+
+_ID_CLOCK = _IdClock()
+os.register_at_fork(after_in_child=_ID_CLOCK.reset)
+
+
 def new_job_id() -> uuid.UUID:
-    """A UUIDv7: time-ordered, so the primary key grows at its right edge like a sequence."""
-    ms = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")  # 80 random bits: 12 for rand_a, 62 for rand_b
-    value = (ms & 0xFFFF_FFFF_FFFF) << 80
-    value |= 0x7 << 76
-    value |= ((rand >> 62) & 0xFFF) << 64
-    value |= 0b10 << 62
-    value |= rand & ((1 << 62) - 1)
-    return uuid.UUID(int=value)
+    """A UUIDv7: time-ordered, so the primary key grows at its right edge like a sequence,
+    and increasing within this process, so a batch is claimed in the order it was built."""
+    return _ID_CLOCK.next()
 
 
 _ENCODER = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":"))
@@ -279,6 +319,8 @@ class Job:
 
     __slots__ = (
         "_encoded",
+        "_sent",
+        "_stored",
         "attempt",
         "completed_at",
         "created_at",
@@ -321,6 +363,8 @@ class Job:
         self.timeout = None if timeout is None else _check_timeout(timeout)
         self._encoded: str | None = encode_data(data)
         self.id: uuid.UUID = new_job_id()
+        self._sent = False  # an insert of it was sent: retrying it must not store it twice
+        self._stored = False  # an insert stored it: inserting it again is a new job
         self.queue = queue
         self.data = data
         self.payload: Any = data
@@ -337,6 +381,18 @@ class Job:
         self.updated_at: datetime | None = None
         self.completed_at: datetime | None = None
         self.last_error: str | None = None
+
+    def _begin_insert(self) -> bool:
+        """Ready the job for an insert; True when an insert of it was sent before and may
+        have stored it (a retry after an error: it must not be stored twice).
+
+        A job already stored gets a new id first: inserting it again is a new job.
+        """
+        if self._stored:
+            self.id = new_job_id()
+            self._stored = self._sent = False
+        sent, self._sent = self._sent, True
+        return sent
 
     @property
     def encoded_data(self) -> str:
@@ -372,6 +428,7 @@ class Job:
             job.timeout,
         ) = row
         job.status = JobStatus(status)
+        job._sent = job._stored = True
         job._encoded = data if encoded else None
         job.data = job.payload = None if encoded else data
         return job

@@ -10,6 +10,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool
 
 from simplequeue.config import validate_schema_name
@@ -76,10 +77,7 @@ async def _apply(conn: psycopg.AsyncConnection[Any], schema: str) -> list[str]:
                     " applied_at timestamptz NOT NULL DEFAULT now())"
                 ).format(ident)
             )
-            cur = await conn.execute(
-                sql.SQL("SELECT version FROM {}.schema_migrations").format(ident)
-            )
-            done = {row[0] for row in await cur.fetchall()}
+            done = await _applied(conn, schema)
             for migration in migrations():
                 if migration.version in done:
                     continue
@@ -105,14 +103,20 @@ async def _apply(conn: psycopg.AsyncConnection[Any], schema: str) -> list[str]:
 
 async def _up_to_date(conn: psycopg.AsyncConnection[Any], schema: str) -> bool:
     async with conn.transaction():
-        cur = await conn.execute(
+        cur = conn.cursor(row_factory=tuple_row)  # whatever row factory the caller's pool has
+        await cur.execute(
             "SELECT to_regclass(format('%%I.schema_migrations', %s::text)) IS NOT NULL", [schema]
         )
         row = await cur.fetchone()
         if not row or not row[0]:
             return False
-        cur = await conn.execute(
-            sql.SQL("SELECT version FROM {}.schema_migrations").format(sql.Identifier(schema))
-        )
-        done = {row[0] for row in await cur.fetchall()}
+        done = await _applied(conn, schema)
     return all(m.version in done for m in migrations())
+
+
+async def _applied(conn: psycopg.AsyncConnection[Any], schema: str) -> set[int]:
+    cur = conn.cursor(row_factory=tuple_row)
+    await cur.execute(
+        sql.SQL("SELECT version FROM {}.schema_migrations").format(sql.Identifier(schema))
+    )
+    return {row[0] for row in await cur.fetchall()}

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from types import TracebackType
@@ -18,7 +18,12 @@ from psycopg_pool import AsyncConnectionPool
 
 from simplequeue.backoff import BackoffStrategy
 from simplequeue.config import QueueConfig
-from simplequeue.errors import InvalidJobError, JobNotFoundError, QueueStateError
+from simplequeue.errors import (
+    InvalidArgumentError,
+    InvalidJobError,
+    JobNotFoundError,
+    QueueStateError,
+)
 from simplequeue.handler import Handler
 from simplequeue.job import Job, JobStatus, check_key, require_aware
 from simplequeue.permits import JobStrategy
@@ -39,6 +44,16 @@ class SimpleQueue:
     """
 
     def __init__(self, pool: AsyncConnectionPool[Any], **config: Any) -> None:
+        if not isinstance(pool, AsyncConnectionPool):
+            hint = (
+                "; for a connection string use SimpleQueue.from_url(dsn)"
+                if isinstance(pool, str)
+                else ""
+            )
+            raise InvalidArgumentError(
+                f"SimpleQueue needs a psycopg_pool.AsyncConnectionPool, got "
+                f"{type(pool).__name__}{hint}"
+            )
         self.config = QueueConfig.build(**config)
         self._pool = pool
         self._owns_pool = False
@@ -50,6 +65,10 @@ class SimpleQueue:
     @classmethod
     def from_url(cls, dsn: str, **config: Any) -> SimpleQueue:
         """A queue that owns its pool: `async with` opens and closes it."""
+        if not isinstance(dsn, str):
+            raise InvalidArgumentError(
+                f"from_url needs a connection string, got {type(dsn).__name__}"
+            )
         settings = QueueConfig.build(**config)
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
             dsn,
@@ -145,7 +164,9 @@ class SimpleQueue:
         """Insert one job; None when a live job already holds its unique key.
 
         With `conn`, the insert joins that connection's transaction: it is rolled back
-        with it, and workers see the job only once it commits.
+        with it, and workers see the job only once it commits. A Job object that an insert
+        stored before is stored again as a new job, under a new id (`job.id` changes);
+        retrying an insert that raised never stores a job twice.
         """
         return (await self.insert_jobs([job], conn=conn))[0]
 
@@ -153,29 +174,40 @@ class SimpleQueue:
         self, jobs: Sequence[Job], *, conn: AsyncConn | None = None
     ) -> list[uuid.UUID | None]:
         """Insert jobs in one round trip; the result is aligned with `jobs` (None: deduplicated)."""
+        _check_connection(conn)
+        if isinstance(jobs, Job) or not isinstance(jobs, Iterable):
+            raise InvalidArgumentError(
+                f"insert_jobs takes a sequence of jobs, got {type(jobs).__name__}"
+                + ("; use insert_job for one" if isinstance(jobs, Job) else "")
+            )
         jobs = list(jobs)
         self._check_jobs(jobs)
         if not jobs:
             return []
+        retry = any([job._begin_insert() for job in jobs])  # a list: every job is readied
         notify = self.config.use_notify
         if conn is not None:
-            inserted = await self._store.insert_jobs(conn, jobs, notify=notify)
+            inserted = await self._store.insert_jobs(conn, jobs, notify=notify, retry=retry)
         else:
             async with self._pool.connection() as own:
-                inserted = await self._store.insert_jobs(own, jobs, notify=notify)
-        return [job.id if job.id in inserted else None for job in jobs]
+                inserted = await self._store.insert_jobs(own, jobs, notify=notify, retry=retry)
+        ids: list[uuid.UUID | None] = []
+        for job in jobs:
+            job._stored = job.id in inserted
+            ids.append(job.id if job._stored else None)
+        return ids
 
     def _check_jobs(self, jobs: list[Job]) -> None:
-        seen: set[uuid.UUID] = set()
+        seen: set[int] = set()
         limit = self.config.max_payload_bytes
         for index, job in enumerate(jobs):
             if not isinstance(job, Job):
                 raise InvalidJobError(
                     f"item {index} is {type(job).__name__}, not a simplequeue.Job"
                 )
-            if job.id in seen:
+            if id(job) in seen:
                 raise InvalidJobError(f"item {index} is the same Job object as an earlier item")
-            seen.add(job.id)
+            seen.add(id(job))
             size = len(job.encoded_data.encode("utf-8"))
             if size > limit:
                 raise InvalidJobError(
@@ -263,6 +295,16 @@ class SimpleQueue:
         if a live job now holds its unique key."""
         async with self._connection() as conn, conn.transaction():
             return await self._store.requeue_dead(conn, _as_uuid(job_id))
+
+
+def _check_connection(conn: object) -> None:
+    """Refuse what is not an async psycopg connection before any statement runs: a sync
+    connection would execute the INSERT and only then fail on `await`."""
+    if conn is not None and not isinstance(conn, psycopg.AsyncConnection):
+        raise InvalidArgumentError(
+            f"conn must be a psycopg.AsyncConnection (the one whose transaction the insert "
+            f"joins), got {type(conn).__name__}; pass none to use the queue's pool"
+        )
 
 
 def _first_attempt_over(job: Job) -> bool:

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.pq import TransactionStatus
 from psycopg.rows import TupleRow, tuple_row
 
+from simplequeue.config import notify_channel
 from simplequeue.errors import JobNotFoundError
 from simplequeue.job import DEAD_STATUSES, Job
 
@@ -78,6 +81,15 @@ def _insert_row(j: Job) -> tuple[Any, ...]:
     )
 
 
+def _insert_rows(jobs: Sequence[Job]) -> list[tuple[Any, ...]]:
+    """The rows of a batch, those with a unique key sorted by it: concurrent batches then
+    take the key's index entries in one order and cannot deadlock each other."""
+    if all(j.unique_key is None for j in jobs):
+        return [_insert_row(j) for j in jobs]
+    ordered = sorted(jobs, key=lambda j: (j.unique_key is None, j.unique_key or ""))
+    return [_insert_row(j) for j in ordered]
+
+
 def _array(values: Iterable[object]) -> str:
     """A PostgreSQL array literal of uuids or ints, several times cheaper than adapting a
     list element by element (nothing here needs quoting)."""
@@ -113,6 +125,22 @@ async def _run(conn: AnyConn, query: str, params: Any = None) -> psycopg.AsyncCu
     return cur
 
 
+def _outside_transaction(conn: AnyConn) -> bool:
+    """An autocommit connection outside a transaction: each statement commits on its own."""
+    return conn.autocommit and conn.info.transaction_status == TransactionStatus.IDLE
+
+
+def atomic(conn: AnyConn) -> AbstractAsyncContextManager[Any]:
+    """Make several statements one unit without touching the caller's transaction.
+
+    Outside a transaction, a transaction of our own. Anywhere else the statements already
+    run in the caller's transaction, which alone decides: a `conn.transaction()` there
+    would COMMIT a non-autocommit connection that has not run a statement yet (psycopg
+    opens a real transaction when none is open).
+    """
+    return conn.transaction() if _outside_transaction(conn) else nullcontext()
+
+
 def _q(template: str, schema: str) -> str:
     """The statement for this schema, rendered once: psycopg would otherwise turn a
     Composed into text again at every execute, on the hot path."""
@@ -124,11 +152,12 @@ class Store:
 
     def __init__(self, schema: str) -> None:
         self.schema = schema
-        self.channel = f"{schema}.jobs"
+        self.channel = notify_channel(schema)
         self._insert = _q(_INSERT, schema)
         self._insert_notify = _q(_INSERT_NOTIFY, schema)
         self._insert_one = _q(_INSERT_ONE, schema)
         self._insert_one_notify = _q(_INSERT_ONE_NOTIFY, schema)
+        self._stored_ids = _q(_STORED_IDS, schema)
         self._copy = _q(_COPY, schema)
         self._copy_run_at = _q(_COPY_RUN_AT, schema)
         self._notify = sql.SQL("SELECT pg_notify(%s, %s)")
@@ -152,32 +181,47 @@ class Store:
         self._archive_completed = _q(_ARCHIVE_COMPLETED, schema)
         self._move_dead = _q(_MOVE_DEAD, schema)
         self._purge_archive = _q(_PURGE_ARCHIVE, schema)
+        self._stuck_finished = _q(_STUCK_FINISHED, schema)
         self._counts = _q(_COUNTS, schema)
         self._listen = sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)).as_string(None)
 
     # -- producers -------------------------------------------------------------------
 
     async def insert_jobs(
-        self, conn: AnyConn, jobs: Sequence[Job], *, notify: bool
+        self, conn: AnyConn, jobs: Sequence[Job], *, notify: bool, retry: bool = False
     ) -> set[uuid.UUID]:
         """Insert in one statement; returns the ids stored (a live unique key skips a job).
 
         With `notify`, the same statement sends one NOTIFY naming the queues, delivered
-        when the inserting transaction commits.
+        when the inserting transaction commits. An id already stored (an earlier try of
+        the same insert landed) counts as stored instead of failing the batch; with
+        `retry` this is also checked for the jobs with a unique key, whose skip could
+        otherwise be either conflict. So retrying an insert never stores a job twice.
         """
-        if len(jobs) >= COPY_THRESHOLD and all(j.unique_key is None for j in jobs):
-            return await self._copy_jobs(conn, jobs, notify=notify)
-        rows = [_insert_row(j) for j in jobs]
+        if not retry and len(jobs) >= COPY_THRESHOLD and all(j.unique_key is None for j in jobs):
+            own_transaction = _outside_transaction(conn)
+            try:
+                return await self._copy_jobs(conn, jobs, notify=notify)
+            except psycopg.errors.UniqueViolation:
+                if not own_transaction:
+                    raise  # the caller's transaction is aborted: theirs to roll back
+                retry = True  # ours was rolled back: take the INSERT, which skips stored ids
         if len(jobs) == 1:  # scalars: adapting nine one-element arrays costs more than the insert
-            params: list[Any] = list(rows[0])
+            params: list[Any] = list(_insert_row(jobs[0]))
             insert, insert_notify = self._insert_one, self._insert_one_notify
         else:
-            params = [list(column) for column in zip(*rows, strict=True)]
+            params = [list(column) for column in zip(*_insert_rows(jobs), strict=True)]
             insert, insert_notify = self._insert, self._insert_notify
         if notify:
             params += [self.channel, notify_payload({j.queue for j in jobs})]
         cur = await _run(conn, insert_notify if notify else insert, params)
-        return {row[0] for row in await cur.fetchall()}
+        stored = {row[0] for row in await cur.fetchall()}
+        # Without a unique key, only the id can have conflicted: the job is stored.
+        stored.update(j.id for j in jobs if j.unique_key is None)
+        if retry and len(stored) < len(jobs):
+            cur = await _run(conn, self._stored_ids, [[j.id for j in jobs if j.id not in stored]])
+            stored.update(row[0] for row in await cur.fetchall())
+        return stored
 
     async def _copy_jobs(
         self, conn: AnyConn, jobs: Sequence[Job], *, notify: bool
@@ -190,7 +234,7 @@ class Store:
         """
         timed = [j for j in jobs if j.run_at is not None]
         untimed = [j for j in jobs if j.run_at is None]
-        async with conn.transaction():  # a savepoint inside the caller's transaction
+        async with atomic(conn):
             cur = conn.cursor()
             for group, statement in ((untimed, self._copy), (timed, self._copy_run_at)):
                 if not group:
@@ -305,6 +349,12 @@ class Store:
         cur = await _run(conn, self._purge_archive, [retention, limit])
         return cur.rowcount
 
+    async def stuck_finished(self, conn: AnyConn) -> int:
+        """Finished jobs the janitor cannot move: the archive or DLQ holds their id already."""
+        cur = await _run(conn, self._stuck_finished)
+        row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
     # -- operators -------------------------------------------------------------------
 
     async def get_job(self, conn: AnyConn, job_id: uuid.UUID) -> Job | None:
@@ -386,8 +436,7 @@ _INSERT = """
                 %s::text[], %s::timestamptz[], %s::float8[])
          AS t(id, queue, data, priority, max_attempts, unique_key, fingerprint, run_at,
               timeout_seconds)
-    ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND status IN ('pending', 'running')
-    DO NOTHING
+    ON CONFLICT DO NOTHING
     RETURNING id
 """
 _INSERT_ONE = """
@@ -395,10 +444,15 @@ _INSERT_ONE = """
                           timeout_seconds)
     VALUES (%s, %s, %s::text::jsonb, %s, %s, %s, %s, COALESCE(%s::timestamptz, now()),
             %s::float8)
-    ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND status IN ('pending', 'running')
-    DO NOTHING
+    ON CONFLICT DO NOTHING
     RETURNING id
 """
+
+
+# Both inserts skip a job on any conflict: a live job holding its unique key
+# (jobs_unique_key_live), or its own id already stored by an earlier try of the same insert.
+
+_STORED_IDS = "SELECT id FROM {s}.jobs WHERE id = ANY(%s::uuid[])"
 
 
 def _notifying(insert: str) -> str:
@@ -573,18 +627,30 @@ UNION ALL SELECT 'dlq', count(*) FROM {s}.dlq
 
 _DELETE_FROM_DLQ = "DELETE FROM {s}.dlq WHERE id = %s"
 
+# A finished row whose id the archive or the DLQ already holds (a row written there by
+# hand) is left where it is: moving it would fail the whole batch, every sweep.
 _ARCHIVE_COMPLETED = (
     "WITH moved AS (DELETE FROM {s}.jobs WHERE id IN ("
-    "    SELECT id FROM {s}.jobs WHERE status = 'completed' LIMIT %s FOR UPDATE SKIP LOCKED)"
+    "    SELECT id FROM {s}.jobs AS j WHERE status = 'completed'"
+    "      AND NOT EXISTS (SELECT 1 FROM {s}.archive AS a WHERE a.id = j.id)"
+    "    LIMIT %s FOR UPDATE SKIP LOCKED)"
     "  RETURNING " + _ROW_COLUMNS + ") "
     "INSERT INTO {s}.archive (" + _ROW_COLUMNS + ") SELECT " + _ROW_COLUMNS + " FROM moved"
 )
 
 _MOVE_DEAD = (
     "WITH moved AS (DELETE FROM {s}.jobs WHERE id IN ("
-    "    SELECT id FROM {s}.jobs WHERE status IN " + _DEAD + " LIMIT %s FOR UPDATE SKIP LOCKED)"
+    "    SELECT id FROM {s}.jobs AS j WHERE status IN " + _DEAD + ""
+    "      AND NOT EXISTS (SELECT 1 FROM {s}.dlq AS d WHERE d.id = j.id)"
+    "    LIMIT %s FOR UPDATE SKIP LOCKED)"
     "  RETURNING " + _ROW_COLUMNS + ") "
     "INSERT INTO {s}.dlq (" + _ROW_COLUMNS + ") SELECT " + _ROW_COLUMNS + " FROM moved"
+)
+
+_STUCK_FINISHED = (
+    "SELECT count(*) FROM {s}.jobs AS j WHERE"
+    " (status = 'completed' AND EXISTS (SELECT 1 FROM {s}.archive AS a WHERE a.id = j.id))"
+    " OR (status IN " + _DEAD + " AND EXISTS (SELECT 1 FROM {s}.dlq AS d WHERE d.id = j.id))"
 )
 
 _PURGE_ARCHIVE = """

@@ -30,6 +30,13 @@ from tests.conftest import count, eventually
         ({"janitor_schedule": "every tuesday"}, "not a valid cron expression"),
         ({"colour": "blue"}, "colour: unknown setting"),
         ({"pool_min_size": 5, "pool_max_size": 2}, "pool_max_size"),
+        ({"archive_retention": float("inf")}, "archive_retention: .*finite"),
+        ({"heartbeat_interval": float("inf")}, "heartbeat_interval: .*finite"),
+        ({"empty_poll_sleep": float("nan")}, "empty_poll_sleep: .*finite"),
+        ({"janitor_interval": 1e300}, "janitor_interval: .*at most"),
+        ({"reaper_interval": float("inf")}, "reaper_interval: .*finite"),
+        ({"stall_factor": float("inf")}, "stall_factor"),
+        ({"schema": "s" * 59}, "at most 58 characters"),
     ],
 )
 def test_bad_settings_fail_at_construction(settings: dict[str, Any], message: str) -> None:
@@ -46,6 +53,48 @@ def test_defaults_follow_the_seed() -> None:
     assert (config.janitor_interval, config.hold_queue_permit) == (60.0, 0.5)
     assert config.schema_name == "simplequeue"
     assert sq.QueueConfig.build(heartbeat_interval=timedelta(seconds=2)).heartbeat_interval == 2.0
+
+
+def test_exponential_reaches_its_cap_however_far_the_attempt() -> None:
+    """Powers past the float range (2.0**1024, 10.0**309) mean the cap, not an error."""
+    assert sq.Exponential(base=1, factor=2, max_delay=60).delay(1025).total_seconds() == 60
+    assert sq.Exponential(base=1, factor=10, max_delay=100).delay(310).total_seconds() == 100
+    assert sq.Exponential(base=3, factor=1, max_delay=2).delay(7).total_seconds() == 2
+    assert sq.Exponential(base=0, max_delay=9).delay(2000).total_seconds() == 0
+    tiny = sq.Exponential(base=1e-300, factor=2, max_delay=10).delay(1100).total_seconds()
+    assert tiny == 10
+    with pytest.raises(sq.ConfigError, match="factor"):
+        sq.Exponential(factor=float("inf"))
+
+
+def test_long_backoffs_are_clamped_not_refused() -> None:
+    from simplequeue.backoff import MAX_DELAY
+
+    for strategy in (sq.Fixed(1e300), sq.Linear(1e308), sq.Custom(lambda n: 1e300)):
+        assert strategy.delay(5).total_seconds() == MAX_DELAY
+
+
+async def test_the_longest_schema_name_notifies(dsn: str) -> None:
+    from simplequeue.config import MAX_SCHEMA_NAME
+
+    schema = "s" * MAX_SCHEMA_NAME
+    await sq.setup(dsn, schema=schema)
+    seen: list[sq.Job] = []
+
+    class Record(sq.Handler):
+        QUEUE = "long"
+
+        async def process(self, queue: sq.SimpleQueue, job: sq.Job) -> None:
+            seen.append(job)
+
+    async with sq.SimpleQueue.from_url(dsn, schema=schema, empty_poll_sleep=30) as queue:
+        queue.register_handler(Record())
+        await queue.start()
+        assert queue._worker is not None and queue._worker.listener is not None
+        await asyncio.wait_for(queue._worker.listener.connected.wait(), 10)
+        await asyncio.sleep(0.2)  # the wake-up after connecting has been spent
+        await queue.insert_job(sq.Job("long", {}))  # only its NOTIFY can wake the poller
+        await eventually(lambda: seen, timeout=10)
 
 
 def test_backoff_strategies() -> None:

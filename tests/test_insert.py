@@ -259,3 +259,118 @@ async def test_inserts_fail_clearly_when_the_database_is_gone(dsn: str) -> None:
     finally:
         await pool.close()
     assert count(dsn) == 0
+
+
+async def test_wrong_kinds_are_refused_before_any_statement(
+    queue: sq.SimpleQueue, dsn: str
+) -> None:
+    with pytest.raises(sq.InvalidArgumentError, match=r"use SimpleQueue\.from_url\(dsn\)"):
+        sq.SimpleQueue(dsn)  # type: ignore[arg-type]
+    with pytest.raises(sq.InvalidArgumentError, match="connection string"):
+        sq.SimpleQueue.from_url(queue.pool)  # type: ignore[arg-type]
+    with psycopg.connect(dsn, autocommit=True) as sync_conn:
+        for wrong in (queue.pool, sync_conn, dsn, 42):
+            with pytest.raises(sq.InvalidArgumentError, match=r"psycopg\.AsyncConnection"):
+                await queue.insert_job(sq.Job("q", {}), conn=wrong)  # type: ignore[arg-type]
+            with pytest.raises(sq.InvalidArgumentError, match=r"psycopg\.AsyncConnection"):
+                await queue.insert_jobs([sq.Job("q", n) for n in range(600)], conn=wrong)  # type: ignore[arg-type]
+    with pytest.raises(sq.InvalidArgumentError, match="use insert_job for one"):
+        await queue.insert_jobs(sq.Job("q", {}))  # type: ignore[arg-type]
+    with pytest.raises(sq.InvalidArgumentError, match="sequence of jobs"):
+        await queue.insert_jobs(None)  # type: ignore[arg-type]
+    assert count(dsn) == 0
+
+
+def test_ids_grow_within_a_millisecond_and_across_threads() -> None:
+    import threading
+
+    from simplequeue.job import new_job_id
+
+    made: list[list[uuid.UUID]] = [[] for _ in range(4)]
+
+    def build(into: list[uuid.UUID]) -> None:
+        into.extend(new_job_id() for _ in range(20_000))
+
+    threads = [threading.Thread(target=build, args=(into,)) for into in made]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for ids in made:
+        assert ids == sorted(ids)
+    every = [i for ids in made for i in ids]
+    assert len(set(every)) == len(every)
+    assert all(i.version == 7 and i.variant == uuid.RFC_4122 for i in every)
+
+
+async def test_a_batch_runs_in_the_order_it_was_built(dsn: str) -> None:
+    order: list[int] = []
+
+    class Record(sq.Handler):
+        QUEUE = "fifo"
+
+        async def process(self, queue: sq.SimpleQueue, job: sq.Job) -> None:
+            order.append(job.data)
+
+    async with sq.SimpleQueue.from_url(dsn, global_permits=1, empty_poll_sleep=0.05) as queue:
+        await queue.insert_jobs([sq.Job("fifo", n) for n in range(200)])
+        queue.register_handler(Record())
+        await queue.start()
+        await eventually(lambda: len(order) == 200, timeout=30)
+    assert order == list(range(200))
+
+
+async def test_inserting_a_job_object_again_stores_a_new_job(
+    queue: sq.SimpleQueue, dsn: str
+) -> None:
+    from simplequeue.maintenance.janitor import Janitor
+
+    class Ok(sq.Handler):
+        QUEUE = "again"
+
+        async def process(self, queue: sq.SimpleQueue, job: sq.Job) -> None:
+            return None
+
+    job = sq.Job("again", {"n": 1})
+    first = await queue.insert_job(job)
+    second = await queue.insert_job(job)  # the first is still live: no UniqueViolation
+    assert first is not None and second is not None and first != second == job.id
+    queue.register_handler(Ok())
+    await queue.start()
+    await queue.wait_for_job(second, timeout=10)
+    await eventually(lambda: count(dsn, "status = 'completed'") == 2)
+    third = await queue.insert_job(job)  # after the first two have finished
+    assert third not in (first, second, None)
+    await queue.wait_for_job(third, timeout=10)  # type: ignore[arg-type]
+    await eventually(lambda: count(dsn, "status = 'completed'") == 3)
+    report = await Janitor(queue.pool, queue._store, queue.config).sweep()
+    assert (report.archived, report.stuck, report.failed_steps) == (3, 0, ())
+    # a job read back is a stored job: inserting it stores a copy under a new id
+    stored = await queue.get_job(first)
+    assert stored is not None
+    copy = await queue.insert_job(stored)
+    assert copy not in (first, None) and count(dsn, "status = 'pending'") <= 1
+
+
+async def test_a_job_inserted_in_a_rolled_back_transaction_can_be_inserted_again(
+    queue: sq.SimpleQueue, dsn: str
+) -> None:
+    jobs = [sq.Job("q", n) for n in range(3)]
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        await queue.insert_jobs(jobs, conn=conn)
+        await conn.rollback()
+        ids = await queue.insert_jobs(jobs, conn=conn)
+        await conn.commit()
+    assert ids == [j.id for j in jobs] and None not in ids
+    assert count(dsn) == 3
+
+
+@pytest.mark.parametrize("size", [1, 3, 600])
+async def test_one_job_object_inserted_concurrently_is_stored_once(dsn: str, size: int) -> None:
+    """The second insert of the same objects, sent while the first is under way, may find
+    them stored: it reports them stored instead of storing them twice or raising."""
+    jobs = [sq.Job("q", n) for n in range(size)]
+    async with sq.SimpleQueue.from_url(dsn, pool_min_size=2, pool_max_size=2) as queue:
+        first, second = await asyncio.gather(queue.insert_jobs(jobs), queue.insert_jobs(jobs))
+    assert first == second == [j.id for j in jobs]
+    assert count(dsn) == size

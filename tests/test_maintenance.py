@@ -138,3 +138,46 @@ async def test_janitor_runs_in_the_worker_with_the_extra(dsn: str) -> None:
         archived = await queue.get_job(job_id)  # type: ignore[arg-type]
     assert archived is not None and archived.status is sq.JobStatus.COMPLETED
     assert count(dsn) == 0
+
+
+async def test_one_conflicting_row_never_stops_the_janitor(queue: sq.SimpleQueue, dsn: str) -> None:
+    """A row already in the archive (written there by hand) under the id of a live job:
+    the janitor leaves that job where it is, reports it, and moves everything else."""
+    ids = await queue.insert_jobs([sq.Job("q", n) for n in range(6)])
+    for table, job_id in (("archive", ids[0]), ("dlq", ids[1])):
+        query(
+            dsn,
+            f"INSERT INTO simplequeue.{table} (id, queue, data) "
+            "SELECT id, queue, data FROM simplequeue.jobs WHERE id = %s",
+            [job_id],
+        )
+    query(dsn, "UPDATE simplequeue.jobs SET status = 'completed' WHERE (data)::int IN (0, 2, 3)")
+    query(dsn, "UPDATE simplequeue.jobs SET status = 'failed' WHERE (data)::int IN (1, 4)")
+    janitor = Janitor(queue.pool, queue._store, queue.config)
+    for _ in range(2):  # every sweep, not only the first
+        report = await janitor.sweep()
+        assert report.stuck == 2 and report.failed_steps == ()
+    assert count(dsn) == 3  # the two conflicting rows and the pending one
+    assert count(dsn, table="archive") == 3 and count(dsn, table="dlq") == 2
+
+
+async def test_a_step_the_database_refuses_does_not_stop_the_others(
+    queue: sq.SimpleQueue, dsn: str
+) -> None:
+    query(
+        dsn,
+        "CREATE FUNCTION public.refuse() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN RAISE EXCEPTION 'no dead letters today'; END $$",
+    )
+    query(
+        dsn,
+        "CREATE TRIGGER refuse BEFORE INSERT ON simplequeue.dlq "
+        "FOR EACH ROW EXECUTE FUNCTION public.refuse()",
+    )
+    await queue.insert_jobs([sq.Job("q", n) for n in range(4)])
+    query(dsn, "UPDATE simplequeue.jobs SET status = 'completed' WHERE (data)::int < 2")
+    query(dsn, "UPDATE simplequeue.jobs SET status = 'failed' WHERE (data)::int >= 2")
+    report = await Janitor(queue.pool, queue._store, queue.config).sweep()
+    assert report.failed_steps == ("dead-letter",)
+    assert report.archived == 2 and count(dsn, table="archive") == 2
+    assert count(dsn, "status = 'failed'") == 2  # still there, nothing lost

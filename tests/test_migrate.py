@@ -64,3 +64,20 @@ async def test_a_queue_on_its_own_schema(dsn: str) -> None:
     assert job.status is sq.JobStatus.COMPLETED
     assert query(dsn, "SELECT count(*) FROM tenant_a.jobs") == [(1,)]
     assert count(dsn) == 0  # the default schema saw nothing
+
+
+async def test_setup_on_a_pool_with_any_row_factory(dsn: str) -> None:
+    from psycopg.rows import dict_row, namedtuple_row
+    from psycopg_pool import AsyncConnectionPool
+
+    for schema, factory in (("dicts", dict_row), ("tuples", namedtuple_row)):
+        async with AsyncConnectionPool(
+            dsn, min_size=1, kwargs={"row_factory": factory}, open=False
+        ) as pool:
+            assert await sq.setup(pool, schema=schema) == ALL
+            assert await sq.setup(pool, schema=schema) == []
+            async with sq.SimpleQueue(pool, schema=schema) as queue:
+                job_id = await queue.insert_job(sq.Job("q", {"a": 1}))
+                stored = await queue.get_job(job_id)  # type: ignore[arg-type]
+                assert stored is not None and stored.data == {"a": 1}
+                assert (await queue.counts())["pending"] == 1

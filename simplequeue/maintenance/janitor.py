@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -20,7 +21,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from simplequeue.config import QueueConfig
 from simplequeue.runtime.outage import Outage
-from simplequeue.store import Store
+from simplequeue.store import AnyConn, Store
 
 __all__ = ["Janitor", "JanitorReport"]
 
@@ -35,6 +36,10 @@ class JanitorReport:
     archived: int = 0
     dead_lettered: int = 0
     purged: int = 0
+    stuck: int = 0
+    """Finished jobs left in the jobs table: the archive or the DLQ holds their id already."""
+    failed_steps: tuple[str, ...] = ()
+    """Steps the database refused this sweep (logged); the others ran all the same."""
 
 
 class Janitor:
@@ -62,28 +67,59 @@ class Janitor:
             self._outage.recovered()
 
     async def sweep(self) -> JanitorReport:
-        batch = self._config.janitor_batch_size
-        archived = await self._repeat(self._store.archive_completed, batch)
-        dead = await self._repeat(self._store.move_dead, batch)
-        purged = await self._repeat(
-            lambda conn, n: self._store.purge_archive(conn, self._config.archive_retention, n),
-            batch,
+        """Archive, dead-letter and purge, each step on its own: one the database refuses
+        (a conflicting row, a trigger of the user's) is logged and the others still run.
+        A lost database ends the sweep (OperationalError): the next one is the retry."""
+        retention = self._config.archive_retention
+        steps: dict[str, Callable[[AnyConn, int], Awaitable[int]]] = {
+            "archive": self._store.archive_completed,
+            "dead-letter": self._store.move_dead,
+            "purge": lambda conn, n: self._store.purge_archive(conn, retention, n),
+            "stuck": lambda conn, _: self._store.stuck_finished(conn),
+        }
+        counts: dict[str, int] = {}
+        failed: list[str] = []
+        for name, step in steps.items():
+            try:
+                counts[name] = await self._repeat(step, once=name == "stuck")
+            except psycopg.OperationalError:
+                raise
+            except psycopg.Error as exc:
+                failed.append(name)
+                log.error("janitor: the %s step failed, skipped this sweep: %s", name, exc)
+        report = JanitorReport(
+            counts.get("archive", 0),
+            counts.get("dead-letter", 0),
+            counts.get("purge", 0),
+            counts.get("stuck", 0),
+            tuple(failed),
         )
-        report = JanitorReport(archived, dead, purged)
-        if archived or dead or purged:
+        if report.archived or report.dead_lettered or report.purged:
             log.info(
                 "janitor: %d archived, %d moved to the DLQ, %d purged from the archive",
-                archived,
-                dead,
-                purged,
+                report.archived,
+                report.dead_lettered,
+                report.purged,
+            )
+        if report.stuck:
+            log.warning(
+                "janitor: %d finished job(s) stay in the jobs table because the archive or "
+                "the DLQ already holds a row with the same id (written there by hand?); "
+                "delete one of the two rows",
+                report.stuck,
             )
         return report
 
-    async def _repeat(self, step: Any, batch: int) -> int:
+    async def _repeat(
+        self, step: Callable[[AnyConn, int], Awaitable[int]], *, once: bool = False
+    ) -> int:
+        """Run a step in batches, each in its own transaction, until one moves fewer rows
+        than a batch holds (`once`: a single run)."""
+        batch = self._config.janitor_batch_size
         total = 0
-        for _ in range(MAX_BATCHES_PER_SWEEP):
+        for _ in range(1 if once else MAX_BATCHES_PER_SWEEP):
             async with self._pool.connection() as conn:
-                moved: int = await step(conn, batch)
+                moved = await step(conn, batch)
             total += moved
             if moved < batch:
                 break
