@@ -34,9 +34,12 @@ class QueueRegistry:
         self._default_strategy = Immediate()
         self._listeners: list[Callable[[], None]] = []
 
-    def on_change(self, callback: Callable[[], None]) -> None:
-        """Called when a handler or a limit changes, so a waiting poller looks again."""
+    def on_change(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call `callback` when a handler or a limit changes, so a waiting poller looks
+        again. Returns the function that stops the calls (a stopped poller must not stay
+        reachable from here)."""
         self._listeners.append(callback)
+        return lambda: self._listeners.remove(callback)
 
     def _changed(self) -> None:
         for callback in self._listeners:

@@ -22,7 +22,7 @@ from psycopg.rows import TupleRow, tuple_row
 
 from simplequeue.config import notify_channel
 from simplequeue.errors import JobNotFoundError
-from simplequeue.job import DEAD_STATUSES, Job
+from simplequeue.job import DEAD_STATUSES, LATEST_TIME, Job
 
 __all__ = ["JOB_COLUMNS", "Outcome", "Store"]
 
@@ -141,10 +141,12 @@ def atomic(conn: AnyConn) -> AbstractAsyncContextManager[Any]:
     return conn.transaction() if _outside_transaction(conn) else nullcontext()
 
 
-def _q(template: str, schema: str) -> str:
+def _q(template: str, schema: str, **constants: Any) -> str:
     """The statement for this schema, rendered once: psycopg would otherwise turn a
-    Composed into text again at every execute, on the hot path."""
-    return sql.SQL(template).format(s=sql.Identifier(schema)).as_string(None)
+    Composed into text again at every execute, on the hot path. `constants` are the
+    library's own values, rendered as literals."""
+    literals = {name: sql.Literal(value) for name, value in constants.items()}
+    return sql.SQL(template).format(s=sql.Identifier(schema), **literals).as_string(None)
 
 
 class Store:
@@ -162,11 +164,14 @@ class Store:
         self._copy_run_at = _q(_COPY_RUN_AT, schema)
         self._notify = sql.SQL("SELECT pg_notify(%s, %s)")
         self._claim = _q(_CLAIM, schema)
-        self._write_outcomes = _q(_WRITE_OUTCOMES, schema)
+        self._write_outcomes = _q(_WRITE_OUTCOMES, schema, latest=LATEST_TIME)
         self._complete = _q(_COMPLETE, schema)
         self._heartbeat = _q(_HEARTBEAT, schema)
+        self._still_running = _q(_STILL_RUNNING, schema)
         self._reap_stalled = _q(_REAP_STALLED, schema)
+        self._stalled_ids = _q(_STALLED_IDS, schema)
         self._fail_exhausted = _q(_FAIL_EXHAUSTED, schema)
+        self._exhausted_ids = _q(_EXHAUSTED_IDS, schema)
         self._get_live_job = _q(_GET_LIVE_JOB, schema)
         self._get_finished_job = _q(_GET_FINISHED_JOB, schema)
         self._cancel_by = {
@@ -310,32 +315,54 @@ class Store:
 
     def heartbeat(
         self, conn: psycopg.Connection[Any], beats: Sequence[tuple[uuid.UUID, int]]
-    ) -> set[uuid.UUID]:
+    ) -> set[tuple[uuid.UUID, int]]:
         """Beat every job a worker runs in one statement (sync: it runs in its own thread).
 
-        Returns the ids still running under that lease; the others were cancelled or reaped.
+        Returns the (id, lease) pairs still running; the others were cancelled or reaped.
         """
         cur = conn.cursor(row_factory=tuple_row)
         cur.execute(self._heartbeat, [[b[0] for b in beats], [b[1] for b in beats]])
-        return {row[0] for row in cur.fetchall()}
+        return {(row[0], row[1]) for row in cur.fetchall()}
+
+    async def still_running(self, conn: AnyConn, job_id: uuid.UUID, lease: int) -> bool:
+        """Is this run (id, lease) of the job still the running one?"""
+        cur = await _run(conn, self._still_running, [job_id, lease])
+        return await cur.fetchone() is not None
 
     # -- maintenance -----------------------------------------------------------------
 
     async def reap_stalled(
-        self, conn: AnyConn, stall_after: float, max_reprocess: int, limit: int = 1000
+        self,
+        conn: AnyConn,
+        stall_after: float,
+        max_reprocess: int,
+        limit: int = 1000,
+        only: uuid.UUID | None = None,
     ) -> list[tuple[uuid.UUID, str]]:
-        """Stalled running jobs back to pending (attempt refunded), or bad_job when poison."""
+        """Stalled running jobs (or the one job `only`, if stalled) back to pending
+        (attempt refunded), or bad_job when poison."""
         cur = await _run(
             conn,
             self._reap_stalled,
-            {"stall": stall_after, "max_reprocess": max_reprocess, "limit": limit},
+            {"stall": stall_after, "max_reprocess": max_reprocess, "limit": limit, "only": only},
         )
         return [(row[0], row[1]) for row in await cur.fetchall()]
 
-    async def fail_exhausted(self, conn: AnyConn) -> int:
-        """Pending jobs with no attempt left can never run: end them as failed."""
-        cur = await _run(conn, self._fail_exhausted)
-        return cur.rowcount
+    async def stalled_ids(self, conn: AnyConn, stall_after: float, limit: int) -> list[uuid.UUID]:
+        cur = await _run(conn, self._stalled_ids, [stall_after, limit])
+        return [row[0] for row in await cur.fetchall()]
+
+    async def fail_exhausted(
+        self, conn: AnyConn, limit: int = 1000, only: uuid.UUID | None = None
+    ) -> list[uuid.UUID]:
+        """Pending jobs (or the one job `only`) with no attempt left can never run: end
+        them as failed. Returns their ids."""
+        cur = await _run(conn, self._fail_exhausted, {"limit": limit, "only": only})
+        return [row[0] for row in await cur.fetchall()]
+
+    async def exhausted_ids(self, conn: AnyConn, limit: int) -> list[uuid.UUID]:
+        cur = await _run(conn, self._exhausted_ids, [limit])
+        return [row[0] for row in await cur.fetchall()]
 
     async def archive_completed(self, conn: AnyConn, limit: int) -> int:
         cur = await _run(conn, self._archive_completed, [limit])
@@ -511,7 +538,8 @@ SET status = r.status,
     attempt = j.attempt - r.refund,
     reprocess_count = j.reprocess_count + r.reprocess,
     run_at = CASE WHEN r.status = 'pending'
-                  THEN GREATEST(now() + make_interval(secs => r.delay), r.not_before)
+                  THEN LEAST(GREATEST(now() + make_interval(secs => r.delay), r.not_before),
+                             {latest})
                   ELSE j.run_at END,
     last_error = COALESCE(r.error, j.last_error),
     completed_at = CASE WHEN r.status = 'pending' THEN NULL ELSE now() END,
@@ -530,7 +558,7 @@ RETURNING j.id
 # Never waiting on a lock, a beat cannot deadlock with a result write either.
 _HEARTBEAT = """
 WITH mine AS (
-    SELECT j.id FROM {s}.jobs AS j
+    SELECT j.id, j.lease FROM {s}.jobs AS j
     JOIN unnest(%s::uuid[], %s::int[]) AS b(id, lease) ON j.id = b.id AND j.lease = b.lease
     WHERE j.status = 'running'
 ), beatable AS (
@@ -541,8 +569,10 @@ WITH mine AS (
 ), beaten AS (
     UPDATE {s}.jobs AS j SET heartbeat_at = clock_timestamp() FROM beatable WHERE j.id = beatable.id
 )
-SELECT id FROM mine
+SELECT id, lease FROM mine
 """
+
+_STILL_RUNNING = "SELECT 1 FROM {s}.jobs WHERE id = %s AND lease = %s AND status = 'running'"
 
 _REAP_STALLED = """
 UPDATE {s}.jobs AS j
@@ -559,6 +589,7 @@ SET status = CASE WHEN j.reprocess_count + 1 >= %(max_reprocess)s THEN 'bad_job'
 FROM (
     SELECT id FROM {s}.jobs
     WHERE status = 'running' AND heartbeat_at < now() - make_interval(secs => %(stall)s)
+      AND (%(only)s::uuid IS NULL OR id = %(only)s)
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 ) AS stalled
@@ -566,11 +597,29 @@ WHERE j.id = stalled.id
 RETURNING j.id, j.status
 """
 
+_STALLED_IDS = """
+SELECT id FROM {s}.jobs
+WHERE status = 'running' AND heartbeat_at < now() - make_interval(secs => %s)
+ORDER BY id LIMIT %s
+"""
+
 _FAIL_EXHAUSTED = """
-UPDATE {s}.jobs
+UPDATE {s}.jobs AS j
 SET status = 'failed', completed_at = now(), updated_at = now(),
-    last_error = COALESCE(last_error, 'no attempts left')
-WHERE status = 'pending' AND attempt >= max_attempts
+    last_error = COALESCE(j.last_error, 'no attempts left')
+FROM (
+    SELECT id FROM {s}.jobs
+    WHERE status = 'pending' AND attempt >= max_attempts
+      AND (%(only)s::uuid IS NULL OR id = %(only)s)
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+) AS exhausted
+WHERE j.id = exhausted.id
+RETURNING j.id
+"""
+
+_EXHAUSTED_IDS = """
+SELECT id FROM {s}.jobs WHERE status = 'pending' AND attempt >= max_attempts ORDER BY id LIMIT %s
 """
 
 _GET_LIVE_JOB = "SELECT " + JOB_COLUMNS + " FROM {s}.jobs WHERE id = %(id)s"

@@ -168,7 +168,7 @@ def test_a_locked_row_does_not_block_the_heartbeats_of_the_others(
             conn.execute("SET statement_timeout = '2s'")
             alive = queue._store.heartbeat(conn, [(locked, 1), (free, 1)])
         locker.rollback()
-    assert alive == {locked, free}, "both still run under their lease"
+    assert alive == {(locked, 1), (free, 1)}, "both still run under their lease"
     assert beat_age(dsn, free) < 5
 
 

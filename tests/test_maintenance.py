@@ -181,3 +181,27 @@ async def test_a_step_the_database_refuses_does_not_stop_the_others(
     assert report.failed_steps == ("dead-letter",)
     assert report.archived == 2 and count(dsn, table="archive") == 2
     assert count(dsn, "status = 'failed'") == 2  # still there, nothing lost
+
+
+async def test_one_row_the_database_refuses_never_stops_the_reaper(
+    queue: sq.SimpleQueue, dsn: str
+) -> None:
+    ids = await queue.insert_jobs([sq.Job("q", n) for n in range(4)])
+    query(dsn, "UPDATE simplequeue.jobs SET attempt = 3 WHERE (data)::int >= 2")  # exhausted
+    stall(dsn, "(data)::int < 2")
+    query(
+        dsn,
+        "CREATE FUNCTION public.refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "IF (NEW.data)::int IN (0, 2) THEN RAISE EXCEPTION 'keep this one'; END IF; "
+        "RETURN NEW; END $$",
+    )
+    query(
+        dsn,
+        "CREATE TRIGGER refuse BEFORE UPDATE ON simplequeue.jobs "
+        "FOR EACH ROW EXECUTE FUNCTION public.refuse()",
+    )
+    report = await Reaper(queue.pool, queue._store, queue.config).sweep()
+    assert (report.recovered, report.exhausted) == (1, 1)
+    statuses = dict(query(dsn, "SELECT (data)::int, status FROM simplequeue.jobs"))
+    assert statuses == {0: "running", 1: "pending", 2: "pending", 3: "failed"}
+    assert ids

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,13 +16,16 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from simplequeue.config import QueueConfig
 from simplequeue.job import JobStatus
 from simplequeue.runtime.outage import Outage, seconds_since_trouble
-from simplequeue.store import Store
+from simplequeue.store import AnyConn, Store
 
 __all__ = ["ReapReport", "Reaper"]
 
 log = logging.getLogger("simplequeue.reaper")
 
 MAX_DEFER_FACTOR = 10
+
+_Changed = tuple[uuid.UUID, str]
+"""A job a reaper step changed, and its new status."""
 
 
 @dataclass(frozen=True)
@@ -84,11 +89,20 @@ class Reaper:
         return wait
 
     async def sweep(self) -> ReapReport:
-        async with self._pool.connection() as conn:
-            reaped = await self._store.reap_stalled(
-                conn, self._config.stall_after, self._config.max_reprocess_count
-            )
-            exhausted = await self._store.fail_exhausted(conn)
+        stall, max_reprocess = self._config.stall_after, self._config.max_reprocess_count
+
+        async def reap(conn: AnyConn, only: uuid.UUID | None) -> list[tuple[uuid.UUID, str]]:
+            return await self._store.reap_stalled(conn, stall, max_reprocess, only=only)
+
+        async def fail(conn: AnyConn, only: uuid.UUID | None) -> list[tuple[uuid.UUID, str]]:
+            return [
+                (i, JobStatus.FAILED) for i in await self._store.fail_exhausted(conn, only=only)
+            ]
+
+        reaped = await self._step("reap", reap, lambda c: self._store.stalled_ids(c, stall, 1000))
+        exhausted = len(
+            await self._step("fail", fail, lambda c: self._store.exhausted_ids(c, 1000))
+        )
         poisoned = sum(1 for _, status in reaped if status == JobStatus.BAD_JOB)
         report = ReapReport(len(reaped) - poisoned, poisoned, exhausted)
         if reaped or exhausted:
@@ -100,3 +114,38 @@ class Reaper:
                 report.exhausted,
             )
         return report
+
+    async def _step(
+        self,
+        name: str,
+        run: Callable[[AnyConn, uuid.UUID | None], Awaitable[list[_Changed]]],
+        candidates: Callable[[AnyConn], Awaitable[list[uuid.UUID]]],
+    ) -> list[_Changed]:
+        """One batch statement; when the database refuses it (a trigger or constraint of the
+        user's on one row), the same change job by job, so that one row it refuses cannot
+        keep every other job from being recovered. A lost database ends the sweep."""
+        try:
+            async with self._pool.connection() as conn:
+                return await run(conn, None)
+        except psycopg.OperationalError:
+            raise
+        except psycopg.Error as exc:
+            log.error("reaper: the %s step was refused (%s); going job by job", name, exc)
+        async with self._pool.connection() as conn:
+            ids = await candidates(conn)
+        changed: list[_Changed] = []
+        for job_id in ids:
+            try:
+                async with self._pool.connection() as conn:
+                    changed += await run(conn, job_id)
+            except psycopg.OperationalError:
+                raise
+            except psycopg.Error as exc:
+                log.error(
+                    "reaper: the database refuses to %s job %s: %s",
+                    name,
+                    job_id,
+                    exc,
+                    extra={"job_id": str(job_id)},
+                )
+        return changed

@@ -22,9 +22,14 @@ from simplequeue.job import Job
 from simplequeue.runtime.outage import Outage
 from simplequeue.store import Store
 
-__all__ = ["Heartbeater"]
+__all__ = ["Heartbeater", "Run"]
 
 log = logging.getLogger("simplequeue.heartbeat")
+
+
+Run = tuple[uuid.UUID, int]
+"""One run of a job: its id and the lease its claim took. A job reaped and claimed again
+while an earlier run still executes has two runs, each beating (or not) for itself."""
 
 
 class Heartbeater:
@@ -34,37 +39,48 @@ class Heartbeater:
         self._connect = connect
         self._store = store
         self._interval = interval
-        self._beats: dict[uuid.UUID, int] = {}
-        self._held: set[tuple[uuid.UUID, int]] = set()  # finished, result not yet written
+        self._running: set[Run] = set()
+        self._held: set[Run] = set()  # finished, result not yet written
+        self._lost: set[Run] = set()  # running here, no longer ours in the database
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._conn: psycopg.Connection[Any] | None = None
         self._outage = Outage(log, "heartbeat")
-        self.lost: set[uuid.UUID] = set()
 
     def track(self, job: Job) -> None:
-        """Beat for `job` until `untrack()`: call both around its processing, in try/finally."""
+        """Beat for this run of `job` until `untrack()`: call both around its processing,
+        in try/finally."""
         with self._lock:
-            self._beats[job.id] = job.lease
+            self._running.add((job.id, job.lease))
 
     def untrack(self, job: Job) -> None:
+        run = (job.id, job.lease)
         with self._lock:
-            self._beats.pop(job.id, None)
+            self._running.discard(run)
+            self._lost.discard(run)
+
+    def is_lost(self, job: Job) -> bool:
+        """True once a beat found this run cancelled or taken over elsewhere."""
+        return (job.id, job.lease) in self._lost
+
+    @property
+    def lost_count(self) -> int:
+        return len(self._lost)
 
     def hold(self, job_id: uuid.UUID, lease: int) -> None:
         """Beat for a finished attempt until `release()`: its outcome is not stored yet."""
         with self._lock:
             self._held.add((job_id, lease))
 
-    def release(self, keys: Iterable[tuple[uuid.UUID, int]]) -> None:
+    def release(self, keys: Iterable[Run]) -> None:
         """Stop beating for finished attempts (job id, lease) whose outcome is stored."""
         with self._lock:
             self._held.difference_update(keys)
 
     @property
     def tracked(self) -> int:
-        return len(self._beats)
+        return len(self._running)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="simplequeue-heartbeat", daemon=True)
@@ -79,7 +95,7 @@ class Heartbeater:
     def beat_now(self) -> None:
         """One round of heartbeats (the thread calls it every interval)."""
         with self._lock:
-            beats = sorted(set(self._beats.items()) | self._held)
+            beats = sorted(self._running | self._held)
         if not beats:
             return
         try:
@@ -89,19 +105,19 @@ class Heartbeater:
             self._close()
             return
         self._outage.recovered()
-        gone = {job_id for job_id, _ in beats} - alive
         with self._lock:
-            gone &= self._beats.keys()  # those that ended meanwhile are not lost
+            # Runs that ended meanwhile are not lost; those already known are not news.
+            gone = (set(beats) - alive) & self._running - self._lost
+            self._lost |= gone
         if gone:
-            self.lost |= gone
             log.warning(
                 "%d running job(s) were cancelled or taken over elsewhere; their "
                 "results will be ignored",
                 len(gone),
-                extra={"job_ids": sorted(map(str, gone))},
+                extra={"job_ids": sorted(str(job_id) for job_id, _ in gone)},
             )
 
-    def _beat(self, beats: list[tuple[uuid.UUID, int]]) -> set[uuid.UUID]:
+    def _beat(self, beats: list[Run]) -> set[Run]:
         conn = self._conn
         if conn is not None and not conn.closed:
             try:

@@ -8,7 +8,7 @@ import time
 import psycopg
 from psycopg_pool import PoolTimeout
 
-__all__ = ["Outage", "describe", "seconds_since_trouble"]
+__all__ = ["Outage", "describe", "is_transient", "seconds_since_trouble"]
 
 _last_failure = float("-inf")
 
@@ -20,6 +20,12 @@ def seconds_since_trouble() -> float:
     live ones' included, whether or not the reaper's own statements happened to fail.
     """
     return time.monotonic() - _last_failure
+
+
+def is_transient(exc: BaseException) -> bool:
+    """An error that trying again may cure: a lost or busy database, a statement timeout,
+    a deadlock or serialization failure. Anything else the database will refuse again."""
+    return isinstance(exc, psycopg.OperationalError)  # psycopg files all of these under it
 
 
 def describe(exc: BaseException) -> str:

@@ -6,7 +6,7 @@ import logging
 import traceback
 from datetime import datetime
 
-from simplequeue.backoff import BackoffStrategy
+from simplequeue.backoff import BackoffStrategy, clamp_delay
 from simplequeue.job import Job, JobResult, JobStatus, ResultKind
 from simplequeue.store import Outcome
 
@@ -49,7 +49,7 @@ FALLBACK_DELAY = 60.0
 def backoff_delay(backoff: BackoffStrategy, attempt: int) -> float:
     """The strategy's delay, in seconds; a strategy that raises must not strand the job."""
     try:
-        return backoff.delay(attempt).total_seconds()
+        return clamp_delay(backoff.delay(attempt).total_seconds())
     except Exception:
         log.exception("backoff strategy %r failed; retrying in %gs", backoff, FALLBACK_DELAY)
         return FALLBACK_DELAY
@@ -102,7 +102,7 @@ def outcome_for_result(
 
 def outcome_for_try_after(job: Job, seconds: float) -> Outcome:
     """The strategy asked to wait: back to pending, attempt given back."""
-    return Outcome(job.id, job.lease, JobStatus.PENDING, refund=1, delay=seconds)
+    return Outcome(job.id, job.lease, JobStatus.PENDING, refund=1, delay=clamp_delay(seconds))
 
 
 def outcome_for_shutdown(job: Job) -> Outcome:

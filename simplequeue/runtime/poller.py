@@ -35,6 +35,10 @@ async def _wait(event: asyncio.Event, timeout: float) -> None:
             await event.wait()
 
 
+def _nothing() -> None:
+    return None
+
+
 class Poller:
     def __init__(
         self,
@@ -57,7 +61,7 @@ class Poller:
         self.tasks: set[asyncio.Task[None]] = set()
         self._outage = Outage(log, "poller", max_delay=config.empty_poll_sleep)
         self.claims = 0
-        registry.on_change(self.poke)
+        self._unsubscribe = registry.on_change(self.poke)
 
     def wake(self, queues: set[str] | None) -> None:
         """A NOTIFY arrived; wake only if it names a queue this process handles."""
@@ -72,6 +76,8 @@ class Poller:
     def stop_claiming(self) -> None:
         self._claiming = False
         self.poke()
+        self._unsubscribe()
+        self._unsubscribe = _nothing
 
     async def run(self) -> None:
         while self._claiming:

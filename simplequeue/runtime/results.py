@@ -14,10 +14,10 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-import psycopg
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool
 
-from simplequeue.runtime.outage import Outage
+from simplequeue.job import JobStatus
+from simplequeue.runtime.outage import Outage, is_transient
 from simplequeue.store import Outcome, Store
 
 if TYPE_CHECKING:
@@ -108,12 +108,18 @@ class ResultWriter:
         if self._heartbeats is not None:
             self._heartbeats.release([(o.job_id, o.lease) for o in outcomes])
 
-    async def _write(self, batch: list[Outcome]) -> bool:
+    async def _write(self, batch: list[Outcome], *, last_resort: bool = False) -> bool:
+        """Write a batch; False when giving up at shutdown. A transient failure is retried
+        with backoff; a batch the database refuses is written one result at a time, and a
+        result it refuses ends its job as failed instead (`_refused`)."""
         while True:
             try:
                 async with self._pool.connection() as conn:
                     changed = await self._store.write_outcomes(conn, batch)
-            except (psycopg.OperationalError, PoolTimeout) as exc:
+            except Exception as exc:
+                if not is_transient(exc):
+                    await self._refused(batch, exc, last_resort=last_resort)
+                    return True
                 delay = self._outage.failed(exc)
                 if (
                     self._closing
@@ -131,19 +137,44 @@ class ResultWriter:
                     return False
                 await asyncio.sleep(delay)
                 continue
-            except Exception:  # this batch cannot be written: the writer must go on
-                if len(batch) == 1:
-                    log.exception(
-                        "could not write the result of job %s; the reaper will return "
-                        "it to pending",
-                        batch[0].job_id,
-                        extra={"job_id": str(batch[0].job_id)},
-                    )
-                    return True
-                for outcome in batch:  # isolate the one that fails
-                    await self._write([outcome])
-                return True
             self._outage.recovered()
             self.written += len(changed)
             self.fenced_off += len(batch) - len(changed)
             return True
+
+    async def _refused(self, batch: list[Outcome], exc: Exception, *, last_resort: bool) -> None:
+        """The database refused this batch and will refuse it again (a constraint, a
+        trigger): find the result it refuses and end that job as failed, saying why.
+
+        Dropping the result instead would leave the job running; the reaper would give
+        its attempt back and the handler would run again and again, past max_attempts.
+        """
+        if len(batch) > 1:
+            for outcome in batch:
+                await self._write([outcome])
+            return
+        (outcome,) = batch
+        if last_resort:
+            log.error(
+                "the database refused even to end job %s as failed (%s); it stays running "
+                "until the reaper returns it",
+                outcome.job_id,
+                exc,
+                extra={"job_id": str(outcome.job_id)},
+            )
+            return
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        log.error(
+            "the database refused the %s result of job %s (%s); ending it as failed",
+            outcome.status,
+            outcome.job_id,
+            reason,
+            extra={"job_id": str(outcome.job_id)},
+        )
+        failed = Outcome(
+            outcome.job_id,
+            outcome.lease,
+            JobStatus.FAILED,
+            error=f"the database refused this attempt's result ({outcome.status}): {reason}",
+        )
+        await self._write([failed], last_resort=True)

@@ -13,6 +13,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from simplequeue.config import QueueConfig
 from simplequeue.errors import QueueStateError
+from simplequeue.job import Job
 from simplequeue.maintenance import JANITOR_HINT, load_janitor
 from simplequeue.maintenance.reaper import Reaper
 from simplequeue.registry import QueueRegistry
@@ -66,13 +67,19 @@ class Worker:
             max_buffered=config.global_permits,
             heartbeats=self.heartbeats,
         )
+
+        async def still_ours(job: Job) -> bool:
+            async with pool.connection() as conn:
+                return await store.still_running(conn, job.id, job.lease)
+
         self.executor = Executor(
             queue,
             registry,
             self.heartbeats,
             self.results,
+            still_ours,
             max_reprocess=config.max_reprocess_count,
-            threads=min(config.global_permits, 32),
+            threads=config.global_permits,
         )
         self.poller = Poller(pool, store, registry, self.executor, config)
         self.listener = (
@@ -109,6 +116,7 @@ class Worker:
         (their jobs go back to pending, attempt given back) and flush every result."""
         deadline = time.monotonic() + timeout
         self.poller.stop_claiming()
+        self.executor.stop_waiting_for_threads()
         if self._poller_task is not None:
             await self._poller_task
         running = set(self.poller.tasks)

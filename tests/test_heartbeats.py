@@ -1,0 +1,104 @@
+"""Heartbeats belong to one run of a job (its id and lease), never to the job alone."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import psycopg
+
+import simplequeue as sq
+from tests.conftest import count, eventually, query
+
+
+async def test_a_missed_heartbeat_window_gives_exactly_one_rerun(dsn: str) -> None:
+    """The job's row is held locked past the stall threshold, so its beats are skipped
+    and the reaper hands it back; this same process claims it again while the first run
+    still executes. The first run's end must not silence the second run."""
+    runs: list[int] = []
+    started = asyncio.Event()
+
+    class Slow(sq.Handler):
+        QUEUE = "slow"
+
+        async def process(self, queue: sq.SimpleQueue, job: sq.Job) -> None:
+            runs.append(job.lease)
+            started.set()
+            await asyncio.sleep(2.5)
+
+    settings: dict[str, Any] = {
+        "heartbeat_interval": 0.2,  # stalled after 0.5 s
+        "reaper_interval": 0.1,
+        "empty_poll_sleep": 0.1,
+        "backoff": sq.Fixed(0),
+    }
+    async with sq.SimpleQueue.from_url(dsn, **settings) as queue:
+        queue.register_handler(Slow())
+        await queue.start()
+        job_id = await queue.insert_job(sq.Job("slow", {}))
+        await asyncio.wait_for(started.wait(), 10)
+        with psycopg.connect(dsn) as locker:  # the beats skip the locked row for 1 s
+            locker.execute("SELECT 1 FROM simplequeue.jobs WHERE id = %s FOR UPDATE", [job_id])
+            await asyncio.sleep(1.0)
+        await eventually(lambda: len(runs) == 2, timeout=10)  # reaped, claimed again here
+        await eventually(lambda: count(dsn, "status = 'completed'"), timeout=15)
+        await asyncio.sleep(1.5)  # three stall thresholds: a silenced run would be reaped
+    assert runs == [1, 2]
+    ((status, lease, reprocess),) = query(
+        dsn, "SELECT status, lease, reprocess_count FROM simplequeue.jobs"
+    )
+    assert (status, lease, reprocess) == ("completed", 2, 1)
+
+
+def test_lost_runs_are_forgotten_when_they_end(dsn: str) -> None:
+    """What the heartbeat learns about a run (cancelled, taken over) lives as long as
+    the run: a long-lived worker does not accumulate it."""
+    from simplequeue.runtime.heartbeat import Heartbeater
+    from simplequeue.store import Store
+
+    heartbeats = Heartbeater(
+        lambda: psycopg.connect(dsn, autocommit=True), Store("simplequeue"), 60
+    )
+    jobs = []
+    for _ in range(50):
+        job = sq.Job("q", {})
+        job.lease = 1  # never claimed: every beat finds it lost
+        heartbeats.track(job)
+        jobs.append(job)
+    done = threading.Event()
+    try:
+        heartbeats.beat_now()
+        assert all(heartbeats.is_lost(job) for job in jobs)
+        for job in jobs:
+            heartbeats.untrack(job)
+        assert heartbeats.lost_count == 0 and heartbeats.tracked == 0
+    finally:
+        done.set()
+        heartbeats.stop()
+
+
+async def test_stopped_workers_leave_nothing_behind(dsn: str) -> None:
+    import gc
+
+    from simplequeue.runtime.heartbeat import Heartbeater
+    from simplequeue.runtime.poller import Poller
+
+    class Ok(sq.Handler):
+        QUEUE = "ok"
+
+        async def process(self, queue: sq.SimpleQueue, job: sq.Job) -> None:
+            return None
+
+    def alive(kind: type) -> int:
+        gc.collect()
+        return sum(isinstance(o, kind) for o in gc.get_objects())
+
+    before = alive(Poller), alive(Heartbeater)
+    async with sq.SimpleQueue.from_url(dsn, empty_poll_sleep=0.05) as queue:
+        queue.register_handler(Ok())
+        for _ in range(5):
+            await queue.start()
+            await queue.wait_for_job(await queue.insert_job(sq.Job("ok", {})), timeout=10)  # type: ignore[arg-type]
+            await queue.stop()
+        assert (alive(Poller), alive(Heartbeater)) == before
