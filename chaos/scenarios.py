@@ -372,7 +372,7 @@ SELECT count(*),
        count(*) FILTER (WHERE query LIKE 'LISTEN%%'),
        count(*) FILTER (WHERE query LIKE '%%SET heartbeat_at = clock_timestamp() FROM beatable%%')
 FROM (SELECT query, pg_terminate_backend(pid) FROM pg_stat_activity
-      WHERE datname = current_database() AND application_name = 'chaos-worker') AS t
+      WHERE datname = current_database() AND application_name LIKE 'chaos-worker%%') AS t
 """
 
 

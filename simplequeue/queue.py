@@ -18,6 +18,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from simplequeue.backoff import BackoffStrategy
 from simplequeue.config import QueueConfig
+from simplequeue.connections import borrow, defaults_for
 from simplequeue.errors import (
     InvalidArgumentError,
     InvalidJobError,
@@ -70,12 +71,17 @@ class SimpleQueue:
                 f"from_url needs a connection string, got {type(dsn).__name__}"
             )
         settings = QueueConfig.build(**config)
+        try:
+            defaults = defaults_for(dsn, None)
+        except psycopg.ProgrammingError as exc:
+            raise InvalidArgumentError(f"not a valid connection string: {exc}") from None
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
             dsn,
             open=False,
             min_size=settings.pool_min_size,
             max_size=settings.pool_max_size,
-            kwargs={"autocommit": True},
+            # Named, watching its peer, autocommit: a statement of ours is its own transaction.
+            kwargs={**defaults, "autocommit": True},
             name="simplequeue",
         )
         queue = cls(pool, **config)
@@ -189,7 +195,7 @@ class SimpleQueue:
         if conn is not None:
             inserted = await self._store.insert_jobs(conn, jobs, notify=notify, retry=retry)
         else:
-            async with self._pool.connection() as own:
+            async with borrow(self._pool) as own:
                 inserted = await self._store.insert_jobs(own, jobs, notify=notify, retry=retry)
         ids: list[uuid.UUID | None] = []
         for job in jobs:
@@ -219,7 +225,7 @@ class SimpleQueue:
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[AsyncConn]:
-        async with self._pool.connection() as conn:
+        async with borrow(self._pool) as conn:
             yield conn
 
     async def get_job(self, job_id: uuid.UUID) -> Job | None:

@@ -43,6 +43,7 @@ INSERT_COLUMNS = (
     "fingerprint",
     "run_at",
     "timeout_seconds",
+    "scheduled",
 )
 """What `insert_job` writes; status, attempt, lease and the timestamps take their defaults."""
 
@@ -52,6 +53,7 @@ WORKER_UPDATE_COLUMNS = (
     "lease",
     "reprocess_count",
     "run_at",
+    "scheduled",
     "heartbeat_at",
     "updated_at",
     "completed_at",

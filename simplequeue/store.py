@@ -180,12 +180,14 @@ class Store:
         }
         self._reschedule = _q(_RESCHEDULE, schema)
         self._list_dlq = _q(_LIST_DLQ, schema)
+        self._list_dlq_of_queue = _q(_LIST_DLQ_OF_QUEUE, schema)
+        self._promote = _q(_PROMOTE, schema)
         self._requeue_dead_live = _q(_REQUEUE_DEAD_LIVE, schema)
         self._requeue_from_dlq = _q(_REQUEUE_FROM_DLQ, schema)
         self._delete_from_dlq = _q(_DELETE_FROM_DLQ, schema)
         self._archive_completed = _q(_ARCHIVE_COMPLETED, schema)
         self._move_dead = _q(_MOVE_DEAD, schema)
-        self._purge_archive = _q(_PURGE_ARCHIVE, schema)
+        self._purge_archive = _q(_PURGE_ARCHIVE, schema, purge_lock=f"simplequeue.purge.{schema}")
         self._stuck_finished = _q(_STUCK_FINISHED, schema)
         self._counts = _q(_COUNTS, schema)
         self._listen = sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)).as_string(None)
@@ -212,7 +214,7 @@ class Store:
                     raise  # the caller's transaction is aborted: theirs to roll back
                 retry = True  # ours was rolled back: take the INSERT, which skips stored ids
         if len(jobs) == 1:  # scalars: adapting nine one-element arrays costs more than the insert
-            params: list[Any] = list(_insert_row(jobs[0]))
+            params: list[Any] = [*_insert_row(jobs[0]), jobs[0].run_at]  # run_at: is it later?
             insert, insert_notify = self._insert_one, self._insert_one_notify
         else:
             params = [list(column) for column in zip(*_insert_rows(jobs), strict=True)]
@@ -255,7 +257,7 @@ class Store:
                             j.fingerprint,
                             j.timeout,
                         )
-                        await copy.write_row(row if j.run_at is None else (*row, j.run_at))
+                        await copy.write_row(row if j.run_at is None else (*row, j.run_at, True))
             if notify:
                 await cur.execute(
                     self._notify, [self.channel, notify_payload({j.queue for j in jobs})]
@@ -276,6 +278,11 @@ class Store:
             conn, self._claim, {"queues": list(queues), "limits": list(limits), "total": total}
         )
         return [Job.from_row(row, encoded=True) for row in await cur.fetchall()]
+
+    async def promote_due(self, conn: AnyConn, queues: Sequence[str], limit: int) -> int:
+        """Make up to `limit` scheduled jobs of `queues` that have come due claimable."""
+        cur = await _run(conn, self._promote, {"queues": list(queues), "limit": limit})
+        return cur.rowcount
 
     async def write_outcomes(self, conn: AnyConn, outcomes: Sequence[Outcome]) -> set[uuid.UUID]:
         """Apply a batch of results, fenced by lease; returns the ids it changed.
@@ -415,11 +422,12 @@ class Store:
         return cur.rowcount
 
     async def reschedule(self, conn: AnyConn, job_id: uuid.UUID, run_at: datetime) -> bool:
-        cur = await _run(conn, self._reschedule, [run_at, job_id])
+        cur = await _run(conn, self._reschedule, {"run_at": run_at, "id": job_id})
         return cur.rowcount == 1
 
     async def list_dlq(self, conn: AnyConn, queue: str | None, limit: int) -> list[Job]:
-        cur = await _run(conn, self._list_dlq, {"queue": queue, "limit": limit})
+        statement = self._list_dlq if queue is None else self._list_dlq_of_queue
+        cur = await _run(conn, statement, {"queue": queue, "limit": limit})
         return [Job.from_row(row) for row in await cur.fetchall()]
 
     async def requeue_dead(self, conn: AnyConn, job_id: uuid.UUID) -> bool:
@@ -428,7 +436,13 @@ class Store:
         Runs in the caller's transaction. False when no such dead job exists, or when a live
         job holds its unique key (the dead one then stays where it is).
         """
-        cur = await _run(conn, self._requeue_dead_live, [job_id])
+        try:
+            # A savepoint: an insert of the same unique key, committed between this
+            # statement's check and its write, makes it fail; that is a False, not an error.
+            async with conn.transaction():
+                cur = await _run(conn, self._requeue_dead_live, [job_id])
+        except psycopg.errors.UniqueViolation:
+            return False
         if cur.rowcount:
             return True
         cur = await _run(conn, self._requeue_from_dlq, [job_id])
@@ -456,9 +470,9 @@ def notify_payload(queues: set[str]) -> str:
 
 _INSERT = """
     INSERT INTO {s}.jobs (id, queue, data, priority, max_attempts, unique_key, fingerprint, run_at,
-                          timeout_seconds)
+                          timeout_seconds, scheduled)
     SELECT id, queue, data::jsonb, priority, max_attempts, unique_key, fingerprint,
-           COALESCE(run_at, now()), timeout_seconds
+           COALESCE(run_at, now()), timeout_seconds, COALESCE(run_at > now(), false)
     FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::int[], %s::int[], %s::text[],
                 %s::text[], %s::timestamptz[], %s::float8[])
          AS t(id, queue, data, priority, max_attempts, unique_key, fingerprint, run_at,
@@ -468,14 +482,15 @@ _INSERT = """
 """
 _INSERT_ONE = """
     INSERT INTO {s}.jobs (id, queue, data, priority, max_attempts, unique_key, fingerprint, run_at,
-                          timeout_seconds)
+                          timeout_seconds, scheduled)
     VALUES (%s, %s, %s::text::jsonb, %s, %s, %s, %s, COALESCE(%s::timestamptz, now()),
-            %s::float8)
+            %s::float8, COALESCE(%s::timestamptz > now(), false))
     ON CONFLICT DO NOTHING
     RETURNING id
 """
 
 
+# A job due later is `scheduled`: out of the claim's way until a poller promotes it.
 # Both inserts skip a job on any conflict: a live job holding its unique key
 # (jobs_unique_key_live), or its own id already stored by an earlier try of the same insert.
 
@@ -493,10 +508,27 @@ _INSERT_ONE_NOTIFY = _notifying(_INSERT_ONE)
 
 _COPY_COLUMNS = "id, queue, data, priority, max_attempts, fingerprint, timeout_seconds"
 _COPY = "COPY {s}.jobs (" + _COPY_COLUMNS + ") FROM STDIN"
-_COPY_RUN_AT = "COPY {s}.jobs (" + _COPY_COLUMNS + ", run_at) FROM STDIN"
+# COPY cannot ask the database whether a given run_at is still ahead: such jobs go in as
+# scheduled, and the first promotion makes those already due claimable.
+_COPY_RUN_AT = "COPY {s}.jobs (" + _COPY_COLUMNS + ", run_at, scheduled) FROM STDIN"
 
 # heartbeat_at takes clock_timestamp(), not now(): a claim (or a beat) that waited on a lock
 # would otherwise stamp the time it started waiting, and the reaper would take the job at once.
+# Promotes scheduled jobs that have come due, so that the claim finds them: a bounded
+# batch of the queues the poller claims from, read in jobs_scheduled's order (per queue,
+# the earliest first), so it stops after `limit` rows however many have come due.
+_PROMOTE = """
+UPDATE {s}.jobs AS j SET scheduled = false
+FROM (
+    SELECT id FROM {s}.jobs
+    WHERE status = 'pending' AND scheduled AND queue = ANY(%(queues)s::text[])
+      AND run_at <= now()
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+) AS due
+WHERE j.id = due.id
+"""
+
 _CLAIM = """
 WITH candidates AS (
     SELECT j.id
@@ -504,7 +536,7 @@ WITH candidates AS (
     CROSS JOIN LATERAL (
         SELECT id, priority, run_at
         FROM {s}.jobs
-        WHERE status = 'pending' AND queue = q.name AND run_at <= now()
+        WHERE status = 'pending' AND NOT scheduled AND queue = q.name AND run_at <= now()
           AND attempt < max_attempts
         ORDER BY priority DESC, run_at, id
         LIMIT q.lim
@@ -524,31 +556,49 @@ RETURNING jobs.id, jobs.queue, jobs.data::text, jobs.status, jobs.priority, jobs
           jobs.completed_at, jobs.last_error, jobs.timeout_seconds
 """
 
+# Statements that wait for the locks of several job rows take them in one order, by id,
+# in a locking sub-select: whatever plan visits the rows (a fingerprint index, the
+# running-jobs index, a hash join), no two statements of the library can deadlock.
+
 _COMPLETE = """
+WITH r AS (SELECT * FROM unnest(%s::uuid[], %s::int[]) AS r(id, lease)),
+locked AS (
+    SELECT jobs.id FROM {s}.jobs JOIN r ON jobs.id = r.id AND jobs.lease = r.lease
+    WHERE jobs.status = 'running'
+    ORDER BY jobs.id FOR UPDATE OF jobs
+)
 UPDATE {s}.jobs AS j
 SET status = 'completed', completed_at = now(), heartbeat_at = NULL, updated_at = now()
-FROM unnest(%s::uuid[], %s::int[]) AS r(id, lease)
-WHERE j.id = r.id AND j.status = 'running' AND j.lease = r.lease
+FROM locked JOIN r ON r.id = locked.id
+WHERE j.id = locked.id AND j.status = 'running' AND j.lease = r.lease
 RETURNING j.id
 """
 
 _WRITE_OUTCOMES = """
+WITH r AS (
+    SELECT r.*, LEAST(GREATEST(now() + make_interval(secs => r.delay), r.not_before),
+                      {latest}) AS next_run_at
+    FROM unnest(%s::uuid[], %s::int[], %s::text[], %s::int[], %s::int[], %s::float8[],
+                %s::timestamptz[], %s::text[])
+         AS r(id, lease, status, refund, reprocess, delay, not_before, error)
+),
+locked AS (
+    SELECT jobs.id FROM {s}.jobs JOIN r ON jobs.id = r.id AND jobs.lease = r.lease
+    WHERE jobs.status = 'running'
+    ORDER BY jobs.id FOR UPDATE OF jobs
+)
 UPDATE {s}.jobs AS j
 SET status = r.status,
     attempt = j.attempt - r.refund,
     reprocess_count = j.reprocess_count + r.reprocess,
-    run_at = CASE WHEN r.status = 'pending'
-                  THEN LEAST(GREATEST(now() + make_interval(secs => r.delay), r.not_before),
-                             {latest})
-                  ELSE j.run_at END,
+    run_at = CASE WHEN r.status = 'pending' THEN r.next_run_at ELSE j.run_at END,
+    scheduled = r.status = 'pending' AND r.next_run_at > now(),
     last_error = COALESCE(r.error, j.last_error),
     completed_at = CASE WHEN r.status = 'pending' THEN NULL ELSE now() END,
     heartbeat_at = NULL,
     updated_at = now()
-FROM unnest(%s::uuid[], %s::int[], %s::text[], %s::int[], %s::int[], %s::float8[],
-            %s::timestamptz[], %s::text[])
-     AS r(id, lease, status, refund, reprocess, delay, not_before, error)
-WHERE j.id = r.id AND j.status = 'running' AND j.lease = r.lease
+FROM locked JOIN r ON r.id = locked.id
+WHERE j.id = locked.id AND j.status = 'running' AND j.lease = r.lease
 RETURNING j.id
 """
 
@@ -631,23 +681,34 @@ _GET_FINISHED_JOB = (
 )
 
 _CANCEL = """
-UPDATE {s}.jobs
+UPDATE {s}.jobs AS j
 SET status = 'cancelled', completed_at = now(), updated_at = now(), heartbeat_at = NULL
-WHERE {column} = %s AND status IN ('pending', 'running')
+FROM (
+    SELECT id FROM {s}.jobs WHERE {column} = %s AND status IN ('pending', 'running')
+    ORDER BY id FOR UPDATE
+) AS locked
+WHERE j.id = locked.id AND j.status IN ('pending', 'running')
 """
 
 _RESCHEDULE = """
-UPDATE {s}.jobs SET run_at = %s, updated_at = now()
-WHERE id = %s AND status = 'pending'
+UPDATE {s}.jobs SET run_at = %(run_at)s, scheduled = %(run_at)s > now(), updated_at = now()
+WHERE id = %(id)s AND status = 'pending'
 """
 
-_LIST_DLQ = (
+# The newest of each table from its index (dlq_newest, jobs_dead_newest, or their per-queue
+# twins), then the newest of both: reads about 2 × limit rows, whatever the DLQ's size.
+_LIST_DLQ_NEWEST = (
     "SELECT * FROM ("
-    "  SELECT " + JOB_COLUMNS + " FROM {s}.dlq WHERE %(queue)s::text IS NULL OR queue = %(queue)s"
+    "  (SELECT " + JOB_COLUMNS + " FROM {s}.dlq {where}"
+    "   ORDER BY updated_at DESC, id DESC LIMIT %(limit)s)"
     "  UNION ALL"
-    "  SELECT " + JOB_COLUMNS + " FROM {s}.jobs WHERE status IN " + _DEAD + " "
-    "    AND (%(queue)s::text IS NULL OR queue = %(queue)s)"
+    "  (SELECT " + JOB_COLUMNS + " FROM {s}.jobs WHERE status IN " + _DEAD + " {also}"
+    "   ORDER BY updated_at DESC, id DESC LIMIT %(limit)s)"
     ") AS dead ORDER BY updated_at DESC, id DESC LIMIT %(limit)s"
+)
+_LIST_DLQ = _LIST_DLQ_NEWEST.format(s="{s}", where="", also="")
+_LIST_DLQ_OF_QUEUE = _LIST_DLQ_NEWEST.format(
+    s="{s}", where="WHERE queue = %(queue)s", also="AND queue = %(queue)s"
 )
 
 _REQUEUE_DEAD_LIVE = (
@@ -702,7 +763,9 @@ _STUCK_FINISHED = (
     " OR (status IN " + _DEAD + " AND EXISTS (SELECT 1 FROM {s}.dlq AS d WHERE d.id = j.id))"
 )
 
+# One purge at a time per schema (other janitors skip their turn): locking the rows
+# instead (FOR UPDATE) would need UPDATE on the archive, which the worker role lacks.
 _PURGE_ARCHIVE = """
-DELETE FROM {s}.archive WHERE id IN (
+DELETE FROM {s}.archive WHERE (SELECT pg_try_advisory_xact_lock(hashtext({purge_lock}))) AND id IN (
     SELECT id FROM {s}.archive WHERE moved_at < now() - make_interval(secs => %s) LIMIT %s)
 """

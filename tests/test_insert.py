@@ -268,6 +268,8 @@ async def test_wrong_kinds_are_refused_before_any_statement(
         sq.SimpleQueue(dsn)  # type: ignore[arg-type]
     with pytest.raises(sq.InvalidArgumentError, match="connection string"):
         sq.SimpleQueue.from_url(queue.pool)  # type: ignore[arg-type]
+    with pytest.raises(sq.InvalidArgumentError, match="not a valid connection string"):
+        sq.SimpleQueue.from_url("localhost:5432")
     with psycopg.connect(dsn, autocommit=True) as sync_conn:
         for wrong in (queue.pool, sync_conn, dsn, 42):
             with pytest.raises(sq.InvalidArgumentError, match=r"psycopg\.AsyncConnection"):

@@ -51,3 +51,93 @@ async def test_batches_sharing_unique_keys_in_any_order_do_not_deadlock(dsn: str
     finally:
         await _close(queues)
     assert _deadlocks(dsn) == 0
+
+
+async def test_cancel_by_fingerprint_against_the_result_writer(
+    queue: sq.SimpleQueue, dsn: str
+) -> None:
+    """Two running jobs share a fingerprint; their rows lie in the heap (and so in the
+    fingerprint index) against id order. A cancel by fingerprint slowed on its first row
+    (a trigger sleeps) meets the result writer's write of both: whatever order the plans
+    visit the rows in, both statements lock them in id order, so neither deadlocks."""
+    from simplequeue.store import Outcome
+
+    a, b = sorted(
+        [sq.Job("q", "a", fingerprint="fp"), sq.Job("q", "b", fingerprint="fp")], key=lambda j: j.id
+    )
+    await queue.insert_jobs([b, a])
+    await queue.insert_jobs([sq.Job("other", n) for n in range(3000)])
+    query(dsn, "ANALYZE simplequeue.jobs")  # a table large enough for index scans
+    for job, beat in ((b, "now()"), (a, "now() - interval '1 second'")):
+        # b's running version first in the heap, a's heartbeat first in jobs_running
+        query(
+            dsn,
+            f"UPDATE simplequeue.jobs SET status = 'running', lease = 1, heartbeat_at = {beat} "
+            "WHERE id = %s",
+            [job.id],
+        )
+    query(
+        dsn,
+        "CREATE FUNCTION public.slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "IF NEW.status = 'cancelled' AND NEW.id = '" + str(b.id) + "' THEN "
+        "PERFORM pg_sleep(0.6); END IF; RETURN NEW; END $$",
+    )
+    query(
+        dsn,
+        "CREATE TRIGGER slow BEFORE UPDATE ON simplequeue.jobs "
+        "FOR EACH ROW EXECUTE FUNCTION public.slow()",
+    )
+
+    async def write() -> set[Any]:
+        await asyncio.sleep(0.2)  # the cancel holds its first row by now
+        async with queue.pool.connection() as conn:
+            outcomes = [Outcome(a.id, 1, "completed"), Outcome(b.id, 1, "completed")]
+            return await queue._store.write_outcomes(conn, outcomes)
+
+    cancelled, written = await asyncio.gather(queue.cancel_jobs_by_fingerprint("fp"), write())
+    assert (cancelled, written) in ((2, set()), (0, {a.id, b.id}))
+    assert _deadlocks(dsn) == 0
+
+
+async def test_requeue_against_an_insert_of_the_same_unique_key(dsn: str) -> None:
+    queues = await _queues(dsn, 2)
+    requeuer, producer = queues
+    try:
+        for round_ in range(25):
+            key = f"key{round_}"
+            dead = await producer.insert_job(sq.Job("q", round_, unique_key=key))
+            assert dead is not None and await producer.cancel_job(dead)
+            requeued, inserted = await asyncio.gather(
+                requeuer.requeue_dlq_job(dead), producer.insert_job(sq.Job("q", 0, unique_key=key))
+            )
+            assert requeued != (inserted is not None)  # exactly one of them holds the key
+            assert count(dsn, "unique_key = %s AND status = 'pending'", [key]) == 1
+    finally:
+        await _close(queues)
+
+
+def test_every_statement_that_waits_for_row_locks_takes_them_in_id_order() -> None:
+    """The rule behind the two tests above, for every statement of the store: one that
+    changes or locks job rows either skips locked rows, locks them in id order first, or
+    touches a single row by its id."""
+    import re
+
+    from simplequeue.store import Store
+
+    single_row = {"_reschedule", "_requeue_dead_live", "_requeue_from_dlq", "_delete_from_dlq"}
+    store = Store("simplequeue")
+    statements = {
+        name: text
+        for name, text in vars(store).items()
+        if isinstance(text, str) and re.search(r"\b(UPDATE|DELETE FROM|FOR UPDATE)\b", text)
+    }
+    statements.update({f"_cancel_by[{c}]": t for c, t in store._cancel_by.items()})
+    assert len(statements) >= 10
+    for name, text in statements.items():
+        flat = " ".join(text.split())
+        ordered = re.search(r"ORDER BY (\w+\.)?id FOR UPDATE", flat)
+        if name in single_row:
+            assert re.search(r"WHERE id = %(\(id\))?s", flat), name
+        else:
+            one_at_a_time = "pg_try_advisory_xact_lock" in flat
+            assert "SKIP LOCKED" in flat or ordered or one_at_a_time, f"{name}: any order"

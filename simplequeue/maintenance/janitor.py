@@ -20,6 +20,7 @@ from croniter import croniter
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from simplequeue.config import QueueConfig
+from simplequeue.connections import borrow
 from simplequeue.runtime.outage import Outage
 from simplequeue.store import AnyConn, Store
 
@@ -118,7 +119,7 @@ class Janitor:
         batch = self._config.janitor_batch_size
         total = 0
         for _ in range(1 if once else MAX_BATCHES_PER_SWEEP):
-            async with self._pool.connection() as conn:
+            async with borrow(self._pool) as conn:
                 moved = await step(conn, batch)
             total += moved
             if moved < batch:

@@ -14,6 +14,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from simplequeue.config import QueueConfig
+from simplequeue.connections import borrow
 from simplequeue.job import JobStatus
 from simplequeue.runtime.outage import Outage, seconds_since_trouble
 from simplequeue.store import AnyConn, Store
@@ -125,18 +126,18 @@ class Reaper:
         user's on one row), the same change job by job, so that one row it refuses cannot
         keep every other job from being recovered. A lost database ends the sweep."""
         try:
-            async with self._pool.connection() as conn:
+            async with borrow(self._pool) as conn:
                 return await run(conn, None)
         except psycopg.OperationalError:
             raise
         except psycopg.Error as exc:
             log.error("reaper: the %s step was refused (%s); going job by job", name, exc)
-        async with self._pool.connection() as conn:
+        async with borrow(self._pool) as conn:
             ids = await candidates(conn)
         changed: list[_Changed] = []
         for job_id in ids:
             try:
-                async with self._pool.connection() as conn:
+                async with borrow(self._pool) as conn:
                     changed += await run(conn, job_id)
             except psycopg.OperationalError:
                 raise

@@ -86,10 +86,15 @@ class Heartbeater:
         self._thread = threading.Thread(target=self._run, name="simplequeue-heartbeat", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop beating; wait up to `timeout` seconds for the thread. A thread stuck on a
+        silent network is left to end on its own (it is a daemon, and its connection
+        gives up within PEER_WATCH's bounds)."""
         self._stopping.set()
         if self._thread is not None:
-            self._thread.join()
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("the heartbeat thread is still waiting for the database; left behind")
             self._thread = None
 
     def beat_now(self) -> None:

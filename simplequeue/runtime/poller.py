@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter
 from typing import Any
 
@@ -17,6 +18,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from simplequeue.config import QueueConfig
+from simplequeue.connections import borrow
 from simplequeue.job import Job
 from simplequeue.permits import PermitCounter
 from simplequeue.registry import QueueRegistry
@@ -27,6 +29,10 @@ from simplequeue.store import Store
 __all__ = ["Poller"]
 
 log = logging.getLogger("simplequeue.poller")
+
+PROMOTE_BATCH = 1000
+"""Scheduled jobs made claimable per statement; a poller promotes again at once while
+jobs keep coming due."""
 
 
 async def _wait(event: asyncio.Event, timeout: float) -> None:
@@ -61,6 +67,7 @@ class Poller:
         self.tasks: set[asyncio.Task[None]] = set()
         self._outage = Outage(log, "poller", max_delay=config.empty_poll_sleep)
         self.claims = 0
+        self._promoted_at = float("-inf")
         self._unsubscribe = registry.on_change(self.poke)
 
     def wake(self, queues: set[str] | None) -> None:
@@ -89,7 +96,7 @@ class Poller:
             total = min(self.global_permits.free, sum(limits))
             self._wake.clear()
             try:
-                async with self._pool.connection() as conn:
+                async with borrow(self._pool) as conn:
                     jobs = await self._store.claim(conn, queues, limits, total)
             except (psycopg.OperationalError, PoolTimeout) as exc:
                 await asyncio.sleep(self._outage.failed(exc))
@@ -98,8 +105,26 @@ class Poller:
             self.claims += 1
             for job in jobs:
                 self._start(job)
-            if not self._saturated(jobs, queues, limits, total) and self._claiming:
+            saturated = self._saturated(jobs, queues, limits, total)
+            if (not saturated or self._promotion_due()) and await self._promote(queues):
+                continue  # jobs came due: claim them now
+            if not saturated and self._claiming:
                 await _wait(self._wake, self._config.empty_poll_sleep)
+
+    def _promotion_due(self) -> bool:
+        """A poller whose claims come back full still promotes once per fallback poll, so
+        that jobs coming due are not left behind a backlog that never runs dry."""
+        return time.monotonic() - self._promoted_at >= self._config.empty_poll_sleep
+
+    async def _promote(self, queues: list[str]) -> int:
+        """Make scheduled jobs of `queues` that have come due claimable; how many."""
+        self._promoted_at = time.monotonic()
+        try:
+            async with borrow(self._pool) as conn:
+                return await self._store.promote_due(conn, queues, PROMOTE_BATCH)
+        except psycopg.OperationalError as exc:
+            self._outage.failed(exc)  # the claim's retry loop waits; the next poll retries
+            return 0
 
     def _capacity_by_queue(self) -> tuple[list[str], list[int]]:
         free = self.global_permits.free

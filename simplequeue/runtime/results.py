@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg_pool import AsyncConnectionPool
 
+from simplequeue.connections import borrow
 from simplequeue.job import JobStatus
 from simplequeue.runtime.outage import Outage, is_transient
 from simplequeue.store import Outcome, Store
@@ -114,7 +115,7 @@ class ResultWriter:
         result it refuses ends its job as failed instead (`_refused`)."""
         while True:
             try:
-                async with self._pool.connection() as conn:
+                async with borrow(self._pool) as conn:
                     changed = await self._store.write_outcomes(conn, batch)
             except Exception as exc:
                 if not is_transient(exc):

@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from simplequeue.config import QueueConfig
-from simplequeue.errors import QueueStateError
+from simplequeue.connections import borrow, dedicated_settings
 from simplequeue.job import Job
 from simplequeue.maintenance import JANITOR_HINT, load_janitor
 from simplequeue.maintenance.reaper import Reaper
@@ -35,6 +35,9 @@ log = logging.getLogger("simplequeue.worker")
 SHUTDOWN_WRITE_GRACE = 5.0
 """Seconds past the stop timeout allowed to write back the jobs that were interrupted."""
 
+CANCEL_GRACE = 0.5
+"""Seconds a stop waits for a cancelled task (or the heartbeat thread) to end."""
+
 _janitor_hint_given = False
 
 
@@ -48,13 +51,14 @@ class Worker:
         config: QueueConfig,
     ) -> None:
         self._config = config
-        conninfo, kwargs = _dedicated_settings(pool)
+        beat_conninfo, beat_settings = dedicated_settings(pool, "heartbeat")
+        listen_conninfo, listen_settings = dedicated_settings(pool, "listener")
 
         def connect_sync() -> psycopg.Connection[Any]:
-            return psycopg.Connection.connect(conninfo, **kwargs)
+            return psycopg.Connection.connect(beat_conninfo, **beat_settings)
 
         async def connect_async() -> psycopg.AsyncConnection[Any]:
-            return await psycopg.AsyncConnection.connect(conninfo, **kwargs)
+            return await psycopg.AsyncConnection.connect(listen_conninfo, **listen_settings)
 
         self.heartbeats = Heartbeater(connect_sync, store, config.heartbeat_interval)
         self.results = ResultWriter(
@@ -69,7 +73,7 @@ class Worker:
         )
 
         async def still_ours(job: Job) -> bool:
-            async with pool.connection() as conn:
+            async with borrow(pool) as conn:
                 return await store.still_running(conn, job.id, job.lease)
 
         self.executor = Executor(
@@ -113,12 +117,18 @@ class Worker:
 
     async def stop(self, timeout: float) -> None:
         """Stop claiming, let running jobs finish within `timeout`, then interrupt the rest
-        (their jobs go back to pending, attempt given back) and flush every result."""
+        (their jobs go back to pending, attempt given back) and flush every result.
+
+        Returns within `timeout` + SHUTDOWN_WRITE_GRACE + CANCEL_GRACE × 4 whatever the
+        network does: a statement still waiting for the database at its deadline (a
+        silent partition) is cancelled, and a result not written by then is left to the
+        reaper, as after a crash.
+        """
         deadline = time.monotonic() + timeout
+        last_write = deadline + SHUTDOWN_WRITE_GRACE
         self.poller.stop_claiming()
         self.executor.stop_waiting_for_threads()
-        if self._poller_task is not None:
-            await self._poller_task
+        await _finish([self._poller_task], deadline)
         running = set(self.poller.tasks)
         if running:
             log.info("stopping: waiting up to %.1fs for %d running job(s)", timeout, len(running))
@@ -129,30 +139,30 @@ class Worker:
                     len(unfinished),
                     timeout,
                 )
-                for task in unfinished:
-                    task.cancel()
-                await asyncio.gather(*unfinished, return_exceptions=True)
-        self.results.close(max(deadline, time.monotonic()) + SHUTDOWN_WRITE_GRACE)
-        if self._results_task is not None:
-            await self._results_task
-        for task in self._services:
-            task.cancel()
-        await asyncio.gather(*self._services, return_exceptions=True)
-        await asyncio.to_thread(self.heartbeats.stop)
+                await _finish(unfinished, time.monotonic())
+        self.results.close(max(last_write, time.monotonic() + CANCEL_GRACE))
+        await _finish([self._results_task], last_write)
+        await _finish(self._services, time.monotonic())
+        await asyncio.to_thread(self.heartbeats.stop, CANCEL_GRACE)
         self.executor.shutdown()
 
 
-def _dedicated_settings(pool: AsyncConnectionPool[Any]) -> tuple[str, dict[str, Any]]:
-    """How to open the listener's and the heartbeat's own connections: like the pool's."""
-    conninfo, kwargs = pool.conninfo, pool.kwargs
-    if not isinstance(conninfo, str) or not isinstance(kwargs, dict | None):
-        raise QueueStateError(
-            "workers need a pool built from a conninfo string and a kwargs dict "
-            "(callable conninfo/kwargs are not supported)"
-        )
-    settings = {**(kwargs or {}), "autocommit": True}
-    settings.pop("row_factory", None)
-    return conninfo, settings
+async def _finish(tasks: Iterable[asyncio.Task[None] | None], until: float) -> None:
+    """Wait for `tasks` until `until` (monotonic), then cancel what still runs, twice if
+    need be: cancelled in the middle of a statement, psycopg first tries to cancel it on
+    the server, which a silent network makes hang too; a second cancel drops the
+    connection instead."""
+    pending = {task for task in tasks if task is not None and not task.done()}
+    if pending:
+        _, pending = await asyncio.wait(pending, timeout=max(until - time.monotonic(), 0))
+    for _ in range(2):
+        if not pending:
+            return
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=CANCEL_GRACE)
+    for task in pending:
+        log.error("stopping: %s did not end when cancelled; left behind", task.get_name())
 
 
 async def _supervised(name: str, loop: Callable[[], Awaitable[None]]) -> None:

@@ -1,0 +1,118 @@
+"""How the library gets its connections: pooled ones that the server already closed are
+replaced before use; the ones it opens name themselves and notice a dead peer.
+
+A pooled connection idles between calls. When the server goes away meanwhile (a restart,
+`pg_terminate_backend`, a failover) the connection learns it only at its next use, and the
+caller's statement would fail for it: one failed call per stale connection of the pool.
+A closed peer leaves its trace on the socket (the server's goodbye message, or the end of
+the stream), so one non-blocking poll of the socket, no round trip, tells a stale
+connection from a live one before anything is sent on it.
+"""
+
+from __future__ import annotations
+
+import select
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import AsyncConnectionPool
+
+from simplequeue.errors import QueueStateError
+
+__all__ = ["APPLICATION_NAME", "borrow", "dedicated_settings", "defaults_for"]
+
+APPLICATION_NAME = "simplequeue"
+"""How the library's connections show in pg_stat_activity (dedicated ones add their role)."""
+
+PEER_WATCH: dict[str, Any] = {
+    "connect_timeout": 10,  # seconds to connect, or give up
+    "keepalives": 1,  # a silent idle peer is probed...
+    "keepalives_idle": 10,  # ...after 10 s of silence,
+    "keepalives_interval": 5,  # every 5 s,
+    "keepalives_count": 3,  # and given up after 3 unanswered probes
+    "tcp_user_timeout": 30_000,  # ms that sent data may stay unacknowledged
+}
+"""libpq settings that make a connection notice a dead peer (a partition drops packets
+without a reset) within about 30 s instead of the kernel's two hours. Unix sockets ignore
+them."""
+
+
+def defaults_for(
+    conninfo: str, kwargs: dict[str, Any] | None, role: str | None = None
+) -> dict[str, Any]:
+    """PEER_WATCH and an application_name, less whatever the connection string or kwargs
+    already set. A `role` (heartbeat, listener) is appended to the name, given or ours."""
+    given = {**conninfo_to_dict(conninfo), **(kwargs or {})}
+    name = given.get("application_name") or APPLICATION_NAME
+    settings = {key: value for key, value in PEER_WATCH.items() if key not in given}
+    if role is not None:
+        settings["application_name"] = f"{name}-{role}"
+    elif "application_name" not in given:
+        settings["application_name"] = name
+    return settings
+
+
+def dedicated_settings(pool: AsyncConnectionPool[Any], role: str) -> tuple[str, dict[str, Any]]:
+    """How to open a connection of the worker's own (the heartbeat's, the listener's):
+    like the pool's, in autocommit, named after its role, watching its peer."""
+    conninfo, kwargs = pool.conninfo, pool.kwargs
+    if not isinstance(conninfo, str) or not isinstance(kwargs, dict | None):
+        raise QueueStateError(
+            "workers need a pool built from a conninfo string and a kwargs dict "
+            "(callable conninfo/kwargs are not supported)"
+        )
+    settings = {**(kwargs or {}), **defaults_for(conninfo, kwargs, role), "autocommit": True}
+    settings.pop("row_factory", None)
+    return conninfo, settings
+
+
+@asynccontextmanager
+async def borrow(pool: AsyncConnectionPool[Any]) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    """`pool.connection()`, but never a connection the server has already closed.
+
+    Like it, the block's transaction is committed at the end (rolled back on an error).
+    """
+    conn = await _live_connection(pool)
+    try:
+        async with conn:
+            yield conn
+    finally:
+        await pool.putconn(conn)
+
+
+async def _live_connection(pool: AsyncConnectionPool[Any]) -> psycopg.AsyncConnection[Any]:
+    # Every connection of the pool may be stale (a server restart): one more try than that.
+    conn: psycopg.AsyncConnection[Any]
+    for _ in range(pool.max_size):
+        conn = await pool.getconn()
+        if not await _closed_by_peer(conn):
+            return conn
+        await conn.close()
+        await pool.putconn(conn)  # the pool drops it and opens a replacement
+    conn = await pool.getconn()
+    return conn
+
+
+async def _closed_by_peer(conn: psycopg.AsyncConnection[Any]) -> bool:
+    """An idle connection has nothing to read. If it has, the server most likely said
+    goodbye; but it may be a notice or a notification, so only a round trip decides."""
+    if conn.closed:
+        return True
+    if not _readable(conn.pgconn.socket):
+        return False
+    try:
+        await AsyncConnectionPool.check_connection(conn)
+    except psycopg.Error:
+        return True
+    return False
+
+
+def _readable(fd: int) -> bool:
+    if hasattr(select, "poll"):  # not limited to descriptors below FD_SETSIZE, as select is
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(0))
+    return bool(select.select([fd], [], [], 0)[0])

@@ -1,0 +1,121 @@
+"""Faults from outside: connections killed under a producer, a network gone silent under a
+stopping worker."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+import simplequeue as sq
+from chaos.proxy import SilentProxy
+from tests.conftest import FAST, count, eventually, query
+
+
+def terminate_others(dsn: str) -> int:
+    rows = query(
+        dsn,
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    return int(rows[0][0])
+
+
+async def test_a_producer_survives_its_connections_being_killed(dsn: str) -> None:
+    """After pg_terminate_backend of every connection of its pool, the next calls (as many
+    as the pool had connections) succeed: stale connections are replaced before use."""
+    async with sq.SimpleQueue.from_url(dsn, pool_min_size=4, pool_max_size=4) as queue:
+        job_id = await queue.insert_job(sq.Job("q", {}))
+        assert job_id is not None
+        for _round in range(3):
+            await asyncio.gather(*(queue.get_job(job_id) for _ in range(8)))  # all 4 in use
+            assert terminate_others(dsn) >= 4
+            await asyncio.sleep(0.2)  # the server has closed them
+            calls: list[Any] = [
+                queue.get_job(job_id),
+                queue.insert_job(sq.Job("q", {})),
+                queue.insert_jobs([sq.Job("q", n) for n in range(3)]),
+                queue.counts(),
+                queue.cancel_job(job_id),
+                queue.list_dlq(),
+                queue.reschedule_job(job_id, _soon()),
+                queue.cancel_jobs_by_fingerprint("none"),
+            ]
+            for call in calls:  # one after the other: each takes the next pooled connection
+                await call
+    assert count(dsn) == 1 + 3 * 4
+
+
+def _soon() -> Any:
+    from datetime import UTC, datetime, timedelta
+
+    return datetime.now(UTC) + timedelta(minutes=1)
+
+
+async def test_stop_returns_within_its_bound_when_the_network_goes_silent(dsn: str) -> None:
+    """Packets dropped, no reset: every connection of the worker (pool, heartbeat,
+    listener) waits for a reply that never comes. stop(timeout) still returns in time."""
+    params = conninfo_to_dict(dsn)
+    started = asyncio.Event()
+
+    class Slow(sq.Handler):
+        QUEUE = "slow"
+
+        async def process(self, queue: sq.SimpleQueue, job: sq.Job) -> None:
+            started.set()
+            await asyncio.sleep(0.5)
+
+    with SilentProxy(str(params.get("host", "127.0.0.1")), int(params.get("port", 5432))) as proxy:
+        proxied = make_conninfo(dsn, host="127.0.0.1", port=proxy.port)
+        queue = sq.SimpleQueue.from_url(proxied, **FAST)
+        async with queue:
+            queue.register_handler(Slow())
+            await queue.start()
+            await queue.insert_jobs([sq.Job("slow", n) for n in range(20)])
+            await asyncio.wait_for(started.wait(), 10)
+            proxy.freeze()
+            begun = time.monotonic()
+            await asyncio.wait_for(queue.stop(timeout=1.0), 30)
+            took = time.monotonic() - begun
+        closed = time.monotonic() - begun
+        proxy.thaw()
+    from simplequeue.runtime.worker import CANCEL_GRACE, SHUTDOWN_WRITE_GRACE
+
+    bound = 1.0 + SHUTDOWN_WRITE_GRACE + 4 * CANCEL_GRACE  # the bound stop() documents
+    assert took < bound + 0.3, f"stop(1.0) took {took:.1f}s"
+    assert closed - took < 7, f"closing the pool took {closed - took:.1f}s"
+    # nothing is lost: what was not written stays running or pending for the reaper
+    assert count(dsn) == 20
+
+
+async def test_dedicated_connections_name_themselves_and_watch_their_peer(dsn: str) -> None:
+    async with sq.SimpleQueue.from_url(dsn, **FAST) as queue:
+
+        class Ok(sq.Handler):
+            QUEUE = "ok"
+
+            async def process(self, queue: sq.SimpleQueue, job: sq.Job) -> None:
+                await asyncio.sleep(0.5)
+
+        queue.register_handler(Ok())
+        await queue.start()
+        await queue.insert_job(sq.Job("ok", {}))
+        names = await eventually(
+            lambda: (
+                {
+                    row[0]
+                    for row in query(
+                        dsn,
+                        "SELECT application_name FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                    )
+                }
+                >= {"simplequeue", "simplequeue-heartbeat", "simplequeue-listener"}
+            )
+        )
+        assert names
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
