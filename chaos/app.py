@@ -55,11 +55,12 @@ EXPECTED: dict[str, tuple[str, int]] = {
     "unprocessable": ("unprocessable", 1),
     "timeout": ("failed", TIMEOUT_MAX_ATTEMPTS),  # runs past Handler.timeout every time
     "timeout_once": ("completed", 2),  # runs past Handler.timeout on attempt 1 only
+    "hung": ("failed", TIMEOUT_MAX_ATTEMPTS),  # a sync handler blocking past its timeout
 }
 
 
 def max_attempts(plan: str) -> int:
-    return TIMEOUT_MAX_ATTEMPTS if plan == "timeout" else MAX_ATTEMPTS
+    return TIMEOUT_MAX_ATTEMPTS if plan in ("timeout", "hung") else MAX_ATTEMPTS
 
 
 def expected(plan: str) -> tuple[str, int]:
@@ -114,6 +115,11 @@ def _record_params(job: sq.Job) -> list[Any]:
     ]
 
 
+_RECORD_END = (
+    "UPDATE chaos.executions SET ended = clock_timestamp() "
+    "WHERE job_id = %s AND lease = %s AND pid = %s"
+)
+
 RECORD_GIVE_UP = 120.0
 
 
@@ -151,7 +157,7 @@ class _Recorder:
                     raise
                 await asyncio.sleep(0.2)
 
-    def record_sync(self, job: sq.Job) -> None:
+    def record_sync(self, job: sq.Job, *, end: bool = False) -> None:
         if not self._dsn:
             return
         with self._slock:
@@ -168,7 +174,10 @@ class _Recorder:
         while True:
             try:
                 with self._spool.connection() as conn:
-                    conn.execute(_RECORD, _record_params(job))
+                    if end:
+                        conn.execute(_RECORD_END, [job.id, job.lease, os.getpid()])
+                    else:
+                        conn.execute(_RECORD, _record_params(job))
                 return
             except (psycopg.OperationalError, PoolTimeout):
                 if time.monotonic() > deadline:
@@ -223,6 +232,19 @@ class LongSync(ChaosSync):
     timeout = None
 
 
+class Hung(sq.Handler):
+    """A sync handler that blocks its thread for `work` seconds, past its 0.3 s timeout, and
+    records when its thread really ends: the limits must hold until then."""
+
+    QUEUE = "chaos_hung"
+    timeout: ClassVar[float | None] = 0.3
+
+    def process(self, queue: sq.SimpleQueue, job: sq.Job) -> Any:
+        RECORDER.record_sync(job)
+        time.sleep(float(job.data.get("work", 1.0)))
+        RECORDER.record_sync(job, end=True)
+
+
 async def _hog(queue: sq.SimpleQueue, seconds: float) -> None:
     """Hold every connection of the worker's pool, like an application sharing it would."""
     pool = queue.pool
@@ -260,7 +282,7 @@ def configure(queue: sq.SimpleQueue) -> None:
         # The CLI has no flags for these; the worker is built from queue.config at start().
         queue.config = queue.config.model_copy(update=overrides)
     backoff = sq.Fixed(float(os.environ.get("CHAOS_BACKOFF", "0.05")))
-    for handler in (Chaos(), ChaosSync(), Long(), LongSync()):
+    for handler in (Chaos(), ChaosSync(), Long(), LongSync(), Hung()):
         queue.register_handler(handler)
         queue.set_backoff(handler.QUEUE, backoff)
     pool_timeout = os.environ.get("CHAOS_POOL_TIMEOUT")

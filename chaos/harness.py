@@ -33,7 +33,7 @@ CREATE TABLE chaos.expected (job_id uuid PRIMARY KEY, plan text NOT NULL);
 CREATE TABLE chaos.executions (
     id bigserial PRIMARY KEY, job_id uuid NOT NULL, lease int NOT NULL, attempt int NOT NULL,
     reprocess int NOT NULL, pid int NOT NULL, queue text NOT NULL, plan text NOT NULL,
-    started timestamptz NOT NULL DEFAULT clock_timestamp());
+    started timestamptz NOT NULL DEFAULT clock_timestamp(), ended timestamptz);
 CREATE INDEX ON chaos.executions (job_id);
 CREATE TABLE chaos.events (
     kind text NOT NULL, pid int NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp());

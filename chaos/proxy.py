@@ -19,6 +19,7 @@ __all__ = ["SilentProxy"]
 
 class SilentProxy:
     def __init__(self, target_host: str, target_port: int) -> None:
+        """`target_host` is a host name or address, or a unix socket directory."""
         self.target = (target_host, target_port)
         self.port = 0
         self._loop = asyncio.new_event_loop()
@@ -63,13 +64,27 @@ class SilentProxy:
             for writer in self._writers:
                 writer.transport.abort()
             self._server.close()
+            pending = asyncio.all_tasks(self._loop)
+            for task in pending:
+                task.cancel()
+            self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             self._loop.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Ended by the proxy's exit, a connection ends quietly: asyncio would log a handler
+        # cancelled mid-connection as an error.
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._forward(reader, writer)
+
+    async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
         await self._flowing.wait()  # a connection made while frozen hangs like any other
+        host, port = self.target
         try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
+            if host.startswith("/"):  # libpq's way to name a unix socket: its directory
+                up_reader, up_writer = await asyncio.open_unix_connection(f"{host}/.s.PGSQL.{port}")
+            else:
+                up_reader, up_writer = await asyncio.open_connection(host, port)
         except OSError:
             writer.transport.abort()
             return

@@ -1,6 +1,6 @@
 """The chaos suite: `python chaos/run.py [--size small|full] [--only NAME ...]`.
 
-Runs five fault-injection scenarios against simplequeue worker processes on a PostgreSQL of
+Runs eleven fault-injection scenarios against simplequeue worker processes on a PostgreSQL of
 its own (an embedded server on a fixed data dir, which it restarts), checks exact accounting
 after each, prints one table, and exits non-zero if any invariant was violated.
 """
@@ -19,8 +19,11 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `chaos` and `simplequeue` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from chaos.edges import EDGE_SCENARIOS
 from chaos.harness import Server
 from chaos.scenarios import SCENARIOS, SIZES, Context, Report
+
+SCENARIOS = {**SCENARIOS, **EDGE_SCENARIOS}
 
 DEFAULT_DIR = Path(tempfile.gettempdir()) / "simplequeue-chaos"
 

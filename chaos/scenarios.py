@@ -56,18 +56,21 @@ class Size:
     soak_seconds: float
     soak_warmup: float
     soak_rate: float
+    edge_jobs: int  # jobs per round of the edge scenarios (chaos/edges.py)
+    edge_rounds: int
+    edge_seconds: float  # how long the contention scenario's callers call
 
 
 SIZES = {
     "small": Size(
         storm_jobs=2000, kill_every=1.0, outage_jobs=1500, outage_rate=100, outage_down=3.0,
         terminate_rounds=3, stall_hold=4.0, shutdown_jobs=2000, soak_seconds=60,
-        soak_warmup=15, soak_rate=80,
+        soak_warmup=15, soak_rate=80, edge_jobs=40, edge_rounds=2, edge_seconds=6,
     ),
     "full": Size(
         storm_jobs=20000, kill_every=2.0, outage_jobs=8000, outage_rate=150, outage_down=5.0,
         terminate_rounds=6, stall_hold=6.0, shutdown_jobs=10000, soak_seconds=600,
-        soak_warmup=60, soak_rate=100,
+        soak_warmup=60, soak_rate=100, edge_jobs=120, edge_rounds=5, edge_seconds=30,
     ),
 }  # fmt: skip
 

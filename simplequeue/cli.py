@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import logging
 import os
@@ -186,29 +187,40 @@ async def _run_worker(
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task[None]] = []
+    started = False
+
+    async def serve() -> None:
+        nonlocal started
+        async with queue:
+            await queue.start()
+            started = True
+            log.info(
+                "worker started (pid %d) for queues: %s",
+                os.getpid(),
+                ", ".join(queue.handled_queues) or "none",
+            )
+            await stop.wait()
+            await queue.stop(shutdown_timeout)
+
+    serving = asyncio.ensure_future(serve())
 
     def on_signal(signum: int) -> None:
-        if not stop.is_set():
-            log.info(
-                "received %s: finishing running jobs (send it again to interrupt them)",
-                signal.Signals(signum).name,
-            )
+        name = signal.Signals(signum).name
+        if not started:
+            # Still connecting (perhaps to a server that does not answer): give up at once.
+            log.info("received %s while starting: not starting", name)
+            serving.cancel()
+        elif not stop.is_set():
+            log.info("received %s: finishing running jobs (send it again to interrupt them)", name)
             stop.set()
         else:
-            log.warning("received %s again: interrupting running jobs", signal.Signals(signum).name)
+            log.warning("received %s again: interrupting running jobs", name)
             stopping.append(asyncio.ensure_future(queue.stop(0)))
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
-    async with queue:
-        await queue.start()
-        log.info(
-            "worker started (pid %d) for queues: %s",
-            os.getpid(),
-            ", ".join(queue.handled_queues) or "none",
-        )
-        await stop.wait()
-        await queue.stop(shutdown_timeout)
+    with contextlib.suppress(asyncio.CancelledError):
+        await serving
     await asyncio.gather(*stopping)
     log.info("worker stopped")
 

@@ -36,6 +36,9 @@ __all__ = ["SimpleQueue"]
 
 AsyncConn = psycopg.AsyncConnection[Any]
 
+POOL_CLOSE_TIMEOUT = 1.0
+"""Seconds leaving `async with queue` waits for the pool it owns to close."""
+
 
 class SimpleQueue:
     """A job queue on a PostgreSQL schema, over an open `AsyncConnectionPool`.
@@ -98,7 +101,11 @@ class SimpleQueue:
 
     async def __aenter__(self) -> SimpleQueue:
         if self._owns_pool:
-            await self._pool.open(wait=True)
+            try:
+                await self._pool.open(wait=True)
+            except BaseException:  # cancelled or timed out: leave no connection attempts behind
+                await self._pool.close(timeout=POOL_CLOSE_TIMEOUT)
+                raise
         return self
 
     async def __aexit__(
@@ -109,7 +116,8 @@ class SimpleQueue:
     ) -> None:
         await self.stop()
         if self._owns_pool:
-            await self._pool.close()
+            # Bounded: connection attempts the pool has under way wait on a silent network.
+            await self._pool.close(timeout=POOL_CLOSE_TIMEOUT)
 
     # -- configuration -----------------------------------------------------------------
 

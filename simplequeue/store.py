@@ -557,36 +557,25 @@ RETURNING jobs.id, jobs.queue, jobs.data::text, jobs.status, jobs.priority, jobs
 """
 
 # Statements that wait for the locks of several job rows take them in one order, by id,
-# in a locking sub-select: whatever plan visits the rows (a fingerprint index, the
-# running-jobs index, a hash join), no two statements of the library can deadlock.
+# in a locking sub-select: whatever plan visits the rows (a fingerprint index, a hash
+# join), no two statements of the library can deadlock. The sub-select checks status and
+# lease on the version it locks (PostgreSQL re-reads a row changed meanwhile); locked, the
+# row cannot change again before the UPDATE above it, which finds it by id.
 
 _COMPLETE = """
-WITH r AS (SELECT * FROM unnest(%s::uuid[], %s::int[]) AS r(id, lease)),
-locked AS (
-    SELECT jobs.id FROM {s}.jobs JOIN r ON jobs.id = r.id AND jobs.lease = r.lease
-    WHERE jobs.status = 'running'
-    ORDER BY jobs.id FOR UPDATE OF jobs
-)
 UPDATE {s}.jobs AS j
 SET status = 'completed', completed_at = now(), heartbeat_at = NULL, updated_at = now()
-FROM locked JOIN r ON r.id = locked.id
-WHERE j.id = locked.id AND j.status = 'running' AND j.lease = r.lease
+FROM (
+    SELECT jobs.id FROM {s}.jobs JOIN unnest(%s::uuid[], %s::int[]) AS r(id, lease)
+        ON jobs.id = r.id AND jobs.lease = r.lease
+    WHERE jobs.status = 'running'
+    ORDER BY jobs.id FOR UPDATE OF jobs
+) AS locked
+WHERE j.id = locked.id
 RETURNING j.id
 """
 
 _WRITE_OUTCOMES = """
-WITH r AS (
-    SELECT r.*, LEAST(GREATEST(now() + make_interval(secs => r.delay), r.not_before),
-                      {latest}) AS next_run_at
-    FROM unnest(%s::uuid[], %s::int[], %s::text[], %s::int[], %s::int[], %s::float8[],
-                %s::timestamptz[], %s::text[])
-         AS r(id, lease, status, refund, reprocess, delay, not_before, error)
-),
-locked AS (
-    SELECT jobs.id FROM {s}.jobs JOIN r ON jobs.id = r.id AND jobs.lease = r.lease
-    WHERE jobs.status = 'running'
-    ORDER BY jobs.id FOR UPDATE OF jobs
-)
 UPDATE {s}.jobs AS j
 SET status = r.status,
     attempt = j.attempt - r.refund,
@@ -597,8 +586,19 @@ SET status = r.status,
     completed_at = CASE WHEN r.status = 'pending' THEN NULL ELSE now() END,
     heartbeat_at = NULL,
     updated_at = now()
-FROM locked JOIN r ON r.id = locked.id
-WHERE j.id = locked.id AND j.status = 'running' AND j.lease = r.lease
+FROM (
+    SELECT jobs.id, r.status, r.refund, r.reprocess, r.error,
+           LEAST(GREATEST(now() + make_interval(secs => r.delay), r.not_before), {latest})
+               AS next_run_at
+    FROM {s}.jobs
+    JOIN unnest(%s::uuid[], %s::int[], %s::text[], %s::int[], %s::int[], %s::float8[],
+                %s::timestamptz[], %s::text[])
+         AS r(id, lease, status, refund, reprocess, delay, not_before, error)
+        ON jobs.id = r.id AND jobs.lease = r.lease
+    WHERE jobs.status = 'running'
+    ORDER BY jobs.id FOR UPDATE OF jobs
+) AS r
+WHERE j.id = r.id
 RETURNING j.id
 """
 

@@ -119,3 +119,36 @@ async def test_dedicated_connections_name_themselves_and_watch_their_peer(dsn: s
         assert names
     with psycopg.connect(dsn) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_sigterm_while_a_worker_cannot_connect_exits_at_once(dsn: str) -> None:
+    """A worker started while the network is silent waits for its pool; SIGTERM then gives
+    up starting instead of waiting out the pool's 30 s timeout."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    params = conninfo_to_dict(dsn)
+    with SilentProxy(
+        str(params.get("host", "127.0.0.1")), int(params.get("port") or 5432)
+    ) as proxy:
+        proxy.freeze()
+        proxied = make_conninfo(dsn, host="127.0.0.1", port=proxy.port)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "simplequeue", "worker", "tests.worker_app:configure",
+             "--dsn", proxied, "--no-migrate"],
+            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        time.sleep(2)  # signal handlers installed, the pool waiting for the server
+        proc.send_signal(signal.SIGTERM)
+        begun = time.monotonic()
+        out, _ = proc.communicate(timeout=30)
+        took = time.monotonic() - begun
+        proxy.thaw()
+    assert proc.returncode == 0, out
+    assert "while starting: not starting" in out
+    assert took < 3, f"took {took:.1f}s to exit: {out}"
