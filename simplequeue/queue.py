@@ -7,8 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any
@@ -231,42 +230,37 @@ class SimpleQueue:
 
     # -- operating -------------------------------------------------------------------
 
-    @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[AsyncConn]:
-        async with borrow(self._pool) as conn:
-            yield conn
-
     async def get_job(self, job_id: uuid.UUID) -> Job | None:
         """The job from the live table, the archive or the DLQ; None if unknown.
 
         Raises JobNotFoundError when the job is not live and this database role may not
         read the archive and the DLQ (the producer role of `simplequeue roles`).
         """
-        async with self._connection() as conn:
+        async with borrow(self._pool) as conn:
             return await self._store.get_job(conn, _as_uuid(job_id))
 
     async def cancel_job(self, job_id: uuid.UUID) -> bool:
         """Cancel a pending or running job. A running one ends as cancelled whatever its
         handler returns afterwards."""
-        async with self._connection() as conn:
+        async with borrow(self._pool) as conn:
             return await self._store.cancel(conn, "id", _as_uuid(job_id)) == 1
 
     async def cancel_job_by_unique_key(self, unique_key: str) -> int:
         """Cancel the live job holding `unique_key` (0 or 1)."""
         check_key("unique_key", unique_key, required=True)
-        async with self._connection() as conn:
+        async with borrow(self._pool) as conn:
             return await self._store.cancel(conn, "unique_key", unique_key)
 
     async def cancel_jobs_by_fingerprint(self, fingerprint: str) -> int:
         """Cancel every pending or running job with this fingerprint; returns how many."""
         check_key("fingerprint", fingerprint, required=True)
-        async with self._connection() as conn:
+        async with borrow(self._pool) as conn:
             return await self._store.cancel(conn, "fingerprint", fingerprint)
 
     async def reschedule_job(self, job_id: uuid.UUID, run_at: datetime) -> bool:
         """Move a pending job's due time; False if it is not pending."""
         require_aware("run_at", run_at)
-        async with self._connection() as conn:
+        async with borrow(self._pool) as conn:
             return await self._store.reschedule(conn, _as_uuid(job_id), run_at)
 
     async def wait_for_job(self, job_id: uuid.UUID, timeout: float | None = None) -> Job:
@@ -293,13 +287,13 @@ class SimpleQueue:
         check_key("queue", queue, required=False)
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise InvalidJobError(f"limit must be a positive integer, got {limit!r}")
-        async with self._connection() as conn:
+        async with borrow(self._pool) as conn:
             return await self._store.list_dlq(conn, queue, limit)
 
     async def counts(self) -> dict[str, int]:
         """Jobs per status in the live table, and rows in `archive` and `dlq` (every key
         present, zero included). Counts whole tables: for dashboards, not hot paths."""
-        async with self._connection() as conn:
+        async with borrow(self._pool) as conn:
             found = await self._store.counts(conn)
         keys = [s.value for s in JobStatus] + ["archive", "dlq"]
         return {key: found.get(key, 0) for key in keys}
@@ -307,7 +301,7 @@ class SimpleQueue:
     async def requeue_dlq_job(self, job_id: uuid.UUID) -> bool:
         """Put a dead job back to pending with fresh attempts. False if no such dead job, or
         if a live job now holds its unique key."""
-        async with self._connection() as conn, conn.transaction():
+        async with borrow(self._pool) as conn, conn.transaction():
             return await self._store.requeue_dead(conn, _as_uuid(job_id))
 
 

@@ -468,6 +468,9 @@ def notify_payload(queues: set[str]) -> str:
 
 # -- the statements ------------------------------------------------------------------
 
+# Both inserts skip a job on any conflict: a live job holding its unique key
+# (jobs_unique_key_live), or its own id already stored by an earlier try of the same insert.
+# A job due later is `scheduled`: out of the claim's way until a poller promotes it.
 _INSERT = """
     INSERT INTO {s}.jobs (id, queue, data, priority, max_attempts, unique_key, fingerprint, run_at,
                           timeout_seconds, scheduled)
@@ -490,10 +493,6 @@ _INSERT_ONE = """
 """
 
 
-# A job due later is `scheduled`: out of the claim's way until a poller promotes it.
-# Both inserts skip a job on any conflict: a live job holding its unique key
-# (jobs_unique_key_live), or its own id already stored by an earlier try of the same insert.
-
 _STORED_IDS = "SELECT id FROM {s}.jobs WHERE id = ANY(%s::uuid[])"
 
 
@@ -512,8 +511,6 @@ _COPY = "COPY {s}.jobs (" + _COPY_COLUMNS + ") FROM STDIN"
 # scheduled, and the first promotion makes those already due claimable.
 _COPY_RUN_AT = "COPY {s}.jobs (" + _COPY_COLUMNS + ", run_at, scheduled) FROM STDIN"
 
-# heartbeat_at takes clock_timestamp(), not now(): a claim (or a beat) that waited on a lock
-# would otherwise stamp the time it started waiting, and the reaper would take the job at once.
 # Promotes scheduled jobs that have come due, so that the claim finds them: a bounded
 # batch of the queues the poller claims from, read in jobs_scheduled's order (per queue,
 # the earliest first), so it stops after `limit` rows however many have come due.
@@ -529,6 +526,8 @@ FROM (
 WHERE j.id = due.id
 """
 
+# heartbeat_at takes clock_timestamp(), not now(): a claim (or a beat) that waited on a lock
+# would otherwise stamp the time it started waiting, and the reaper would take the job at once.
 _CLAIM = """
 WITH candidates AS (
     SELECT j.id
