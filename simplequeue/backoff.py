@@ -40,23 +40,28 @@ class BackoffStrategy(Protocol):
 
 
 def as_seconds(
-    name: str, value: float | timedelta, *, allow_zero: bool = True, maximum: float | None = None
+    name: str,
+    value: float | timedelta,
+    *,
+    allow_zero: bool = True,
+    maximum: float | None = None,
+    error: type[Exception] = ConfigError,
 ) -> float:
     """Durations are accepted as seconds or timedelta: finite, not negative (nor zero if
-    asked), and at most `maximum` when given."""
+    asked), and at most `maximum` when given; `error` is raised otherwise."""
     if isinstance(value, timedelta):
         seconds = value.total_seconds()
     elif isinstance(value, int | float) and not isinstance(value, bool):
         seconds = float(value)
     else:
-        raise ConfigError(f"{name} must be seconds (a number) or a timedelta, got {value!r}")
+        raise error(f"{name} must be seconds (a number) or a timedelta, got {value!r}")
     if seconds != seconds or seconds in (float("inf"), float("-inf")):
-        raise ConfigError(f"{name} must be a finite duration, got {value!r}")
+        raise error(f"{name} must be a finite duration, got {value!r}")
     if seconds < 0 or (seconds == 0 and not allow_zero):
         bound = "zero or more" if allow_zero else "more than zero"
-        raise ConfigError(f"{name} must be {bound} seconds, got {value!r}")
+        raise error(f"{name} must be {bound} seconds, got {value!r}")
     if maximum is not None and seconds > maximum:
-        raise ConfigError(f"{name} must be at most {maximum:g} seconds, got {value!r}")
+        raise error(f"{name} must be at most {maximum:g} seconds, got {value!r}")
     return seconds
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from simplequeue.backoff import BackoffStrategy
+from simplequeue.backoff import BackoffStrategy, as_seconds
 from simplequeue.config import QueueConfig
 from simplequeue.connections import borrow, defaults_for
 from simplequeue.errors import (
@@ -160,6 +160,7 @@ class SimpleQueue:
 
         Called again while a stop is under way, it interrupts the running jobs at once.
         """
+        timeout = _seconds("timeout", timeout)
         worker, self._worker = self._worker, None
         if worker is None:
             if self._stopping is not None:
@@ -269,7 +270,7 @@ class SimpleQueue:
         Raises JobNotFoundError for an unknown id and TimeoutError after `timeout` seconds.
         """
         job_id = _as_uuid(job_id)
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None if timeout is None else time.monotonic() + _seconds("timeout", timeout)
         delay = 0.005
         while True:
             job = await self.get_job(job_id)
@@ -303,6 +304,11 @@ class SimpleQueue:
         if a live job now holds its unique key."""
         async with borrow(self._pool) as conn, conn.transaction():
             return await self._store.requeue_dead(conn, _as_uuid(job_id))
+
+
+def _seconds(name: str, value: object) -> float:
+    """A finite, non-negative number of seconds, or InvalidArgumentError before anything runs."""
+    return as_seconds(name, value, error=InvalidArgumentError)  # type: ignore[arg-type]
 
 
 def _check_connection(conn: object) -> None:

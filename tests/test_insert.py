@@ -376,3 +376,14 @@ async def test_one_job_object_inserted_concurrently_is_stored_once(dsn: str, siz
         first, second = await asyncio.gather(queue.insert_jobs(jobs), queue.insert_jobs(jobs))
     assert first == second == [j.id for j in jobs]
     assert count(dsn) == size
+
+
+async def test_bad_timeouts_are_refused_before_anything_runs(queue: sq.SimpleQueue) -> None:
+    job_id = await queue.insert_job(sq.Job("q", {}))
+    assert job_id is not None
+    for bad in (float("nan"), float("inf"), -1, "5", None):
+        if bad is not None:
+            with pytest.raises(sq.InvalidArgumentError, match="timeout"):
+                await queue.wait_for_job(job_id, timeout=bad)  # type: ignore[arg-type]
+        with pytest.raises(sq.InvalidArgumentError, match="timeout"):
+            await queue.stop(timeout=bad)  # type: ignore[arg-type]
