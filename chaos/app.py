@@ -12,6 +12,7 @@ Settings come from the environment, set by the runner:
     CHAOS_BACKOFF     seconds of fixed backoff between attempts
     CHAOS_POOL_TIMEOUT seconds the worker pool waits for a free connection
     CHAOS_HOG_SECONDS how long SIGUSR1 holds every connection of the worker's pool
+    CHAOS_QUEUES      comma list of the queues to handle (default: all)
 """
 
 from __future__ import annotations
@@ -282,7 +283,10 @@ def configure(queue: sq.SimpleQueue) -> None:
         # The CLI has no flags for these; the worker is built from queue.config at start().
         queue.config = queue.config.model_copy(update=overrides)
     backoff = sq.Fixed(float(os.environ.get("CHAOS_BACKOFF", "0.05")))
+    only = os.environ.get("CHAOS_QUEUES")  # a comma list: handle these queues alone
     for handler in (Chaos(), ChaosSync(), Long(), LongSync(), Hung()):
+        if only and handler.QUEUE not in only.split(","):
+            continue
         queue.register_handler(handler)
         queue.set_backoff(handler.QUEUE, backoff)
     pool_timeout = os.environ.get("CHAOS_POOL_TIMEOUT")

@@ -47,9 +47,10 @@ async def _until(check: Any, timeout: float, every: float = 0.1) -> bool:
 
 async def missed_beats(ctx: Context) -> Report:
     """Running jobs' rows are held locked past the stall threshold: their beats skip them,
-    the reaper hands them back, and the one worker claims them again while their first
-    runs still execute. Each must run exactly twice: the stale run fenced off, the new one
-    beating on after the stale one ends."""
+    another worker's reaper hands them back (their own worker's reaper knows they run),
+    and their worker claims them again while their first runs still execute. Each must run
+    exactly twice: the stale run fenced off, the new one beating on after the stale one
+    ends."""
     size, rng = ctx.size, ctx.rng
     report = Report("7 missed beats")
     db = "chaos_beats"
@@ -61,7 +62,14 @@ async def missed_beats(ctx: Context) -> Report:
         overrides={"reaper_interval": 0.05},
     )  # fmt: skip
     fleet = ctx.fleet("beats", db, settings, n=1)
+    reaping = WorkerSettings(
+        heartbeat_interval=0.3,
+        overrides={"reaper_interval": 0.05},
+        env={"CHAOS_QUEUES": "chaos_hung"},
+    )
+    reaper = ctx.fleet("beats-reaper", db, reaping, n=1)  # claims none of these jobs
     fleet.start()
+    reaper.start()
     held = rounds = reaping_rounds = 0
     async with producer(dsn) as queue:
         while reaping_rounds < size.edge_rounds and rounds < 4 * size.edge_rounds:
@@ -90,7 +98,7 @@ async def missed_beats(ctx: Context) -> Report:
             reaping_rounds += int(reaped_now[0][0]) > 0
         drained = await drained_within(dsn, held, 60)
         report.check(drained, "jobs still pending or running at the end")
-    exits = await fleet.stop(30)
+    exits = {**await fleet.stop(30), **await reaper.stop(30)}
     report.check(all(c == 0 for c, _ in exits.values()), f"unclean exit: {exits}")
     acc = await account(dsn)
     report.take(acc)
@@ -103,7 +111,7 @@ async def missed_beats(ctx: Context) -> Report:
     report.notes.append(
         f"{held} running jobs' rows held locked for {3 * STALL:.2f}s ({STALL:.2f}s stall "
         f"threshold) in {rounds} rounds, {reaping_rounds} of which ended with the reaper "
-        f"first: {reaped} reaped and claimed again by the same worker; runs per job "
+        f"first: {reaped} reaped by another worker and claimed again by their own; runs per job "
         + ", ".join(f"{k}: {v}" for k, v in sorted(runs.items()))
     )
     report.check(reaped > 0, "no job was reaped: the scenario is void")

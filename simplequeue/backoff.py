@@ -28,8 +28,9 @@ MAX_DELAY = 10_000 * 365.25 * 86400.0
 
 
 def clamp_delay(seconds: float) -> float:
-    """A wait as long as asked, but no longer than a job can be put off."""
-    return min(seconds, MAX_DELAY)
+    """A wait as long as asked, but no longer than a job can be put off, and not negative
+    (a strategy of the user's may compute one)."""
+    return max(min(seconds, MAX_DELAY), 0.0)
 
 
 @runtime_checkable

@@ -37,8 +37,9 @@ class Handler:
 
     @functools.cached_property
     def runs_in_thread(self) -> bool:
-        """A plain `def process` blocks; it runs in a worker thread to keep the loop free."""
-        return not inspect.iscoroutinefunction(self.process)
+        """A plain `def process` blocks; it runs in a worker thread to keep the loop free.
+        An `async def` behind a decorator that kept its `__wrapped__` is still async."""
+        return not inspect.iscoroutinefunction(inspect.unwrap(self.process))
 
     @classmethod
     def check(cls, handler: object) -> Handler:

@@ -28,6 +28,7 @@ class QueueRegistry:
     def __init__(self, config: QueueConfig) -> None:
         self._config = config
         self.handlers: dict[str, Handler] = {}
+        self.global_permits = PermitCounter(config.global_permits)
         self._permits: dict[str, PermitCounter] = {}
         self._backoff: dict[str, BackoffStrategy] = {}
         self._strategy: dict[str, JobStrategy] = {}

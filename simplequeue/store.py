@@ -9,7 +9,7 @@ trip serves a whole batch. Anything that changes a running job is fenced by its 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
@@ -168,6 +168,7 @@ class Store:
         self._complete = _q(_COMPLETE, schema)
         self._heartbeat = _q(_HEARTBEAT, schema)
         self._still_running = _q(_STILL_RUNNING, schema)
+        self._running_runs = _q(_RUNNING_RUNS, schema)
         self._reap_stalled = _q(_REAP_STALLED, schema)
         self._stalled_ids = _q(_STALLED_IDS, schema)
         self._fail_exhausted = _q(_FAIL_EXHAUSTED, schema)
@@ -187,6 +188,8 @@ class Store:
         self._delete_from_dlq = _q(_DELETE_FROM_DLQ, schema)
         self._archive_completed = _q(_ARCHIVE_COMPLETED, schema)
         self._move_dead = _q(_MOVE_DEAD, schema)
+        self._completed_ids = _q(_COMPLETED_IDS, schema)
+        self._dead_ids = _q(_DEAD_IDS, schema)
         self._purge_archive = _q(_PURGE_ARCHIVE, schema, purge_lock=f"simplequeue.purge.{schema}")
         self._stuck_finished = _q(_STUCK_FINISHED, schema)
         self._counts = _q(_COUNTS, schema)
@@ -331,6 +334,13 @@ class Store:
         cur.execute(self._heartbeat, [[b[0] for b in beats], [b[1] for b in beats]])
         return {(row[0], row[1]) for row in cur.fetchall()}
 
+    async def running_runs(
+        self, conn: AnyConn, runs: Sequence[tuple[uuid.UUID, int]]
+    ) -> set[tuple[uuid.UUID, int]]:
+        """Which of these runs (id, lease) are still the running ones."""
+        cur = await _run(conn, self._running_runs, [[r[0] for r in runs], [r[1] for r in runs]])
+        return {(row[0], row[1]) for row in await cur.fetchall()}
+
     async def still_running(self, conn: AnyConn, job_id: uuid.UUID, lease: int) -> bool:
         """Is this run (id, lease) of the job still the running one?"""
         cur = await _run(conn, self._still_running, [job_id, lease])
@@ -345,14 +355,20 @@ class Store:
         max_reprocess: int,
         limit: int = 1000,
         only: uuid.UUID | None = None,
+        own: Collection[tuple[uuid.UUID, int]] = (),
     ) -> list[tuple[uuid.UUID, str]]:
         """Stalled running jobs (or the one job `only`, if stalled) back to pending
-        (attempt refunded), or bad_job when poison."""
-        cur = await _run(
-            conn,
-            self._reap_stalled,
-            {"stall": stall_after, "max_reprocess": max_reprocess, "limit": limit, "only": only},
-        )
+        (attempt refunded), or bad_job when poison; never the runs in `own` (id, lease),
+        which the calling process knows are still running."""
+        params = {
+            "stall": stall_after,
+            "max_reprocess": max_reprocess,
+            "limit": limit,
+            "only": only,
+            "own_ids": [run[0] for run in own],
+            "own_leases": [run[1] for run in own],
+        }
+        cur = await _run(conn, self._reap_stalled, params)
         return [(row[0], row[1]) for row in await cur.fetchall()]
 
     async def stalled_ids(self, conn: AnyConn, stall_after: float, limit: int) -> list[uuid.UUID]:
@@ -371,13 +387,27 @@ class Store:
         cur = await _run(conn, self._exhausted_ids, [limit])
         return [row[0] for row in await cur.fetchall()]
 
-    async def archive_completed(self, conn: AnyConn, limit: int) -> int:
-        cur = await _run(conn, self._archive_completed, [limit])
-        return cur.rowcount
+    async def archive_completed(
+        self, conn: AnyConn, limit: int, only: uuid.UUID | None = None
+    ) -> list[uuid.UUID]:
+        """Completed jobs (or the one job `only`) to the archive; returns their ids."""
+        cur = await _run(conn, self._archive_completed, {"limit": limit, "only": only})
+        return [row[0] for row in await cur.fetchall()]
 
-    async def move_dead(self, conn: AnyConn, limit: int) -> int:
-        cur = await _run(conn, self._move_dead, [limit])
-        return cur.rowcount
+    async def move_dead(
+        self, conn: AnyConn, limit: int, only: uuid.UUID | None = None
+    ) -> list[uuid.UUID]:
+        """Dead jobs (or the one job `only`) to the DLQ; returns their ids."""
+        cur = await _run(conn, self._move_dead, {"limit": limit, "only": only})
+        return [row[0] for row in await cur.fetchall()]
+
+    async def completed_ids(self, conn: AnyConn, limit: int) -> list[uuid.UUID]:
+        cur = await _run(conn, self._completed_ids, [limit])
+        return [row[0] for row in await cur.fetchall()]
+
+    async def dead_ids(self, conn: AnyConn, limit: int) -> list[uuid.UUID]:
+        cur = await _run(conn, self._dead_ids, [limit])
+        return [row[0] for row in await cur.fetchall()]
 
     async def purge_archive(self, conn: AnyConn, retention: float, limit: int) -> int:
         cur = await _run(conn, self._purge_archive, [retention, limit])
@@ -555,11 +585,12 @@ RETURNING jobs.id, jobs.queue, jobs.data::text, jobs.status, jobs.priority, jobs
           jobs.completed_at, jobs.last_error, jobs.timeout_seconds
 """
 
-# Statements that wait for the locks of several job rows take them in one order, by id,
-# in a locking sub-select: whatever plan visits the rows (a fingerprint index, a hash
-# join), no two statements of the library can deadlock. The sub-select checks status and
-# lease on the version it locks (PostgreSQL re-reads a row changed meanwhile); locked, the
-# row cannot change again before the UPDATE above it, which finds it by id.
+# Result writes lock their rows in a sub-select that skips rows another transaction holds
+# (a heartbeat, a cancel, a user's long transaction): the writer never waits, so one held
+# row cannot stall every result of the process, and it cannot deadlock. It writes the
+# skipped results again a moment later (`running_runs` tells them from fenced-off ones).
+# The sub-select checks status and lease on the version it locks; locked, the row cannot
+# change again before the UPDATE above it, which finds it by id.
 
 _COMPLETE = """
 UPDATE {s}.jobs AS j
@@ -568,7 +599,7 @@ FROM (
     SELECT jobs.id FROM {s}.jobs JOIN unnest(%s::uuid[], %s::int[]) AS r(id, lease)
         ON jobs.id = r.id AND jobs.lease = r.lease
     WHERE jobs.status = 'running'
-    ORDER BY jobs.id FOR UPDATE OF jobs
+    FOR UPDATE OF jobs SKIP LOCKED
 ) AS locked
 WHERE j.id = locked.id
 RETURNING j.id
@@ -595,7 +626,7 @@ FROM (
          AS r(id, lease, status, refund, reprocess, delay, not_before, error)
         ON jobs.id = r.id AND jobs.lease = r.lease
     WHERE jobs.status = 'running'
-    ORDER BY jobs.id FOR UPDATE OF jobs
+    FOR UPDATE OF jobs SKIP LOCKED
 ) AS r
 WHERE j.id = r.id
 RETURNING j.id
@@ -611,7 +642,7 @@ WITH mine AS (
     JOIN unnest(%s::uuid[], %s::int[]) AS b(id, lease) ON j.id = b.id AND j.lease = b.lease
     WHERE j.status = 'running'
 ), beatable AS (
-    SELECT j.id FROM {s}.jobs AS j JOIN mine ON j.id = mine.id
+    SELECT j.id FROM {s}.jobs AS j JOIN mine ON j.id = mine.id AND j.lease = mine.lease
     WHERE j.status = 'running'
     ORDER BY j.id
     FOR UPDATE OF j SKIP LOCKED
@@ -619,6 +650,12 @@ WITH mine AS (
     UPDATE {s}.jobs AS j SET heartbeat_at = clock_timestamp() FROM beatable WHERE j.id = beatable.id
 )
 SELECT id, lease FROM mine
+"""
+
+_RUNNING_RUNS = """
+SELECT j.id, j.lease FROM {s}.jobs AS j
+JOIN unnest(%s::uuid[], %s::int[]) AS r(id, lease) ON j.id = r.id AND j.lease = r.lease
+WHERE j.status = 'running'
 """
 
 _STILL_RUNNING = "SELECT 1 FROM {s}.jobs WHERE id = %s AND lease = %s AND status = 'running'"
@@ -639,6 +676,9 @@ FROM (
     SELECT id FROM {s}.jobs
     WHERE status = 'running' AND heartbeat_at < now() - make_interval(secs => %(stall)s)
       AND (%(only)s::uuid IS NULL OR id = %(only)s)
+      AND NOT EXISTS (
+          SELECT 1 FROM unnest(%(own_ids)s::uuid[], %(own_leases)s::int[]) AS own(id, lease)
+          WHERE own.id = jobs.id AND own.lease = jobs.lease)
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 ) AS stalled
@@ -738,23 +778,26 @@ _DELETE_FROM_DLQ = "DELETE FROM {s}.dlq WHERE id = %s"
 
 # A finished row whose id the archive or the DLQ already holds (a row written there by
 # hand) is left where it is: moving it would fail the whole batch, every sweep.
-_ARCHIVE_COMPLETED = (
+_MOVE_FINISHED = (
     "WITH moved AS (DELETE FROM {s}.jobs WHERE id IN ("
-    "    SELECT id FROM {s}.jobs AS j WHERE status = 'completed'"
-    "      AND NOT EXISTS (SELECT 1 FROM {s}.archive AS a WHERE a.id = j.id)"
-    "    LIMIT %s FOR UPDATE SKIP LOCKED)"
+    "    SELECT id FROM {s}.jobs AS j WHERE {finished}"
+    "      AND NOT EXISTS (SELECT 1 FROM {s}.{table} AS t WHERE t.id = j.id)"
+    "      AND (%(only)s::uuid IS NULL OR j.id = %(only)s)"
+    "    LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
     "  RETURNING " + _ROW_COLUMNS + ") "
-    "INSERT INTO {s}.archive (" + _ROW_COLUMNS + ") SELECT " + _ROW_COLUMNS + " FROM moved"
+    "INSERT INTO {s}.{table} (" + _ROW_COLUMNS + ") SELECT " + _ROW_COLUMNS + " FROM moved "
+    "RETURNING id"
 )
-
-_MOVE_DEAD = (
-    "WITH moved AS (DELETE FROM {s}.jobs WHERE id IN ("
-    "    SELECT id FROM {s}.jobs AS j WHERE status IN " + _DEAD + ""
-    "      AND NOT EXISTS (SELECT 1 FROM {s}.dlq AS d WHERE d.id = j.id)"
-    "    LIMIT %s FOR UPDATE SKIP LOCKED)"
-    "  RETURNING " + _ROW_COLUMNS + ") "
-    "INSERT INTO {s}.dlq (" + _ROW_COLUMNS + ") SELECT " + _ROW_COLUMNS + " FROM moved"
+_FINISHED_IDS = (
+    "SELECT id FROM {s}.jobs AS j WHERE {finished}"
+    "  AND NOT EXISTS (SELECT 1 FROM {s}.{table} AS t WHERE t.id = j.id) ORDER BY id LIMIT %s"
 )
+_COMPLETED = {"finished": "status = 'completed'", "table": "archive"}
+_DEAD_ROWS = {"finished": "status IN " + _DEAD, "table": "dlq"}
+_ARCHIVE_COMPLETED = _MOVE_FINISHED.format(s="{s}", **_COMPLETED)
+_MOVE_DEAD = _MOVE_FINISHED.format(s="{s}", **_DEAD_ROWS)
+_COMPLETED_IDS = _FINISHED_IDS.format(s="{s}", **_COMPLETED)
+_DEAD_IDS = _FINISHED_IDS.format(s="{s}", **_DEAD_ROWS)
 
 _STUCK_FINISHED = (
     "SELECT count(*) FROM {s}.jobs AS j WHERE"

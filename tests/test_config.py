@@ -67,6 +67,18 @@ def test_exponential_reaches_its_cap_however_far_the_attempt() -> None:
         sq.Exponential(factor=float("inf"))
 
 
+def test_a_negative_delay_from_a_strategy_means_now() -> None:
+    from datetime import timedelta
+
+    from simplequeue.runtime.outcomes import backoff_delay
+
+    class Backwards:
+        def delay(self, attempt: int) -> timedelta:
+            return timedelta(days=-400)
+
+    assert backoff_delay(Backwards(), 1) == 0.0
+
+
 def test_long_backoffs_are_clamped_not_refused() -> None:
     from simplequeue.backoff import MAX_DELAY
 

@@ -152,3 +152,32 @@ def test_sigterm_while_a_worker_cannot_connect_exits_at_once(dsn: str) -> None:
     assert proc.returncode == 0, out
     assert "while starting: not starting" in out
     assert took < 3, f"took {took:.1f}s to exit: {out}"
+
+
+async def test_stop_returns_while_handlers_fill_the_loops_thread_pool(dsn: str) -> None:
+    """Handlers blocked in asyncio.to_thread hold every thread of the loop's default
+    executor: stopping must not need one."""
+    import os
+    import threading
+
+    release = threading.Event()
+    threads = min(32, (os.cpu_count() or 1) + 4)  # the default executor's size
+
+    class Offloads(sq.Handler):
+        QUEUE = "offloads"
+
+        async def process(self, queue: sq.SimpleQueue, job: sq.Job) -> None:
+            await asyncio.to_thread(release.wait, 30)
+
+    async with sq.SimpleQueue.from_url(dsn, **FAST) as queue:
+        queue.register_handler(Offloads())
+        await queue.start()
+        await queue.insert_jobs([sq.Job("offloads", n) for n in range(threads + 2)])
+        await eventually(lambda: count(dsn, "status = 'running'") == threads + 2)
+        begun = time.monotonic()
+        try:
+            await asyncio.wait_for(queue.stop(timeout=0.5), 20)
+        finally:
+            release.set()
+        took = time.monotonic() - begun
+    assert took < 0.5 + 7, f"stop(0.5) took {took:.1f}s"

@@ -12,10 +12,19 @@ import simplequeue as sq
 from tests.conftest import count, eventually, query
 
 
+class Other(sq.Handler):
+    """Another worker's queue: a worker with only this handler reaps, but never claims slow."""
+
+    QUEUE = "other"
+
+    async def process(self, queue: sq.SimpleQueue, job: sq.Job) -> None:
+        return None
+
+
 async def test_a_missed_heartbeat_window_gives_exactly_one_rerun(dsn: str) -> None:
     """The job's row is held locked past the stall threshold, so its beats are skipped
-    and the reaper hands it back; this same process claims it again while the first run
-    still executes. The first run's end must not silence the second run."""
+    and another worker's reaper hands it back; the first worker claims it again while its
+    first run still executes. The first run's end must not silence the second run."""
     runs: list[int] = []
     started = asyncio.Event()
 
@@ -33,9 +42,14 @@ async def test_a_missed_heartbeat_window_gives_exactly_one_rerun(dsn: str) -> No
         "empty_poll_sleep": 0.1,
         "backoff": sq.Fixed(0),
     }
-    async with sq.SimpleQueue.from_url(dsn, **settings) as queue:
+    async with (
+        sq.SimpleQueue.from_url(dsn, **settings) as queue,
+        sq.SimpleQueue.from_url(dsn, **settings) as reaping,
+    ):
         queue.register_handler(Slow())
+        reaping.register_handler(Other())
         await queue.start()
+        await reaping.start()
         job_id = await queue.insert_job(sq.Job("slow", {}))
         await asyncio.wait_for(started.wait(), 10)
         with psycopg.connect(dsn) as locker:  # the beats skip the locked row for 1 s
@@ -49,6 +63,36 @@ async def test_a_missed_heartbeat_window_gives_exactly_one_rerun(dsn: str) -> No
         dsn, "SELECT status, lease, reprocess_count FROM simplequeue.jobs"
     )
     assert (status, lease, reprocess) == ("completed", 2, 1)
+
+
+async def test_a_worker_does_not_reap_the_runs_it_is_running(dsn: str) -> None:
+    """A worker whose beats were held back (a locked row, a paused process) knows its runs
+    are alive: its own reaper leaves them alone, and the job runs once."""
+    runs: list[int] = []
+
+    class Slow(sq.Handler):
+        QUEUE = "slow"
+
+        async def process(self, queue: sq.SimpleQueue, job: sq.Job) -> None:
+            runs.append(job.lease)
+            await asyncio.sleep(2.0)
+
+    settings: dict[str, Any] = {
+        "heartbeat_interval": 0.2,
+        "reaper_interval": 0.05,
+        "empty_poll_sleep": 0.1,
+    }
+    async with sq.SimpleQueue.from_url(dsn, **settings) as queue:
+        queue.register_handler(Slow())
+        await queue.start()
+        job_id = await queue.insert_job(sq.Job("slow", {}))
+        await eventually(lambda: runs == [1])
+        with psycopg.connect(dsn) as locker:
+            locker.execute("SELECT 1 FROM simplequeue.jobs WHERE id = %s FOR UPDATE", [job_id])
+            await asyncio.sleep(1.0)
+        await eventually(lambda: count(dsn, "status = 'completed'"), timeout=10)
+    assert runs == [1]
+    assert query(dsn, "SELECT reprocess_count FROM simplequeue.jobs") == [(0,)]
 
 
 def test_lost_runs_are_forgotten_when_they_end(dsn: str) -> None:

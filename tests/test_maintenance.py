@@ -161,26 +161,36 @@ async def test_one_conflicting_row_never_stops_the_janitor(queue: sq.SimpleQueue
     assert count(dsn, table="archive") == 3 and count(dsn, table="dlq") == 2
 
 
-async def test_a_step_the_database_refuses_does_not_stop_the_others(
+async def test_a_move_the_database_refuses_for_some_rows_moves_the_others(
     queue: sq.SimpleQueue, dsn: str
 ) -> None:
     query(
         dsn,
         "CREATE FUNCTION public.refuse() RETURNS trigger LANGUAGE plpgsql AS "
-        "$$ BEGIN RAISE EXCEPTION 'no dead letters today'; END $$",
+        "$$ BEGIN IF (NEW.data)::int <> 5 THEN RAISE EXCEPTION 'no dead letters today'; "
+        "END IF; RETURN NEW; END $$",
     )
     query(
         dsn,
-        "CREATE TRIGGER refuse BEFORE INSERT ON simplequeue.dlq "
+        "CREATE TRIGGER refuse_dlq BEFORE INSERT ON simplequeue.dlq "
         "FOR EACH ROW EXECUTE FUNCTION public.refuse()",
     )
-    await queue.insert_jobs([sq.Job("q", n) for n in range(4)])
+    await queue.insert_jobs([sq.Job("q", n) for n in range(6)])
     query(dsn, "UPDATE simplequeue.jobs SET status = 'completed' WHERE (data)::int < 2")
     query(dsn, "UPDATE simplequeue.jobs SET status = 'failed' WHERE (data)::int >= 2")
-    report = await Janitor(queue.pool, queue._store, queue.config).sweep()
-    assert report.failed_steps == ("dead-letter",)
+    janitor = Janitor(queue.pool, queue._store, queue.config)
+    report = await janitor.sweep()
     assert report.archived == 2 and count(dsn, table="archive") == 2
-    assert count(dsn, "status = 'failed'") == 2  # still there, nothing lost
+    # the batch was refused; job by job, the one row the trigger accepts moved
+    assert report.dead_lettered == 1 and count(dsn, table="dlq") == 1
+    assert count(dsn, "status = 'failed'") == 3  # still there, nothing lost
+    # a step refused for every row: the others still run
+    query(dsn, "DROP TRIGGER refuse_dlq ON simplequeue.dlq")
+    query(dsn, "ALTER TABLE simplequeue.archive ADD CONSTRAINT never CHECK (false) NOT VALID")
+    query(dsn, "UPDATE simplequeue.jobs SET status = 'completed' WHERE (data)::int = 2")
+    report = await janitor.sweep()
+    assert (report.archived, report.dead_lettered) == (0, 2)
+    assert count(dsn, "status = 'completed'") == 1 and count(dsn, table="dlq") == 3
 
 
 async def test_one_row_the_database_refuses_never_stops_the_reaper(

@@ -8,7 +8,7 @@ import random
 from typing import Any
 
 import simplequeue as sq
-from tests.conftest import count, query
+from tests.conftest import count, eventually, query
 
 
 async def _queues(dsn: str, n: int, **config: Any) -> list[sq.SimpleQueue]:
@@ -141,3 +141,31 @@ def test_every_statement_that_waits_for_row_locks_takes_them_in_id_order() -> No
         else:
             one_at_a_time = "pg_try_advisory_xact_lock" in flat
             assert "SKIP LOCKED" in flat or ordered or one_at_a_time, f"{name}: any order"
+
+
+async def test_a_row_held_by_another_transaction_delays_only_its_own_result(dsn: str) -> None:
+    """A session idles in a transaction holding one finished job's row: the result writer
+    skips that row and writes every other result; the held one lands once it is free."""
+    release = asyncio.Event()
+
+    class Quick(sq.Handler):
+        QUEUE = "quick"
+
+        async def process(self, queue: sq.SimpleQueue, job: sq.Job) -> None:
+            if job.data == "held":
+                await release.wait()
+
+    async with sq.SimpleQueue.from_url(dsn, global_permits=20, empty_poll_sleep=0.05) as queue:
+        queue.register_handler(Quick())
+        await queue.start()
+        held = await queue.insert_job(sq.Job("quick", "held"))
+        await eventually(lambda: count(dsn, "status = 'running'") == 1)
+        import psycopg
+
+        with psycopg.connect(dsn) as locker:
+            locker.execute("SELECT 1 FROM simplequeue.jobs WHERE id = %s FOR UPDATE", [held])
+            release.set()  # its result waits for the row
+            await queue.insert_jobs([sq.Job("quick", n) for n in range(200)])
+            await eventually(lambda: count(dsn, "status = 'completed'") == 200, timeout=20)
+            assert count(dsn, "id = %s AND status = 'running'", [held]) == 1
+        await eventually(lambda: count(dsn, "status = 'completed'") == 201, timeout=10)

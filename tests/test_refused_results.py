@@ -119,3 +119,35 @@ async def test_a_result_nothing_can_store_is_left_to_the_reaper(dsn: str) -> Non
         await eventually(lambda: handler.runs == 1)
         await asyncio.sleep(0.5)
     assert stored(dsn)[0] == "running" and handler.runs == 1
+
+
+async def test_a_fallback_the_database_refuses_too_ends_the_job_without_an_error(
+    dsn: str,
+) -> None:
+    """A constraint on the error text refuses the result and the failure that explains it:
+    the job still ends failed (keeping its previous error), it does not loop."""
+    query(
+        dsn,
+        "ALTER TABLE simplequeue.jobs ADD CONSTRAINT short_errors "
+        "CHECK (length(last_error) <= 100)",
+    )
+
+    class Wordy(sq.Handler):
+        QUEUE = "counted"
+
+        def __init__(self) -> None:
+            self.runs = 0
+
+        async def process(self, queue: sq.SimpleQueue, job: sq.Job) -> None:
+            self.runs += 1
+            raise RuntimeError("x" * 300)
+
+    handler = Wordy()
+    async with sq.SimpleQueue.from_url(dsn, **FAST) as queue:
+        queue.register_handler(handler)
+        await queue.start()
+        await queue.insert_job(sq.Job("counted", {}, max_attempts=2))
+        await eventually(lambda: stored(dsn)[0] == "failed", timeout=10)
+        await asyncio.sleep(1.0)
+    status, attempt, _, error = stored(dsn)
+    assert (status, attempt, handler.runs, error) == ("failed", 1, 1, None)

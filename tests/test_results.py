@@ -319,11 +319,11 @@ async def test_a_stored_payload_that_cannot_be_decoded_ends_unprocessable(
     assert ran == ["fine"]
 
 
-async def test_an_unexpected_error_after_the_handler_still_ends_the_attempt(
-    queue: sq.SimpleQueue, dsn: str
+async def test_a_permit_that_fails_to_release_does_not_change_the_outcome(
+    queue: sq.SimpleQueue, dsn: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # A permit whose release() raises escapes every handler-level except: the executor's
-    # last resort must turn it into a failed attempt, not leave the job running.
+    # The handler's work is done: recording it as failed would run it again (side effects
+    # repeated). The broken permit is logged; the job keeps the handler's verdict.
     class BrokenPermit:
         def release(self) -> None:
             raise RuntimeError("permit bookkeeping broke")
@@ -333,6 +333,8 @@ async def test_an_unexpected_error_after_the_handler_still_ends_the_attempt(
             return BrokenPermit()
 
     queue.set_queue_strategy("scripted", Hands())
-    job = await run_one(queue, Scripted(), {"do": "none"}, max_attempts=1)
-    assert job.status is sq.JobStatus.FAILED
-    assert (job.last_error or "").startswith("internal error: RuntimeError: permit bookkeeping")
+    handler = Scripted()
+    job = await run_one(queue, handler, {"do": "none"}, max_attempts=2)
+    await eventually(lambda: row(dsn, job.id)["status"] == "completed")
+    assert len(handler.calls) == 1
+    assert "failed to release" in caplog.text

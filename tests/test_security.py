@@ -558,3 +558,42 @@ def test_the_only_dynamic_import_takes_the_command_line_target() -> None:
         if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "load_target"
     ]
     assert [ast.unparse(c.args[0]) for c in callers] == ["args.target"]
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [
+        ("lease", 2147483647),
+        ("reprocess_count", 2147483647),
+        ("created_at", "infinity"),
+        ("updated_at", "-infinity"),
+        ("completed_at", "20000-01-01"),
+        ("heartbeat_at", "infinity"),
+    ],
+)
+async def test_no_raw_row_can_stop_the_claims(
+    queue: sq.SimpleQueue, dsn: str, column: str, value: Any
+) -> None:
+    """A lease that would overflow at the next claim, or a time no client can load, would
+    fail every claim that meets the row: the table refuses them, whoever writes."""
+    with pytest.raises(psycopg.errors.CheckViolation):
+        query(
+            dsn,
+            f"INSERT INTO simplequeue.jobs (id, queue, data, {column}) "
+            "VALUES (gen_random_uuid(), 'work', '1', %s)",
+            [value],
+        )
+    job_id = await queue.insert_job(sq.Job("work", 2))
+    with pytest.raises(psycopg.errors.CheckViolation):
+        query(dsn, f"UPDATE simplequeue.jobs SET {column} = %s WHERE id = %s", [value, job_id])
+    ran: list[Any] = []
+
+    class Work(sq.Handler):
+        QUEUE = "work"
+
+        async def process(self, queue: sq.SimpleQueue, job: sq.Job) -> None:
+            ran.append(job.data)
+
+    queue.register_handler(Work())
+    await queue.start()
+    await eventually(lambda: ran == [2], timeout=5)

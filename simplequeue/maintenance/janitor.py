@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,6 +22,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from simplequeue.config import QueueConfig
 from simplequeue.connections import borrow
+from simplequeue.maintenance.steps import batch_or_each
 from simplequeue.runtime.outage import Outage
 from simplequeue.store import AnyConn, Store
 
@@ -69,30 +71,50 @@ class Janitor:
 
     async def sweep(self) -> JanitorReport:
         """Archive, dead-letter and purge, each step on its own: one the database refuses
-        (a conflicting row, a trigger of the user's) is logged and the others still run.
-        A lost database ends the sweep (OperationalError): the next one is the retry."""
+        is logged and the others still run, and a move refused for one row (a trigger of
+        the user's) is made job by job for the others. A lost database ends the sweep
+        (OperationalError): the next one is the retry."""
+        batch = self._config.janitor_batch_size
         retention = self._config.archive_retention
-        steps: dict[str, Callable[[AnyConn, int], Awaitable[int]]] = {
-            "archive": self._store.archive_completed,
-            "dead-letter": self._store.move_dead,
-            "purge": lambda conn, n: self._store.purge_archive(conn, retention, n),
-            "stuck": lambda conn, _: self._store.stuck_finished(conn),
+        store = self._store
+
+        async def moved(
+            what: str,
+            move: Callable[[AnyConn, int, uuid.UUID | None], Awaitable[list[uuid.UUID]]],
+            candidates: Callable[[AnyConn, int], Awaitable[list[uuid.UUID]]],
+        ) -> int:
+            changed = await batch_or_each(
+                self._pool,
+                log,
+                f"janitor: {what}",
+                lambda conn, only: move(conn, batch, only),
+                lambda conn: candidates(conn, batch),
+            )
+            return len(changed)
+
+        steps: dict[str, Callable[[], Awaitable[int]]] = {
+            "archive": lambda: moved("archiving", store.archive_completed, store.completed_ids),
+            "dead-letter": lambda: moved("dead-lettering", store.move_dead, store.dead_ids),
+            "purge": lambda: self._in_own_transaction(
+                lambda conn: store.purge_archive(conn, retention, batch)
+            ),
         }
         counts: dict[str, int] = {}
         failed: list[str] = []
         for name, step in steps.items():
             try:
-                counts[name] = await self._repeat(step, once=name == "stuck")
+                counts[name] = await self._repeat(step)
             except psycopg.OperationalError:
                 raise
             except psycopg.Error as exc:
                 failed.append(name)
                 log.error("janitor: the %s step failed, skipped this sweep: %s", name, exc)
+        stuck = await self._in_own_transaction(store.stuck_finished)
         report = JanitorReport(
             counts.get("archive", 0),
             counts.get("dead-letter", 0),
             counts.get("purge", 0),
-            counts.get("stuck", 0),
+            stuck,
             tuple(failed),
         )
         if report.archived or report.dead_lettered or report.purged:
@@ -111,17 +133,18 @@ class Janitor:
             )
         return report
 
-    async def _repeat(
-        self, step: Callable[[AnyConn, int], Awaitable[int]], *, once: bool = False
-    ) -> int:
+    async def _repeat(self, step: Callable[[], Awaitable[int]]) -> int:
         """Run a step in batches, each in its own transaction, until one moves fewer rows
-        than a batch holds (`once`: a single run)."""
+        than a batch holds."""
         batch = self._config.janitor_batch_size
         total = 0
-        for _ in range(1 if once else MAX_BATCHES_PER_SWEEP):
-            async with borrow(self._pool) as conn:
-                moved = await step(conn, batch)
+        for _ in range(MAX_BATCHES_PER_SWEEP):
+            moved = await step()
             total += moved
             if moved < batch:
                 break
         return total
+
+    async def _in_own_transaction(self, step: Callable[[AnyConn], Awaitable[int]]) -> int:
+        async with borrow(self._pool) as conn:
+            return await step(conn)

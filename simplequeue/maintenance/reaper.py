@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,8 +14,8 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from simplequeue.config import QueueConfig
-from simplequeue.connections import borrow
 from simplequeue.job import JobStatus
+from simplequeue.maintenance.steps import batch_or_each
 from simplequeue.runtime.outage import Outage, seconds_since_trouble
 from simplequeue.store import AnyConn, Store
 
@@ -24,9 +24,6 @@ __all__ = ["ReapReport", "Reaper"]
 log = logging.getLogger("simplequeue.reaper")
 
 MAX_DEFER_FACTOR = 10
-
-_Changed = tuple[uuid.UUID, str]
-"""A job a reaper step changed, and its new status."""
 
 
 @dataclass(frozen=True)
@@ -47,10 +44,17 @@ class Reaper:
     persists defers reaping by at most `MAX_DEFER_FACTOR` × `stall_after` at a time.
     """
 
-    def __init__(self, pool: AsyncConnectionPool[Any], store: Store, config: QueueConfig) -> None:
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[Any],
+        store: Store,
+        config: QueueConfig,
+        own_runs: Callable[[], Collection[tuple[uuid.UUID, int]]] = tuple,
+    ) -> None:
         self._pool = pool
         self._store = store
         self._config = config
+        self._own_runs = own_runs
         self._outage = Outage(log, "reaper")
         self._deferring_since: float | None = None
 
@@ -93,17 +97,22 @@ class Reaper:
         stall, max_reprocess = self._config.stall_after, self._config.max_reprocess_count
 
         async def reap(conn: AnyConn, only: uuid.UUID | None) -> list[tuple[uuid.UUID, str]]:
-            return await self._store.reap_stalled(conn, stall, max_reprocess, only=only)
+            return await self._store.reap_stalled(
+                conn, stall, max_reprocess, only=only, own=self._own_runs()
+            )
 
-        async def fail(conn: AnyConn, only: uuid.UUID | None) -> list[tuple[uuid.UUID, str]]:
-            return [
-                (i, JobStatus.FAILED) for i in await self._store.fail_exhausted(conn, only=only)
-            ]
+        async def fail(conn: AnyConn, only: uuid.UUID | None) -> list[uuid.UUID]:
+            return await self._store.fail_exhausted(conn, only=only)
 
-        reaped = await self._step("reap", reap, lambda c: self._store.stalled_ids(c, stall, 1000))
-        exhausted = len(
-            await self._step("fail", fail, lambda c: self._store.exhausted_ids(c, 1000))
-        )
+        reaped = await batch_or_each(
+            self._pool, log, "reaper: returning stalled jobs", reap,
+            lambda conn: self._store.stalled_ids(conn, stall, 1000),
+        )  # fmt: skip
+        failed = await batch_or_each(
+            self._pool, log, "reaper: failing jobs out of attempts", fail,
+            lambda conn: self._store.exhausted_ids(conn, 1000),
+        )  # fmt: skip
+        exhausted = len(failed)
         poisoned = sum(1 for _, status in reaped if status == JobStatus.BAD_JOB)
         report = ReapReport(len(reaped) - poisoned, poisoned, exhausted)
         if reaped or exhausted:
@@ -115,38 +124,3 @@ class Reaper:
                 report.exhausted,
             )
         return report
-
-    async def _step(
-        self,
-        name: str,
-        run: Callable[[AnyConn, uuid.UUID | None], Awaitable[list[_Changed]]],
-        candidates: Callable[[AnyConn], Awaitable[list[uuid.UUID]]],
-    ) -> list[_Changed]:
-        """One batch statement; when the database refuses it (a trigger or constraint of the
-        user's on one row), the same change job by job, so that one row it refuses cannot
-        keep every other job from being recovered. A lost database ends the sweep."""
-        try:
-            async with borrow(self._pool) as conn:
-                return await run(conn, None)
-        except psycopg.OperationalError:
-            raise
-        except psycopg.Error as exc:
-            log.error("reaper: the %s step was refused (%s); going job by job", name, exc)
-        async with borrow(self._pool) as conn:
-            ids = await candidates(conn)
-        changed: list[_Changed] = []
-        for job_id in ids:
-            try:
-                async with borrow(self._pool) as conn:
-                    changed += await run(conn, job_id)
-            except psycopg.OperationalError:
-                raise
-            except psycopg.Error as exc:
-                log.error(
-                    "reaper: the database refuses to %s job %s: %s",
-                    name,
-                    job_id,
-                    exc,
-                    extra={"job_id": str(job_id)},
-                )
-        return changed

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
+import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -34,7 +34,7 @@ from simplequeue.store import Outcome
 if TYPE_CHECKING:
     from simplequeue.queue import SimpleQueue
 
-__all__ = ["Executor"]
+__all__ = ["Executor", "Leftover"]
 
 log = logging.getLogger("simplequeue.executor")
 
@@ -62,24 +62,25 @@ class Executor:
         self._results = results
         self._still_ours = ownership
         self._max_reprocess = max_reprocess
-        self._straggling: set[asyncio.Task[Any]] = set()
         # As many threads as jobs may run: a sync job holds its permits until its thread
         # returns, so no job ever waits for a thread, and its timeout counts from its start.
         self._threads = ThreadPoolExecutor(
             max_workers=threads, thread_name_prefix="simplequeue-job"
         )
 
-    async def execute(self, job: Job) -> None:
-        """Process `job` and hand its outcome to the result writer; return once nothing of
-        it runs any more (a sync handler past its timeout holds its permits until then).
+    async def execute(self, job: Job) -> Leftover | None:
+        """Process `job` and hand its outcome to the result writer.
 
-        Cancelled (by a stop), the job goes back to pending without spending its attempt.
+        Returns the handler's work when it outlived its timeout and still runs (a thread
+        cannot be interrupted; a task may ignore its cancellation): the job's permits stay
+        taken until it ends. Cancelled (by a stop), the job goes back to pending without
+        spending its attempt.
         """
-        straggler: Straggler | None = None
+        leftover: Leftover | None = None
         self._heartbeats.track(job)  # not a context manager: this is the per-job hot path
         try:
             try:
-                outcome, straggler = await self._attempt(job)
+                outcome, leftover = await self._attempt(job)
             except asyncio.CancelledError:
                 await self._results.submit(outcome_for_shutdown(job))
                 log.info(
@@ -95,36 +96,24 @@ class Executor:
                 await self._results.submit(outcome)
         finally:
             self._heartbeats.untrack(job)
-        if straggler is not None:
-            task = asyncio.current_task()
-            assert task is not None  # execute() always runs in a task
-            self._straggling.add(task)
-            try:
-                await straggler.finished()
-            finally:
-                self._straggling.discard(task)
-
-    def stop_waiting_for_threads(self) -> None:
-        """At a stop, stop holding permits for threads past their timeout: their results
-        are written, and nothing will be claimed any more."""
-        for task in list(self._straggling):
-            task.cancel()
+        return leftover
 
     def shutdown(self) -> None:
         self._threads.shutdown(wait=False, cancel_futures=True)
 
-    async def _attempt(self, job: Job) -> tuple[Outcome | None, Straggler | None]:
+    async def _attempt(self, job: Job) -> tuple[Outcome | None, Leftover | None]:
         """The outcome of this attempt (None: the job is no longer ours, nothing to write),
-        and the thread of a sync handler that outlived its timeout."""
+        and the handler's work if it outlived its timeout."""
         handler = self._registry.handlers[job.queue]
         backoff = self._registry.backoff(job.queue)
         try:
             job.decode_data()
         except InvalidJobError as exc:
             return Outcome(job.id, job.lease, JobStatus.UNPROCESSABLE, error=str(exc)), None
+        strategy = self._registry.strategy(job.queue)
         asked = time.monotonic()
         try:
-            permit = await self._registry.strategy(job.queue).acquire(job)
+            permit = await strategy.acquire(job)
         except CancelJob:
             outcome = Outcome(job.id, job.lease, JobStatus.CANCELLED, error="cancelled by strategy")
             return outcome, None
@@ -134,17 +123,18 @@ class Executor:
             return outcome_for_try_after(job, wait.seconds), None
         except RetryJob as retry:
             return outcome_for_failure(job, retry.error, backoff), None
-        except Exception as exc:
+        except BaseException as exc:
+            _reraise_if_stopping(exc)
             log.exception("queue strategy failed for job %s", job.id, extra=_extra(job))
             return outcome_for_failure(job, f"strategy error: {describe_error(exc)}", backoff), None
         if not callable(getattr(permit, "release", None)):
             error = (
-                f"strategy error: {type(self._registry.strategy(job.queue)).__name__}.acquire() "
-                f"returned {type(permit).__name__}, not a Permit (an object with release())"
+                f"strategy error: {type(strategy).__name__}.acquire() returned "
+                f"{type(permit).__name__}, not a Permit (an object with release())"
             )
             log.error("job %s: %s", job.id, error, extra=_extra(job))
             return outcome_for_failure(job, error, backoff), None
-        straggler = None
+        leftover = None
         try:
             if time.monotonic() - asked > _WAITED and not await self._owned(job):
                 return None, None
@@ -157,16 +147,17 @@ class Executor:
             try:
                 result = await self._call(handler, job)
             except HandlerTimeout as exc:
-                straggler = exc.straggler
-                if straggler is not None:
-                    straggler.permit = permit
-                return outcome_for_failure(job, str(exc), backoff), straggler
-            except Exception as exc:
+                leftover = exc.leftover
+                return outcome_for_failure(job, str(exc), backoff), leftover
+            except BaseException as exc:  # sys.exit() in a handler must not end the worker
+                _reraise_if_stopping(exc)
                 log.warning("job %s raised %s", job.id, type(exc).__name__, extra=_extra(job))
                 return outcome_for_failure(job, describe_error(exc), backoff), None
         finally:
-            if straggler is None:
-                permit.release()
+            if leftover is None or leftover.done():
+                _release(permit, job)
+            else:
+                leftover.add_done_callback(lambda _: _release(permit, job))
         if result is None:
             result = JobResult.success()
         elif not isinstance(result, JobResult):
@@ -188,50 +179,69 @@ class Executor:
         return True
 
     async def _call(self, handler: Handler, job: Job) -> Any:
+        """The handler's result, or what it raised. Past its timeout the work is asked to
+        stop (a task is cancelled; a thread cannot be) and HandlerTimeout carries it."""
         limit = job.timeout if job.timeout is not None else handler.timeout
-        if not handler.runs_in_thread:
-            work = handler.process(self._queue, job)
-            if limit is None:
-                return await work
-            try:
-                async with asyncio.timeout(limit) as scope:
-                    return await work
-            except TimeoutError:
-                if scope.expired():
-                    raise HandlerTimeout(f"timed out after {limit:g}s") from None
-                raise
-        call = functools.partial(handler.process, self._queue, job)
-        thread = asyncio.wrap_future(self._threads.submit(call))
-        # asyncio.wait never cancels what it waits for: past the timeout the thread runs on.
-        done, _ = await asyncio.wait([thread], timeout=limit)
-        if done:
-            return thread.result()
-        raise HandlerTimeout(f"timed out after {limit:g}s", Straggler(thread))
-
-
-class Straggler:
-    """A sync handler's thread still running after its attempt ended (timed out): a
-    thread cannot be interrupted, so its permits stay taken until it returns."""
-
-    def __init__(self, thread: asyncio.Future[Any]) -> None:
-        self._thread = thread
-        self.permit: Permit | None = None
-
-    async def finished(self) -> None:
+        if handler.runs_in_thread:
+            call = functools.partial(handler.process, self._queue, job)
+            work: Leftover = asyncio.wrap_future(self._threads.submit(call))
+        elif limit is None:
+            return await _settled(handler.process(self._queue, job))  # the common, fast path
+        else:
+            work = asyncio.ensure_future(handler.process(self._queue, job))
+        # A thread's future is not cancelled: that would mark it done while the thread runs.
+        stoppable = isinstance(work, asyncio.Task)
         try:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self._thread)
-        finally:
-            if self.permit is not None:
-                self.permit.release()
+            # asyncio.wait never cancels what it waits for: the work outlives a timeout.
+            done, _ = await asyncio.wait([work], timeout=limit)
+        except asyncio.CancelledError:
+            if stoppable:
+                work.cancel()  # stopping: the handler's task goes with us
+            raise
+        if not done:
+            if stoppable:
+                work.cancel()
+            raise HandlerTimeout(f"timed out after {limit:g}s", work)
+        return await _settled(work)
+
+
+Leftover = asyncio.Future[Any]
+"""A handler's work (its task, or its thread's future) that may outlive its attempt."""
+
+
+async def _settled(work: Awaitable[Any]) -> Any:
+    """Await the handler's work; a `process` that returned an awaitable (an async
+    function behind a plain decorator, run in a thread) is awaited in turn."""
+    result = await work
+    while inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+def _reraise_if_stopping(exc: BaseException) -> None:
+    """A CancelledError is a stop only when this task is being cancelled; one that a
+    handler or a strategy raised itself (a cancelled inner task) is a failed attempt, and
+    would otherwise give the attempt back and run the job again and again."""
+    if isinstance(exc, asyncio.CancelledError):
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise exc
+
+
+def _release(permit: Permit, job: Job) -> None:
+    """Release a strategy permit; one whose release() raises must not change the outcome."""
+    try:
+        permit.release()
+    except Exception:
+        log.exception("the strategy permit of job %s failed to release", job.id, extra=_extra(job))
 
 
 class HandlerTimeout(Exception):
-    """The handler ran past its timeout and was cancelled (or, in a thread, left running)."""
+    """The handler ran past its timeout: a task was cancelled, a thread left running."""
 
-    def __init__(self, message: str, straggler: Straggler | None = None) -> None:
+    def __init__(self, message: str, leftover: Leftover) -> None:
         super().__init__(message)
-        self.straggler = straggler
+        self.leftover = leftover
 
 
 def _extra(job: Job) -> dict[str, Any]:

@@ -9,9 +9,11 @@ a database outage must not have its job reaped and run again.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -64,6 +66,12 @@ class Heartbeater:
         """True once a beat found this run cancelled or taken over elsewhere."""
         return (job.id, job.lease) in self._lost
 
+    def runs(self) -> set[Run]:
+        """Every run this process still beats for: the reaper of this process leaves them
+        alone, whatever their heartbeat says (a pause of the process, a locked row)."""
+        with self._lock:
+            return self._running | self._held
+
     @property
     def lost_count(self) -> int:
         return len(self._lost)
@@ -87,20 +95,33 @@ class Heartbeater:
         self._thread.start()
 
     def stop(self, timeout: float | None = None) -> None:
-        """Stop beating; wait up to `timeout` seconds for the thread. A thread stuck on a
-        silent network is left to end on its own (it is a daemon, and its connection
-        gives up within PEER_WATCH's bounds)."""
+        """Stop beating; wait up to `timeout` seconds for the thread (blocking)."""
         self._stopping.set()
         if self._thread is not None:
             self._thread.join(timeout)
-            if self._thread.is_alive():
-                log.warning("the heartbeat thread is still waiting for the database; left behind")
-            self._thread = None
+            self._forget_thread()
+
+    async def stop_async(self, timeout: float) -> None:
+        """Stop beating; wait up to `timeout` seconds for the thread without taking a
+        thread of the loop's executor, which handlers may have filled."""
+        self._stopping.set()
+        deadline = time.monotonic() + timeout
+        while self._thread is not None and self._thread.is_alive():
+            if time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.01)
+        self._forget_thread()
+
+    def _forget_thread(self) -> None:
+        """A thread stuck on a silent network is left to end on its own: it is a daemon,
+        and its connection gives up within PEER_WATCH's bounds."""
+        if self._thread is not None and self._thread.is_alive():
+            log.warning("the heartbeat thread is still waiting for the database; left behind")
+        self._thread = None
 
     def beat_now(self) -> None:
         """One round of heartbeats (the thread calls it every interval)."""
-        with self._lock:
-            beats = sorted(self._running | self._held)
+        beats = sorted(self.runs())
         if not beats:
             return
         try:

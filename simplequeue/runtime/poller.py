@@ -20,7 +20,6 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from simplequeue.config import QueueConfig
 from simplequeue.connections import borrow
 from simplequeue.job import Job
-from simplequeue.permits import PermitCounter
 from simplequeue.registry import QueueRegistry
 from simplequeue.runtime.executor import Executor
 from simplequeue.runtime.outage import Outage
@@ -59,7 +58,8 @@ class Poller:
         self._registry = registry
         self._executor = executor
         self._config = config
-        self.global_permits = PermitCounter(config.global_permits)
+        # The registry's, not the poller's: a handler still running after a restart counts.
+        self.global_permits = registry.global_permits
         self._wake = asyncio.Event()
         self._capacity = asyncio.Event()
         self._claiming = True
@@ -158,12 +158,19 @@ class Poller:
         task.add_done_callback(self.tasks.discard)
 
     async def _execute(self, job: Job) -> None:
+        leftover = None
         try:
-            await self._executor.execute(job)
+            leftover = await self._executor.execute(job)
         finally:
-            self.global_permits.release()
-            self._registry.permits(job.queue).release()
-            self._capacity.set()
-            if job.queue in self._full:
-                # The poller may be asleep on the other queues' behalf: this one has room now.
-                self._wake.set()
+            if leftover is None or leftover.done():
+                self._release(job)
+            else:  # a handler past its timeout still runs: its permits stay taken till it ends
+                leftover.add_done_callback(lambda _: self._release(job))
+
+    def _release(self, job: Job) -> None:
+        self.global_permits.release()
+        self._registry.permits(job.queue).release()
+        self._capacity.set()
+        if job.queue in self._full:
+            # The poller may be asleep on the other queues' behalf: this one has room now.
+            self._wake.set()

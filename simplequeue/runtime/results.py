@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from typing import TYPE_CHECKING, Any
 
 from psycopg_pool import AsyncConnectionPool
@@ -19,7 +20,7 @@ from psycopg_pool import AsyncConnectionPool
 from simplequeue.connections import borrow
 from simplequeue.job import JobStatus
 from simplequeue.runtime.outage import Outage, is_transient
-from simplequeue.store import Outcome, Store
+from simplequeue.store import AnyConn, Outcome, Store
 
 if TYPE_CHECKING:
     from simplequeue.runtime.heartbeat import Heartbeater
@@ -27,6 +28,10 @@ if TYPE_CHECKING:
 __all__ = ["ResultWriter"]
 
 log = logging.getLogger("simplequeue.results")
+
+MIN_RETRY_DELAY = 0.01
+MAX_RETRY_DELAY = 1.0
+"""Bounds of the wait before writing again results whose rows another transaction held."""
 
 
 class ResultWriter:
@@ -56,6 +61,9 @@ class ResultWriter:
         self._closing = False
         self._deadline: float | None = None
         self._outage = Outage(log, "result writer")
+        self._deferred: list[Outcome] = []  # their rows were held by another transaction
+        self._retry_at = 0.0
+        self._retry_delay = MIN_RETRY_DELAY
         self.written = 0
         self.fenced_off = 0
 
@@ -73,16 +81,20 @@ class ResultWriter:
 
     @property
     def pending(self) -> int:
-        return len(self._buffer)
+        return len(self._buffer) + len(self._deferred)
 
     async def run(self) -> None:
         """The flush loop; returns once closed and everything is written (or the deadline hit)."""
         while True:
+            self._take_back_deferred()
             if not self._buffer:
-                if self._closing:
+                if self._closing and (not self._deferred or self._past_deadline()):
+                    self._give_up(self._deferred)
                     return
                 self._has_items.clear()
-                await self._has_items.wait()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._until_retry()):
+                        await self._has_items.wait()
                 continue
             if len(self._buffer) < self._full_batch and self._flush_interval and not self._closing:
                 # Wait a little for more results, unless a whole batch is already there.
@@ -92,12 +104,48 @@ class ResultWriter:
             batch = sorted(self._buffer[: self._batch_size], key=lambda o: o.job_id)
             del self._buffer[: self._batch_size]
             self._has_room.set()
+            deferred = len(self._deferred)
             try:
                 written = await self._write(batch)
             finally:
-                self._release(batch)
+                held = {(o.job_id, o.lease) for o in self._deferred[deferred:]}
+                self._release([o for o in batch if (o.job_id, o.lease) not in held])
             if not written:
                 return
+
+    def _take_back_deferred(self) -> None:
+        """Results whose rows were held by another transaction go back in the buffer once
+        their wait is over."""
+        if self._deferred and time.monotonic() >= self._retry_at:
+            self._buffer.extend(self._deferred)
+            self._deferred.clear()
+
+    def _until_retry(self) -> float | None:
+        return max(self._retry_at - time.monotonic(), 0.0) if self._deferred else None
+
+    def _past_deadline(self) -> bool:
+        return self._deadline is not None and time.monotonic() >= self._deadline
+
+    def _give_up(self, outcomes: list[Outcome]) -> None:
+        if outcomes:
+            log.error(
+                "gave up writing %d result(s) at shutdown: their rows stayed locked by another "
+                "transaction; those jobs stay running until the reaper returns them to pending",
+                len(outcomes),
+            )
+            self._release(outcomes)
+            outcomes.clear()
+
+    async def _held_elsewhere(
+        self, conn: AnyConn, batch: list[Outcome], changed: set[uuid.UUID]
+    ) -> list[Outcome]:
+        """The results not written because another transaction held their rows: those
+        still running under their lease (the others were fenced off)."""
+        unwritten = [o for o in batch if o.job_id not in changed]
+        if not unwritten:
+            return []
+        running = await self._store.running_runs(conn, [(o.job_id, o.lease) for o in unwritten])
+        return [o for o in unwritten if (o.job_id, o.lease) in running]
 
     def close(self, deadline: float) -> None:
         """Stop accepting waits: flush what is buffered, retrying until `deadline` (monotonic)."""
@@ -109,7 +157,7 @@ class ResultWriter:
         if self._heartbeats is not None:
             self._heartbeats.release([(o.job_id, o.lease) for o in outcomes])
 
-    async def _write(self, batch: list[Outcome], *, last_resort: bool = False) -> bool:
+    async def _write(self, batch: list[Outcome], *, fallback: int = 0) -> bool:
         """Write a batch; False when giving up at shutdown. A transient failure is retried
         with backoff; a batch the database refuses is written one result at a time, and a
         result it refuses ends its job as failed instead (`_refused`)."""
@@ -117,9 +165,10 @@ class ResultWriter:
             try:
                 async with borrow(self._pool) as conn:
                     changed = await self._store.write_outcomes(conn, batch)
+                    locked = await self._held_elsewhere(conn, batch, changed)
             except Exception as exc:
                 if not is_transient(exc):
-                    await self._refused(batch, exc, last_resort=last_resort)
+                    await self._refused(batch, exc, fallback=fallback)
                     return True
                 delay = self._outage.failed(exc)
                 if (
@@ -127,44 +176,56 @@ class ResultWriter:
                     and self._deadline is not None
                     and time.monotonic() + delay > self._deadline
                 ):
-                    lost = len(batch) + len(self._buffer)
+                    lost = len(batch) + len(self._buffer) + len(self._deferred)
                     log.error(
                         "gave up writing %d result(s) at shutdown; those jobs stay running "
                         "until the reaper returns them to pending",
                         lost,
                     )
-                    self._release(self._buffer)
-                    self._buffer.clear()
+                    for left in (self._buffer, self._deferred):
+                        self._release(left)
+                        left.clear()
                     return False
                 await asyncio.sleep(delay)
                 continue
             self._outage.recovered()
             self.written += len(changed)
-            self.fenced_off += len(batch) - len(changed)
+            self.fenced_off += len(batch) - len(changed) - len(locked)
+            self._defer(locked)
             return True
 
-    async def _refused(self, batch: list[Outcome], exc: Exception, *, last_resort: bool) -> None:
+    def _defer(self, outcomes: list[Outcome]) -> None:
+        """Write these again later, waiting longer each time their rows are still held."""
+        if not outcomes:
+            self._retry_delay = MIN_RETRY_DELAY
+            return
+        self._deferred.extend(outcomes)
+        self._retry_at = time.monotonic() + self._retry_delay
+        self._retry_delay = min(self._retry_delay * 2, MAX_RETRY_DELAY)
+
+    async def _refused(self, batch: list[Outcome], exc: Exception, *, fallback: int) -> None:
         """The database refused this batch and will refuse it again (a constraint, a
-        trigger): find the result it refuses and end that job as failed, saying why.
+        trigger): find the result it refuses and end that job as failed instead, saying
+        why, or, if that is refused too (a constraint on the error text), with no error.
 
         Dropping the result instead would leave the job running; the reaper would give
         its attempt back and the handler would run again and again, past max_attempts.
         """
         if len(batch) > 1:
             for outcome in batch:
-                await self._write([outcome])
+                await self._write([outcome], fallback=fallback)
             return
         (outcome,) = batch
-        if last_resort:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if fallback >= 2:
             log.error(
                 "the database refused even to end job %s as failed (%s); it stays running "
                 "until the reaper returns it",
                 outcome.job_id,
-                exc,
+                reason,
                 extra={"job_id": str(outcome.job_id)},
             )
             return
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         log.error(
             "the database refused the %s result of job %s (%s); ending it as failed",
             outcome.status,
@@ -172,10 +233,8 @@ class ResultWriter:
             reason,
             extra={"job_id": str(outcome.job_id)},
         )
+        error = f"the database refused this attempt's result ({outcome.status}): {reason}"
         failed = Outcome(
-            outcome.job_id,
-            outcome.lease,
-            JobStatus.FAILED,
-            error=f"the database refused this attempt's result ({outcome.status}): {reason}",
+            outcome.job_id, outcome.lease, JobStatus.FAILED, error=None if fallback else error
         )
-        await self._write([failed], last_resort=True)
+        await self._write([failed], fallback=fallback + 1)

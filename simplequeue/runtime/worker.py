@@ -89,7 +89,7 @@ class Worker:
         self.listener = (
             Listener(connect_async, store, self.poller.wake) if config.use_notify else None
         )
-        self.reaper = Reaper(pool, store, config)
+        self.reaper = Reaper(pool, store, config, self.heartbeats.runs)
         janitor_class = load_janitor()
         self.janitor: Janitor | None = janitor_class(pool, store, config) if janitor_class else None
         self._poller_task: asyncio.Task[None] | None = None
@@ -127,7 +127,6 @@ class Worker:
         deadline = time.monotonic() + timeout
         last_write = deadline + SHUTDOWN_WRITE_GRACE
         self.poller.stop_claiming()
-        self.executor.stop_waiting_for_threads()
         await _finish([self._poller_task], deadline)
         running = set(self.poller.tasks)
         if running:
@@ -143,7 +142,7 @@ class Worker:
         self.results.close(max(last_write, time.monotonic() + CANCEL_GRACE))
         await _finish([self._results_task], last_write)
         await _finish(self._services, time.monotonic())
-        await asyncio.to_thread(self.heartbeats.stop, CANCEL_GRACE)
+        await self.heartbeats.stop_async(CANCEL_GRACE)
         self.executor.shutdown()
 
 
