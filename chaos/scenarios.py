@@ -570,8 +570,8 @@ async def stalls(ctx: Context) -> Report:
             return gone
 
         async def row_locks() -> Any:
-            # 100 jobs due in 1 s, locked with every running job before they are due: claims
-            # skip them, heartbeats and result writes wait. The producer pauses, so when the
+            # 100 jobs due in 1 s, locked with every running job before they are due: claims,
+            # heartbeats and result writes skip them. The producer pauses, so when the
             # lock goes, no NOTIFY comes: only the fallback poll can find those jobs.
             gate.clear()
             due = datetime.now(UTC) + timedelta(seconds=1)
@@ -635,7 +635,7 @@ async def stalls(ctx: Context) -> Report:
         stall_kinds: list[tuple[str, Callable[[], Awaitable[Any]], str | None]] = [
             ("pool exhaustion", pool_exhaustion, "connection pool"),
             ("statement_timeout (table locked)", table_lock, "statement timeout"),
-            ("long transaction holding job rows", row_locks, "statement timeout"),
+            ("long transaction holding job rows", row_locks, None),  # nothing waits on rows
             ("long transaction holding one running job", one_running_row, None),
         ]
         for name, inject, evidence in stall_kinds:

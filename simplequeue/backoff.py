@@ -53,7 +53,10 @@ def as_seconds(
     if isinstance(value, timedelta):
         seconds = value.total_seconds()
     elif isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int past the float range
+            seconds = float("inf")
     else:
         raise error(f"{name} must be seconds (a number) or a timedelta, got {value!r}")
     if seconds != seconds or seconds in (float("inf"), float("-inf")):

@@ -11,6 +11,7 @@ connection from a live one before anything is sent on it.
 
 from __future__ import annotations
 
+import asyncio
 import select
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -65,7 +66,8 @@ def dedicated_settings(pool: AsyncConnectionPool[Any], role: str) -> tuple[str, 
             "(callable conninfo/kwargs are not supported)"
         )
     settings = {**(kwargs or {}), **defaults_for(conninfo, kwargs, role), "autocommit": True}
-    settings.pop("row_factory", None)
+    for own_choice in ("row_factory", "cursor_factory"):  # ours: tuples, server-side params
+        settings.pop(own_choice, None)
     return conninfo, settings
 
 
@@ -88,12 +90,24 @@ async def _live_connection(pool: AsyncConnectionPool[Any]) -> psycopg.AsyncConne
     conn: psycopg.AsyncConnection[Any]
     for _ in range(pool.max_size):
         conn = await pool.getconn()
-        if not await _closed_by_peer(conn):
+        try:
+            stale = await _closed_by_peer(conn)
+        except BaseException:  # cancelled during the check: the connection goes back
+            await _discard(pool, conn)
+            raise
+        if not stale:
             return conn
-        await conn.close()
-        await pool.putconn(conn)  # the pool drops it and opens a replacement
+        await _discard(pool, conn)  # the pool drops it and opens a replacement
     conn = await pool.getconn()
     return conn
+
+
+async def _discard(pool: AsyncConnectionPool[Any], conn: psycopg.AsyncConnection[Any]) -> None:
+    """Close a connection and hand it back, even if the task is being cancelled."""
+    try:
+        await conn.close()
+    finally:
+        await asyncio.shield(pool.putconn(conn))
 
 
 async def _closed_by_peer(conn: psycopg.AsyncConnection[Any]) -> bool:

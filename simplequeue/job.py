@@ -147,8 +147,15 @@ def encode_data(data: Any) -> str:
     documents over jsonb's 256 MiB. Floats of 1e16 and above are written out in full with a
     ".0", because jsonb would print "1e+16" back as the integer 10000000000000000.
     """
-    if hasattr(data, "model_dump_json") and callable(data.model_dump_json):
-        data = json.loads(data.model_dump_json())
+    if hasattr(data, "model_dump") and callable(data.model_dump):
+        # JSON-compatible Python values, then our own checks: pydantic's JSON would write
+        # NaN as null, and the payload would not read back as it was given.
+        try:
+            data = data.model_dump(mode="json")
+        except ValueError as exc:  # pydantic's serialization errors are ValueErrors
+            raise InvalidJobError(f"job data (a pydantic model) cannot be serialised: {exc}") from (
+                exc
+            )
     try:
         text = _ENCODER.encode(data)
         # ASCII text holds no lone surrogate and is its own size; the rest is encoded to check.
@@ -319,6 +326,8 @@ class Job:
 
     __slots__ = (
         "_encoded",
+        "_encoded_of",
+        "_id",
         "_sent",
         "_stored",
         "attempt",
@@ -326,7 +335,6 @@ class Job:
         "created_at",
         "data",
         "fingerprint",
-        "id",
         "last_error",
         "lease",
         "max_attempts",
@@ -353,26 +361,21 @@ class Job:
         priority: int = 0,
         timeout: float | timedelta | None = None,
     ) -> None:
-        check_key("queue", queue, required=True)
-        check_key("unique_key", unique_key, required=False)
-        check_key("fingerprint", fingerprint, required=False)
-        _check_int("max_attempts", max_attempts, 1)
-        _check_int("priority", priority, -INT32_MAX)
-        if run_at is not None:
-            require_aware("run_at", run_at)
-        self.timeout = None if timeout is None else _check_timeout(timeout)
-        self._encoded: str | None = encode_data(data)
-        self.id: uuid.UUID = new_job_id()
-        self._sent = False  # an insert of it was sent: retrying it must not store it twice
-        self._stored = False  # an insert stored it: inserting it again is a new job
         self.queue = queue
-        self.data = data
-        self.payload: Any = data
         self.unique_key = unique_key
         self.fingerprint = fingerprint
-        self.run_at = run_at
         self.max_attempts = max_attempts
         self.priority = priority
+        self.run_at = run_at
+        self.timeout: float | None = None if timeout is None else _check_timeout(timeout)
+        self._check()
+        self._encoded: str | None = encode_data(data)
+        self._encoded_of: Any = data
+        self._id = new_job_id()
+        self._sent = False  # an insert of it was sent: retrying it must not store it twice
+        self._stored = False  # an insert committed it: inserting it again is a new job
+        self.data = data
+        self.payload: Any = data
         self.status = JobStatus.PENDING
         self.attempt = 0
         self.reprocess_count = 0
@@ -382,6 +385,25 @@ class Job:
         self.completed_at: datetime | None = None
         self.last_error: str | None = None
 
+    @property
+    def id(self) -> uuid.UUID:
+        """Set when the job is built (so it can be stored beside your own rows first), and
+        anew when a committed job is inserted again; not settable: two jobs never share one."""
+        return self._id
+
+    def _check(self) -> None:
+        """Refuse what the table cannot store: when the job is built, and again at each
+        insert, for the attributes that changed since (they are plain attributes)."""
+        check_key("queue", self.queue, required=True)
+        check_key("unique_key", self.unique_key, required=False)
+        check_key("fingerprint", self.fingerprint, required=False)
+        _check_int("max_attempts", self.max_attempts, 1)
+        _check_int("priority", self.priority, -INT32_MAX)
+        if self.run_at is not None:
+            require_aware("run_at", self.run_at)
+        if self.timeout is not None:
+            _check_timeout(self.timeout)
+
     def _begin_insert(self) -> bool:
         """Ready the job for an insert; True when an insert of it was sent before and may
         have stored it (a retry after an error: it must not be stored twice).
@@ -389,16 +411,18 @@ class Job:
         A job already stored gets a new id first: inserting it again is a new job.
         """
         if self._stored:
-            self.id = new_job_id()
+            self._id = new_job_id()
             self._stored = self._sent = False
         sent, self._sent = self._sent, True
         return sent
 
     @property
     def encoded_data(self) -> str:
-        """The data as JSON text, encoded once when the job was built."""
-        if self._encoded is None:
+        """The data as JSON text, encoded when the job was built, and again if `data` was
+        given another value since (a value changed in place is not seen)."""
+        if self._encoded is None or self._encoded_of is not self.data:
             self._encoded = encode_data(self.data)
+            self._encoded_of = self.data
         return self._encoded
 
     @classmethod
@@ -409,7 +433,7 @@ class Job:
         """
         job = cls.__new__(cls)
         (
-            job.id,
+            job._id,
             job.queue,
             data,
             status,
@@ -430,7 +454,7 @@ class Job:
         job.status = JobStatus(status)
         job._sent = job._stored = True
         job._encoded = data if encoded else None
-        job.data = job.payload = None if encoded else data
+        job.data = job.payload = job._encoded_of = None if encoded else data
         return job
 
     def decode_data(self) -> None:
@@ -438,7 +462,7 @@ class Job:
         if self._encoded is None or self.data is not None:
             return
         try:
-            self.data = self.payload = json.loads(self._encoded)
+            self.data = self.payload = self._encoded_of = json.loads(self._encoded)
         except (ValueError, RecursionError) as exc:
             raise InvalidJobError(f"stored payload cannot be decoded: {exc}") from None
 

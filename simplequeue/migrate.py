@@ -14,7 +14,7 @@ from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool
 
 from simplequeue.config import validate_schema_name
-from simplequeue.errors import MigrationError
+from simplequeue.errors import InvalidArgumentError, MigrationError
 
 __all__ = ["Migration", "migrations", "setup"]
 
@@ -53,8 +53,24 @@ async def setup(
     if isinstance(pool_or_dsn, str):
         async with await psycopg.AsyncConnection.connect(pool_or_dsn) as conn:
             return await _apply(conn, schema)
+    if not isinstance(pool_or_dsn, AsyncConnectionPool):
+        raise InvalidArgumentError(
+            "setup needs a connection string or a psycopg_pool.AsyncConnectionPool, got "
+            f"{type(pool_or_dsn).__name__}"
+        )
     async with pool_or_dsn.connection() as conn:
         return await _apply(conn, schema)
+
+
+async def _run(
+    conn: psycopg.AsyncConnection[Any], query: Any, params: Any = None
+) -> psycopg.AsyncCursor[Any]:
+    """One statement, whatever row factory, cursor class or prepare threshold the caller's
+    connection has: tuple rows, server-side parameters, never a prepared statement (a
+    migration holds several statements, which cannot be prepared)."""
+    cur = psycopg.AsyncCursor(conn, row_factory=tuple_row)
+    await cur.execute(query, params, prepare=False)
+    return cur
 
 
 async def _apply(conn: psycopg.AsyncConnection[Any], schema: str) -> list[str]:
@@ -65,25 +81,37 @@ async def _apply(conn: psycopg.AsyncConnection[Any], schema: str) -> list[str]:
             # No DDL at all, not even CREATE ... IF NOT EXISTS: a worker or producer role
             # without CREATE privileges can call setup() on a migrated schema.
             return applied
-        async with conn.transaction():
-            await conn.execute(
-                "SELECT pg_advisory_xact_lock(hashtext(%s))", [f"simplequeue.migrate.{schema}"]
+        cur = await _run(conn, "SELECT current_setting('server_encoding')")
+        encoding = (await cur.fetchone() or ("",))[0]
+        if encoding != "UTF8":
+            raise MigrationError(
+                f"simplequeue needs a UTF8 database; this one is {encoding}, where text that "
+                "this encoding lacks (queue names, payloads) could not be stored. Create the "
+                "database WITH ENCODING 'UTF8'"
             )
-            await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident))
-            await conn.execute(
+        async with conn.transaction():
+            await _run(
+                conn,
+                "SELECT pg_advisory_xact_lock(hashtext(%s))",
+                [f"simplequeue.migrate.{schema}"],
+            )
+            await _run(conn, sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident))
+            await _run(
+                conn,
                 sql.SQL(
                     "CREATE TABLE IF NOT EXISTS {}.schema_migrations ("
                     " version integer PRIMARY KEY, name text NOT NULL,"
                     " applied_at timestamptz NOT NULL DEFAULT now())"
-                ).format(ident)
+                ).format(ident),
             )
             done = await _applied(conn, schema)
             for migration in migrations():
                 if migration.version in done:
                     continue
-                await conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(ident))
-                await conn.execute(migration.text.encode())
-                await conn.execute(
+                await _run(conn, sql.SQL("SET LOCAL search_path TO {}").format(ident))
+                await _run(conn, migration.text.encode())
+                await _run(
+                    conn,
                     sql.SQL(
                         "INSERT INTO {}.schema_migrations (version, name) VALUES (%s, %s)"
                     ).format(ident),
@@ -103,9 +131,10 @@ async def _apply(conn: psycopg.AsyncConnection[Any], schema: str) -> list[str]:
 
 async def _up_to_date(conn: psycopg.AsyncConnection[Any], schema: str) -> bool:
     async with conn.transaction():
-        cur = conn.cursor(row_factory=tuple_row)  # whatever row factory the caller's pool has
-        await cur.execute(
-            "SELECT to_regclass(format('%%I.schema_migrations', %s::text)) IS NOT NULL", [schema]
+        cur = await _run(
+            conn,
+            "SELECT to_regclass(format('%%I.schema_migrations', %s::text)) IS NOT NULL",
+            [schema],
         )
         row = await cur.fetchone()
         if not row or not row[0]:
@@ -115,8 +144,7 @@ async def _up_to_date(conn: psycopg.AsyncConnection[Any], schema: str) -> bool:
 
 
 async def _applied(conn: psycopg.AsyncConnection[Any], schema: str) -> set[int]:
-    cur = conn.cursor(row_factory=tuple_row)
-    await cur.execute(
-        sql.SQL("SELECT version FROM {}.schema_migrations").format(sql.Identifier(schema))
+    cur = await _run(
+        conn, sql.SQL("SELECT version FROM {}.schema_migrations").format(sql.Identifier(schema))
     )
     return {row[0] for row in await cur.fetchall()}

@@ -5,7 +5,6 @@ the job of `runtime/` and `maintenance/`."""
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -29,11 +28,14 @@ from simplequeue.job import Job, JobStatus, check_key, require_aware
 from simplequeue.permits import JobStrategy
 from simplequeue.registry import QueueRegistry
 from simplequeue.runtime.worker import Worker
-from simplequeue.store import Store
+from simplequeue.store import Store, conn_commits_each_statement
 
 __all__ = ["SimpleQueue"]
 
 AsyncConn = psycopg.AsyncConnection[Any]
+
+MAX_LIST = 10_000
+"""The most jobs one list_dlq call returns: page through more with the queue filter."""
 
 POOL_CLOSE_TIMEOUT = 1.0
 """Seconds leaving `async with queue` waits for the pool it owns to close."""
@@ -201,27 +203,36 @@ class SimpleQueue:
         retry = any([job._begin_insert() for job in jobs])  # a list: every job is readied
         notify = self.config.use_notify
         if conn is not None:
+            # Only an insert that commits on its own is known to have stored the jobs: in
+            # the caller's transaction, inserting the same objects again is a retry of it.
+            committed = conn_commits_each_statement(conn)
             inserted = await self._store.insert_jobs(conn, jobs, notify=notify, retry=retry)
         else:
+            committed = True
             async with borrow(self._pool) as own:
                 inserted = await self._store.insert_jobs(own, jobs, notify=notify, retry=retry)
         ids: list[uuid.UUID | None] = []
         for job in jobs:
-            job._stored = job.id in inserted
-            ids.append(job.id if job._stored else None)
+            stored = job.id in inserted
+            job._stored = stored and committed
+            ids.append(job.id if stored else None)
         return ids
 
     def _check_jobs(self, jobs: list[Job]) -> None:
-        seen: set[int] = set()
+        seen: set[uuid.UUID] = set()
         limit = self.config.max_payload_bytes
         for index, job in enumerate(jobs):
             if not isinstance(job, Job):
                 raise InvalidJobError(
                     f"item {index} is {type(job).__name__}, not a simplequeue.Job"
                 )
-            if id(job) in seen:
-                raise InvalidJobError(f"item {index} is the same Job object as an earlier item")
-            seen.add(id(job))
+            if job.id in seen:
+                raise InvalidJobError(
+                    f"item {index} is the same job as an earlier item (the same Job object, "
+                    "or a copy of it)"
+                )
+            seen.add(job.id)
+            job._check()  # its attributes may have changed since it was built
             size = len(job.encoded_data.encode("utf-8"))
             if size > limit:
                 raise InvalidJobError(
@@ -237,14 +248,16 @@ class SimpleQueue:
         Raises JobNotFoundError when the job is not live and this database role may not
         read the archive and the DLQ (the producer role of `simplequeue roles`).
         """
+        job_id = _as_uuid(job_id)
         async with borrow(self._pool) as conn:
-            return await self._store.get_job(conn, _as_uuid(job_id))
+            return await self._store.get_job(conn, job_id)
 
     async def cancel_job(self, job_id: uuid.UUID) -> bool:
         """Cancel a pending or running job. A running one ends as cancelled whatever its
         handler returns afterwards."""
+        job_id = _as_uuid(job_id)
         async with borrow(self._pool) as conn:
-            return await self._store.cancel(conn, "id", _as_uuid(job_id)) == 1
+            return await self._store.cancel(conn, "id", job_id) == 1
 
     async def cancel_job_by_unique_key(self, unique_key: str) -> int:
         """Cancel the live job holding `unique_key` (0 or 1)."""
@@ -261,33 +274,41 @@ class SimpleQueue:
     async def reschedule_job(self, job_id: uuid.UUID, run_at: datetime) -> bool:
         """Move a pending job's due time; False if it is not pending."""
         require_aware("run_at", run_at)
+        job_id = _as_uuid(job_id)
         async with borrow(self._pool) as conn:
-            return await self._store.reschedule(conn, _as_uuid(job_id), run_at)
+            return await self._store.reschedule(conn, job_id, run_at)
 
     async def wait_for_job(self, job_id: uuid.UUID, timeout: float | None = None) -> Job:
         """Wait until the job's first processing attempt has ended (from any process).
 
-        Raises JobNotFoundError for an unknown id and TimeoutError after `timeout` seconds.
+        Raises JobNotFoundError for an unknown id and TimeoutError after `timeout` seconds,
+        however long the database takes to answer.
         """
         job_id = _as_uuid(job_id)
-        deadline = None if timeout is None else time.monotonic() + _seconds("timeout", timeout)
-        delay = 0.005
-        while True:
-            job = await self.get_job(job_id)
-            if job is None:
-                raise JobNotFoundError(f"no job with id {job_id}")
-            if _first_attempt_over(job):
-                return job
-            if deadline is not None and time.monotonic() + delay > deadline:
-                raise TimeoutError(f"job {job_id} is still {job.status.value} after {timeout}s")
-            await asyncio.sleep(delay)
-            delay = min(delay * 1.5, 0.25)
+        limit = None if timeout is None else _seconds("timeout", timeout)
+        last: Job | None = None
+        try:
+            async with asyncio.timeout(limit):
+                delay = 0.005
+                while True:
+                    last = await self.get_job(job_id)
+                    if last is None:
+                        raise JobNotFoundError(f"no job with id {job_id}")
+                    if _first_attempt_over(last):
+                        return last
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 1.5, 0.25)
+        except TimeoutError:
+            state = "not read yet" if last is None else f"still {last.status.value}"
+            raise TimeoutError(f"job {job_id} is {state} after {timeout}s") from None
 
     async def list_dlq(self, queue: str | None = None, limit: int = 50) -> list[Job]:
         """Dead jobs, newest first: in the DLQ table or not yet moved there by the janitor."""
         check_key("queue", queue, required=False)
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise InvalidJobError(f"limit must be a positive integer, got {limit!r}")
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIST:
+            raise InvalidArgumentError(
+                f"limit must be an integer from 1 to {MAX_LIST}, got {limit!r}"
+            )
         async with borrow(self._pool) as conn:
             return await self._store.list_dlq(conn, queue, limit)
 
@@ -302,8 +323,9 @@ class SimpleQueue:
     async def requeue_dlq_job(self, job_id: uuid.UUID) -> bool:
         """Put a dead job back to pending with fresh attempts. False if no such dead job, or
         if a live job now holds its unique key."""
+        job_id = _as_uuid(job_id)
         async with borrow(self._pool) as conn, conn.transaction():
-            return await self._store.requeue_dead(conn, _as_uuid(job_id))
+            return await self._store.requeue_dead(conn, job_id)
 
 
 def _seconds(name: str, value: object) -> float:

@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.pq import TransactionStatus
+from psycopg.pq import PipelineStatus, TransactionStatus
 from psycopg.rows import TupleRow, tuple_row
 
 from simplequeue.config import notify_channel
@@ -82,12 +82,13 @@ def _insert_row(j: Job) -> tuple[Any, ...]:
 
 
 def _insert_rows(jobs: Sequence[Job]) -> list[tuple[Any, ...]]:
-    """The rows of a batch, those with a unique key sorted by it: concurrent batches then
-    take the key's index entries in one order and cannot deadlock each other."""
-    if all(j.unique_key is None for j in jobs):
-        return [_insert_row(j) for j in jobs]
-    ordered = sorted(jobs, key=lambda j: (j.unique_key is None, j.unique_key or ""))
-    return [_insert_row(j) for j in ordered]
+    """The rows of a batch in one order, those with a unique key by it, then the others by
+    id: concurrent batches take index entries in the same order and cannot deadlock."""
+    return [_insert_row(j) for j in sorted(jobs, key=_insert_order)]
+
+
+def _insert_order(j: Job) -> tuple[bool, str, uuid.UUID]:
+    return (j.unique_key is None, j.unique_key or "", j.id)
 
 
 def _array(values: Iterable[object]) -> str:
@@ -119,13 +120,14 @@ def storable_error(text: str | None) -> str | None:
 
 
 async def _run(conn: AnyConn, query: str, params: Any = None) -> psycopg.AsyncCursor[TupleRow]:
-    """Execute with tuple rows whatever row factory the caller's connection or pool uses."""
-    cur = conn.cursor(row_factory=tuple_row)
+    """Execute with tuple rows and server-side parameters, whatever row factory or cursor
+    class the caller's connection or pool uses."""
+    cur = psycopg.AsyncCursor(conn, row_factory=tuple_row)
     await cur.execute(query, params)
     return cur
 
 
-def _outside_transaction(conn: AnyConn) -> bool:
+def conn_commits_each_statement(conn: AnyConn) -> bool:
     """An autocommit connection outside a transaction: each statement commits on its own."""
     return conn.autocommit and conn.info.transaction_status == TransactionStatus.IDLE
 
@@ -138,7 +140,7 @@ def atomic(conn: AnyConn) -> AbstractAsyncContextManager[Any]:
     would COMMIT a non-autocommit connection that has not run a statement yet (psycopg
     opens a real transaction when none is open).
     """
-    return conn.transaction() if _outside_transaction(conn) else nullcontext()
+    return conn.transaction() if conn_commits_each_statement(conn) else nullcontext()
 
 
 def _q(template: str, schema: str, **constants: Any) -> str:
@@ -160,6 +162,13 @@ class Store:
         self._insert_one = _q(_INSERT_ONE, schema)
         self._insert_one_notify = _q(_INSERT_ONE_NOTIFY, schema)
         self._stored_ids = _q(_STORED_IDS, schema)
+        self._stored_anywhere_ids = _q(_STORED_ANYWHERE_IDS, schema)
+        self._can_read_finished = _q(
+            _CAN_READ_FINISHED,
+            schema,
+            **{t: sql.Identifier(schema, t).as_string(None) for t in ("archive", "dlq")},
+        )
+        self._reads_finished: bool | None = None
         self._copy = _q(_COPY, schema)
         self._copy_run_at = _q(_COPY_RUN_AT, schema)
         self._notify = sql.SQL("SELECT pg_notify(%s, %s)")
@@ -186,6 +195,7 @@ class Store:
         self._requeue_dead_live = _q(_REQUEUE_DEAD_LIVE, schema)
         self._requeue_from_dlq = _q(_REQUEUE_FROM_DLQ, schema)
         self._delete_from_dlq = _q(_DELETE_FROM_DLQ, schema)
+        self._in_dlq = _q(_IN_DLQ, schema)
         self._archive_completed = _q(_ARCHIVE_COMPLETED, schema)
         self._move_dead = _q(_MOVE_DEAD, schema)
         self._completed_ids = _q(_COMPLETED_IDS, schema)
@@ -203,19 +213,30 @@ class Store:
         """Insert in one statement; returns the ids stored (a live unique key skips a job).
 
         With `notify`, the same statement sends one NOTIFY naming the queues, delivered
-        when the inserting transaction commits. An id already stored (an earlier try of
-        the same insert landed) counts as stored instead of failing the batch; with
-        `retry` this is also checked for the jobs with a unique key, whose skip could
-        otherwise be either conflict. So retrying an insert never stores a job twice.
+        when the inserting transaction commits. With `retry` (an insert of some of these
+        jobs was sent before and may have landed), the ids already stored, in the jobs
+        table or, where this role may read them, the archive and the DLQ, count as
+        stored and are not inserted again: a retry never stores a job twice.
         """
-        if not retry and len(jobs) >= COPY_THRESHOLD and all(j.unique_key is None for j in jobs):
-            own_transaction = _outside_transaction(conn)
+        stored: set[uuid.UUID] = set()
+        if retry:
+            stored = await self._stored_anywhere(conn, [j.id for j in jobs])
+            jobs = [j for j in jobs if j.id not in stored]
+            if not jobs:
+                return stored
+        elif (
+            len(jobs) >= COPY_THRESHOLD
+            and all(j.unique_key is None for j in jobs)
+            and conn.pgconn.pipeline_status == PipelineStatus.OFF  # COPY is not pipelined
+        ):
+            own_transaction = conn_commits_each_statement(conn)
             try:
                 return await self._copy_jobs(conn, jobs, notify=notify)
             except psycopg.errors.UniqueViolation:
                 if not own_transaction:
                     raise  # the caller's transaction is aborted: theirs to roll back
-                retry = True  # ours was rolled back: take the INSERT, which skips stored ids
+                # Ours was rolled back: another insert of the same jobs got there first.
+                return await self.insert_jobs(conn, jobs, notify=notify, retry=True)
         if len(jobs) == 1:  # scalars: adapting nine one-element arrays costs more than the insert
             params: list[Any] = [*_insert_row(jobs[0]), jobs[0].run_at]  # run_at: is it later?
             insert, insert_notify = self._insert_one, self._insert_one_notify
@@ -225,13 +246,26 @@ class Store:
         if notify:
             params += [self.channel, notify_payload({j.queue for j in jobs})]
         cur = await _run(conn, insert_notify if notify else insert, params)
-        stored = {row[0] for row in await cur.fetchall()}
-        # Without a unique key, only the id can have conflicted: the job is stored.
-        stored.update(j.id for j in jobs if j.unique_key is None)
-        if retry and len(stored) < len(jobs):
-            cur = await _run(conn, self._stored_ids, [[j.id for j in jobs if j.id not in stored]])
+        stored.update(row[0] for row in await cur.fetchall())
+        # A skipped job without a unique key has its id stored already (the same jobs
+        # inserted at the same time elsewhere); on a retry, one with a key may too. A
+        # skip by a live unique key, the common case, needs no look.
+        missing = [j.id for j in jobs if j.id not in stored and (retry or j.unique_key is None)]
+        if missing:
+            cur = await _run(conn, self._stored_ids, [missing])
             stored.update(row[0] for row in await cur.fetchall())
         return stored
+
+    async def _stored_anywhere(self, conn: AnyConn, ids: list[uuid.UUID]) -> set[uuid.UUID]:
+        """Which of these ids are stored in jobs, the archive or the DLQ (those this role
+        may read: the producer role reads live jobs only)."""
+        if self._reads_finished is None:
+            cur = await _run(conn, self._can_read_finished)
+            row = await cur.fetchone()
+            self._reads_finished = bool(row and row[0])
+        statement = self._stored_anywhere_ids if self._reads_finished else self._stored_ids
+        cur = await _run(conn, statement, [ids] * (3 if self._reads_finished else 1))
+        return {row[0] for row in await cur.fetchall()}
 
     async def _copy_jobs(
         self, conn: AnyConn, jobs: Sequence[Job], *, notify: bool
@@ -242,10 +276,11 @@ class Store:
         deduplicate then. Jobs without `run_at` take the database's `now()` as the INSERT
         path gives them, so they go in a COPY that leaves the column to its default.
         """
-        timed = [j for j in jobs if j.run_at is not None]
-        untimed = [j for j in jobs if j.run_at is None]
+        ordered = sorted(jobs, key=_insert_order)  # nearly free: ids grow as jobs are built
+        timed = [j for j in ordered if j.run_at is not None]
+        untimed = [j for j in ordered if j.run_at is None]
         async with atomic(conn):
-            cur = conn.cursor()
+            cur = psycopg.AsyncCursor(conn)  # not the caller's cursor class: ours has %s
             for group, statement in ((untimed, self._copy), (timed, self._copy_run_at)):
                 if not group:
                     continue
@@ -475,6 +510,9 @@ class Store:
             return False
         if cur.rowcount:
             return True
+        cur = await _run(conn, self._in_dlq, [job_id])
+        if await cur.fetchone() is None:
+            return False  # asked first: the worker role may read the DLQ but not requeue from it
         cur = await _run(conn, self._requeue_from_dlq, [job_id])
         if not cur.rowcount:
             return False
@@ -524,6 +562,14 @@ _INSERT_ONE = """
 
 
 _STORED_IDS = "SELECT id FROM {s}.jobs WHERE id = ANY(%s::uuid[])"
+_STORED_ANYWHERE_IDS = (
+    "SELECT id FROM {s}.jobs WHERE id = ANY(%s::uuid[]) "
+    "UNION ALL SELECT id FROM {s}.archive WHERE id = ANY(%s::uuid[]) "
+    "UNION ALL SELECT id FROM {s}.dlq WHERE id = ANY(%s::uuid[])"
+)
+_CAN_READ_FINISHED = (
+    "SELECT has_table_privilege({archive}, 'SELECT') AND has_table_privilege({dlq}, 'SELECT')"
+)
 
 
 def _notifying(insert: str) -> str:
@@ -775,6 +821,7 @@ UNION ALL SELECT 'dlq', count(*) FROM {s}.dlq
 """
 
 _DELETE_FROM_DLQ = "DELETE FROM {s}.dlq WHERE id = %s"
+_IN_DLQ = "SELECT 1 FROM {s}.dlq WHERE id = %s"
 
 # A finished row whose id the archive or the DLQ already holds (a row written there by
 # hand) is left where it is: moving it would fail the whole batch, every sweep.

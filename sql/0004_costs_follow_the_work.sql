@@ -2,8 +2,9 @@
 
 -- 1. Claims read only due jobs. A pending job written with a due time still ahead is
 --    `scheduled`: it stays out of the claim's index until a poller promotes it, once due.
---    `scheduled = false` always means "due when written"; true is always safe (the
---    promotion looks at run_at), so a row written by hand needs no care.
+--    `scheduled = true` is always safe (the promotion looks at run_at). A row written by
+--    hand with a future run_at and the default false is still claimed only when due, but
+--    sits in the claim's index meanwhile: such rows should set scheduled = true.
 ALTER TABLE jobs ADD COLUMN scheduled boolean NOT NULL DEFAULT false;
 UPDATE jobs SET scheduled = true WHERE status = 'pending' AND run_at > now();
 

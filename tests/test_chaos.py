@@ -141,7 +141,7 @@ async def test_a_heartbeat_reconnects_at_once_when_its_connection_was_killed(
     (job_id,) = make_running(dsn, stale=False)
     heartbeats = Heartbeater(lambda: psycopg.connect(dsn, autocommit=True), queue._store, 60)
     job = sq.Job("q", {})
-    job.id, job.lease = job_id, 1
+    job._id, job.lease = job_id, 1
     heartbeats.track(job)
     try:
         await asyncio.to_thread(heartbeats.beat_now)  # connects

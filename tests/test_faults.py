@@ -4,6 +4,7 @@ stopping worker."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -181,3 +182,29 @@ async def test_stop_returns_while_handlers_fill_the_loops_thread_pool(dsn: str) 
             release.set()
         took = time.monotonic() - begun
     assert took < 0.5 + 7, f"stop(0.5) took {took:.1f}s"
+
+
+async def test_a_call_cancelled_while_its_connection_is_checked_gives_it_back(
+    dsn: str,
+) -> None:
+    """A pooled connection with something to read (here a notification for the
+    application's own LISTEN) is checked with a round trip; a call cancelled during that
+    check must still hand the connection back to the pool."""
+    from psycopg_pool import AsyncConnectionPool
+
+    async with AsyncConnectionPool(
+        dsn, min_size=1, max_size=1, timeout=3, kwargs={"autocommit": True}, open=False
+    ) as pool:
+        queue = sq.SimpleQueue(pool)
+        for round_ in range(5):
+            async with pool.connection() as conn:
+                await conn.execute("LISTEN app_channel")
+            query(dsn, "NOTIFY app_channel")
+            await asyncio.sleep(0.05)  # the notification is waiting on the socket
+            call = asyncio.ensure_future(queue.insert_job(sq.Job("q", round_)))
+            await asyncio.sleep(0)  # the call has taken the connection and started checking
+            await asyncio.sleep(0)
+            call.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await call
+            assert await queue.insert_job(sq.Job("q", "after")) is not None  # no PoolTimeout

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 import simplequeue as sq
-from tests.conftest import count, eventually
+from tests.conftest import count, eventually, query
 
 
 async def test_insert_returns_a_time_ordered_id(queue: sq.SimpleQueue, dsn: str) -> None:
@@ -358,12 +358,13 @@ async def test_a_job_inserted_in_a_rolled_back_transaction_can_be_inserted_again
     queue: sq.SimpleQueue, dsn: str
 ) -> None:
     jobs = [sq.Job("q", n) for n in range(3)]
+    built = [j.id for j in jobs]  # what an application stores beside its own rows
     async with await psycopg.AsyncConnection.connect(dsn) as conn:
         await queue.insert_jobs(jobs, conn=conn)
         await conn.rollback()
-        ids = await queue.insert_jobs(jobs, conn=conn)
+        ids = await queue.insert_jobs(jobs, conn=conn)  # the retry of the transaction
         await conn.commit()
-    assert ids == [j.id for j in jobs] and None not in ids
+    assert ids == built  # the same ids: rows that point at them stay right
     assert count(dsn) == 3
 
 
@@ -387,3 +388,118 @@ async def test_bad_timeouts_are_refused_before_anything_runs(queue: sq.SimpleQue
                 await queue.wait_for_job(job_id, timeout=bad)  # type: ignore[arg-type]
         with pytest.raises(sq.InvalidArgumentError, match="timeout"):
             await queue.stop(timeout=bad)  # type: ignore[arg-type]
+
+
+async def test_retrying_a_transaction_whose_commit_was_lost_stores_nothing_twice(
+    queue: sq.SimpleQueue, dsn: str
+) -> None:
+    """The caller cannot know whether a commit that failed to answer landed: inserting the
+    same jobs again is a retry, and finds them, live, archived or dead-lettered."""
+    from simplequeue.maintenance.janitor import Janitor
+
+    live, done = sq.Job("q", "live"), sq.Job("q", "done")
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        await queue.insert_jobs([live, done], conn=conn)
+        await conn.commit()  # landed, though the caller may not know it
+    query(dsn, "UPDATE simplequeue.jobs SET status = 'completed' WHERE id = %s", [done.id])
+    await Janitor(queue.pool, queue._store, queue.config).sweep()  # `done` is archived
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        assert await queue.insert_jobs([live, done], conn=conn) == [live.id, done.id]
+        await conn.commit()
+    assert count(dsn) == 1 and count(dsn, table="archive") == 1
+
+
+@pytest.mark.parametrize("size", [50, 600])
+async def test_the_same_jobs_in_opposite_orders_at_once_do_not_deadlock(
+    dsn: str, size: int
+) -> None:
+    async with sq.SimpleQueue.from_url(dsn, pool_min_size=2, pool_max_size=2) as queue:
+        for _ in range(8):
+            jobs = [sq.Job("q", n) for n in range(size)]
+            first, second = await asyncio.gather(
+                queue.insert_jobs(jobs), queue.insert_jobs(jobs[::-1])
+            )
+            assert first == [j.id for j in jobs] and second == first[::-1]
+    assert count(dsn) == 8 * size
+
+
+@pytest.mark.parametrize(
+    ("attribute", "value", "message"),
+    [
+        ("queue", "", "queue must be a non-empty string"),
+        ("queue", 123, "queue must be a non-empty string"),
+        ("priority", 2**40, "priority must be an integer"),
+        ("max_attempts", 0, "max_attempts must be an integer"),
+        ("timeout", -1, "timeout must be more than 0"),
+        ("run_at", datetime(2030, 1, 1), "naive datetime"),
+        ("unique_key", "k" * 5000, "the limit is 1024"),
+        ("unique_key", "\ud800", "not valid unicode"),
+        ("data", {"nan": float("nan")}, "JSON-serialisable"),
+    ],
+)
+async def test_attributes_changed_after_building_are_checked_at_insert(
+    queue: sq.SimpleQueue, dsn: str, attribute: str, value: Any, message: str
+) -> None:
+    job = sq.Job("q", {"ok": 1})
+    setattr(job, attribute, value)
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        with pytest.raises(sq.InvalidJobError, match=message):
+            await queue.insert_job(job, conn=conn)
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE  # untouched
+    assert count(dsn) == 0
+
+
+async def test_data_given_a_new_value_is_stored_as_it_is_now(queue: sq.SimpleQueue) -> None:
+    job = sq.Job("q", {"v": 1})
+    job.data = {"v": 2}
+    stored = await queue.get_job(await queue.insert_job(job))  # type: ignore[arg-type]
+    assert stored is not None and stored.data == {"v": 2}
+
+
+async def test_a_job_id_cannot_be_set_and_a_copy_is_the_same_job(
+    queue: sq.SimpleQueue, dsn: str
+) -> None:
+    import copy
+
+    job = sq.Job("q", {})
+    with pytest.raises(AttributeError):
+        job.id = uuid.uuid4()  # type: ignore[misc]
+    with pytest.raises(sq.InvalidJobError, match="a copy of it"):
+        await queue.insert_jobs([job, copy.copy(job)])
+    assert count(dsn) == 0
+
+
+async def test_a_large_batch_in_pipeline_mode_takes_the_insert(
+    queue: sq.SimpleQueue, dsn: str
+) -> None:
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        async with conn.pipeline():
+            ids = await queue.insert_jobs([sq.Job("q", n) for n in range(600)], conn=conn)
+        await conn.commit()
+    assert None not in ids and count(dsn) == 600
+
+
+def test_a_pydantic_model_is_checked_like_any_data() -> None:
+    import pydantic
+
+    class Reading(pydantic.BaseModel):
+        value: float
+        extra: object = None
+
+    with pytest.raises(sq.InvalidJobError, match="JSON-serialisable"):
+        sq.Job("q", Reading(value=float("nan")))  # pydantic's JSON would store null
+    with pytest.raises(sq.InvalidJobError, match="cannot be serialised"):
+        sq.Job("q", Reading(value=1, extra=object()))
+
+
+async def test_wait_for_job_keeps_its_timeout_while_the_database_does_not_answer(
+    queue: sq.SimpleQueue, dsn: str
+) -> None:
+    job_id = await queue.insert_job(sq.Job("q", {}))
+    assert job_id is not None
+    with psycopg.connect(dsn) as locker:
+        locker.execute("LOCK TABLE simplequeue.jobs IN ACCESS EXCLUSIVE MODE")
+        begun = asyncio.get_running_loop().time()
+        with pytest.raises(TimeoutError, match=r"after 0\.5s"):
+            await queue.wait_for_job(job_id, timeout=0.5)
+        assert asyncio.get_running_loop().time() - begun < 2

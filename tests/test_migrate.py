@@ -81,3 +81,38 @@ async def test_setup_on_a_pool_with_any_row_factory(dsn: str) -> None:
                 stored = await queue.get_job(job_id)  # type: ignore[arg-type]
                 assert stored is not None and stored.data == {"a": 1}
                 assert (await queue.counts())["pending"] == 1
+
+
+async def test_setup_and_every_call_on_pools_with_other_cursors_and_no_prepare(dsn: str) -> None:
+    from psycopg import AsyncRawCursor
+    from psycopg_pool import AsyncConnectionPool
+
+    for schema, kwargs in (
+        ("noprep", {"prepare_threshold": 0}),
+        ("raw", {"cursor_factory": AsyncRawCursor}),
+    ):
+        async with AsyncConnectionPool(dsn, min_size=1, kwargs=kwargs, open=False) as pool:
+            assert await sq.setup(pool, schema=schema) == ALL
+            async with sq.SimpleQueue(pool, schema=schema) as queue:
+                ids = await queue.insert_jobs([sq.Job("q", n) for n in range(600)])
+                job_id = await queue.insert_job(sq.Job("q", "one", unique_key="k"))
+                assert job_id is not None and None not in ids
+                assert await queue.cancel_job(job_id)
+                assert len(await queue.list_dlq()) == 1
+                assert (await queue.counts())["pending"] == 600
+
+
+async def test_setup_refuses_what_is_not_a_pool_or_a_dsn_and_non_utf8_databases(
+    dsn: str,
+) -> None:
+    for wrong in (None, b"dsn", 42):
+        with pytest.raises(sq.InvalidArgumentError, match="connection string"):
+            await sq.setup(wrong)  # type: ignore[arg-type]
+    query(dsn, "CREATE DATABASE sq_latin1 ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' "
+          "TEMPLATE template0")  # fmt: skip
+    try:
+        latin1 = psycopg.conninfo.make_conninfo(dsn, dbname="sq_latin1")
+        with pytest.raises(sq.MigrationError, match="needs a UTF8 database"):
+            await sq.setup(latin1)
+    finally:
+        query(dsn, "DROP DATABASE sq_latin1")

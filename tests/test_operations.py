@@ -193,12 +193,16 @@ async def test_only_queues_with_handlers_are_claimed(queue: sq.SimpleQueue, dsn:
         (lambda q: q.cancel_jobs_by_fingerprint("x" * 2000), "fingerprint"),
         (lambda q: q.list_dlq(queue=""), "queue"),
         (lambda q: q.list_dlq(limit=True), "limit"),
+        (lambda q: q.list_dlq(limit=2**63), "limit"),
+        (lambda q: q.wait_for_job(uuid.uuid4(), timeout=10**400), "timeout"),
+        (lambda q: q.get_job("nope"), "not a job id"),
+        (lambda q: q.requeue_dlq_job("nope"), "not a job id"),
     ],
 )
 async def test_bad_arguments_to_operations_are_refused_and_change_nothing(
     queue: sq.SimpleQueue, dsn: str, call: Any, message: str
 ) -> None:
     job_id = await queue.insert_job(sq.Job("q", {}, unique_key="k", fingerprint="f"))
-    with pytest.raises(sq.InvalidJobError, match=message):
+    with pytest.raises(sq.SimpleQueueError, match=message):
         await call(queue)
     assert count(dsn, "id = %s AND status = 'pending'", [job_id]) == 1

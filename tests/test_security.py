@@ -289,6 +289,10 @@ async def test_a_worker_runs_jobs_end_to_end_with_the_janitor(roles: Roles, dsn:
         with pytest.raises(DENIED):
             await worker.requeue_dlq_job(ids["fail"])  # type: ignore[arg-type]
         assert count(dsn, table="dlq") == 4
+        # ...but an unknown id, or a job that is not dead, is a plain False
+        assert await worker.requeue_dlq_job(uuid.uuid4()) is False
+        live = await worker.insert_job(sq.Job("work", {}, run_at=_later()))
+        assert await worker.requeue_dlq_job(live) is False  # type: ignore[arg-type]
 
 
 def _later() -> Any:
