@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -161,8 +162,9 @@ def _exit_past_sync_handlers() -> None:
     the handler's side effects) would run on although its job is already back in `pending`.
     """
     busy = [t for t in threading.enumerate() if t.name.startswith("simplequeue-job")]
+    deadline = time.monotonic() + 0.2  # for all of them: there may be hundreds
     for thread in busy:
-        thread.join(timeout=0.2)
+        thread.join(timeout=max(deadline - time.monotonic(), 0))
     busy = [t for t in busy if t.is_alive()]
     if busy:
         log.warning("exiting with %d interrupted sync handler(s) still running", len(busy))
