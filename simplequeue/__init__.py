@@ -13,6 +13,8 @@ from simplequeue.errors import (
 )
 from simplequeue.handler import Handler
 from simplequeue.job import Job, JobResult, JobStatus
+from simplequeue.maintenance.janitor import JanitorReport
+from simplequeue.maintenance.reaper import ReapReport
 from simplequeue.migrate import setup
 from simplequeue.permits import (
     CancelJob,
@@ -26,6 +28,7 @@ from simplequeue.permits import (
     TryAfter,
 )
 from simplequeue.queue import SimpleQueue
+from simplequeue.stats import QueueStats
 
 __version__ = "0.1.0"
 
@@ -41,6 +44,7 @@ __all__ = [
     "Immediate",
     "InvalidArgumentError",
     "InvalidJobError",
+    "JanitorReport",
     "Job",
     "JobNotFoundError",
     "JobResult",
@@ -52,6 +56,8 @@ __all__ = [
     "Permit",
     "QueueConfig",
     "QueueStateError",
+    "QueueStats",
+    "ReapReport",
     "RetryJob",
     "SimpleQueue",
     "SimpleQueueError",

@@ -144,17 +144,11 @@ async def _tour(dsn: str, schema: str) -> None:
             await _wait_terminal(queue, job_id)
         final = {job_id: await queue.get_job(job_id) for _, _, job_id in rows}
 
-        from simplequeue.maintenance import load_janitor
-
-        janitor_class = load_janitor()
-        if janitor_class is not None:
-            report = await janitor_class(queue.pool, queue._store, queue.config).sweep()
-            janitor_line = (
-                f"janitor: {report.archived} completed job(s) archived, "
-                f"{report.dead_lettered} dead job(s) moved to the DLQ"
-            )
-        else:
-            janitor_line = 'janitor: not installed (pip install "simplequeue[janitor]")'
+        report = await queue.run_janitor()
+        janitor_line = (
+            f"janitor: {report.archived} completed job(s) archived, "
+            f"{report.dead_lettered} dead job(s) moved to the DLQ"
+        )
         counts = await queue.counts()
         dlq = await queue.list_dlq()
 

@@ -11,10 +11,12 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from simplequeue.columns import READ
 from simplequeue.errors import InvalidJobError
 
 __all__ = ["Job", "JobResult", "JobStatus", "ResultKind", "new_job_id"]
@@ -122,6 +124,8 @@ class _IdClock:
         value |= counter & ((1 << 62) - 1)  # rand_b: the rest
         return uuid.UUID(int=value)
 
+
+_READ_ATTRIBUTES = tuple(c.attribute for c in READ if c.attribute)
 
 _ID_CLOCK = _IdClock()
 os.register_at_fork(after_in_child=_ID_CLOCK.reset)
@@ -426,33 +430,18 @@ class Job:
         return self._encoded
 
     @classmethod
-    def from_row(cls, row: tuple[Any, ...], *, encoded: bool = False) -> Job:
-        """A job read back from the database, in the column order of `store.JOB_COLUMNS`.
+    def from_row(cls, row: Sequence[Any], *, encoded: bool = False) -> Job:
+        """A job read back from the database: `row` holds the columns of `columns.READ`,
+        in their order, each read into the attribute that list names.
 
         With `encoded`, the data column is JSON text still to be decoded by `decode_data()`.
         """
         job = cls.__new__(cls)
-        (
-            job._id,
-            job.queue,
-            data,
-            status,
-            job.priority,
-            job.attempt,
-            job.max_attempts,
-            job.reprocess_count,
-            job.lease,
-            job.unique_key,
-            job.fingerprint,
-            job.run_at,
-            job.created_at,
-            job.updated_at,
-            job.completed_at,
-            job.last_error,
-            job.timeout,
-        ) = row
-        job.status = JobStatus(status)
+        for attribute, value in zip(_READ_ATTRIBUTES, row, strict=True):
+            setattr(job, attribute, value)
+        job.status = JobStatus(job.status)
         job._sent = job._stored = True
+        data = job.data
         job._encoded = data if encoded else None
         job.data = job.payload = job._encoded_of = None if encoded else data
         return job

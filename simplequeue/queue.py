@@ -25,9 +25,12 @@ from simplequeue.errors import (
 )
 from simplequeue.handler import Handler
 from simplequeue.job import Job, JobStatus, check_key, require_aware
+from simplequeue.maintenance.janitor import Janitor, JanitorReport
+from simplequeue.maintenance.reaper import Reaper, ReapReport
 from simplequeue.permits import JobStrategy
 from simplequeue.registry import QueueRegistry
-from simplequeue.runtime.worker import Worker
+from simplequeue.runtime.runtime import Runtime
+from simplequeue.stats import QueueStats
 from simplequeue.store import Store, conn_commits_each_statement
 
 __all__ = ["SimpleQueue"]
@@ -64,8 +67,8 @@ class SimpleQueue:
         self._owns_pool = False
         self._store = Store(self.config.schema_name)
         self._registry = QueueRegistry(self.config)
-        self._worker: Worker | None = None
-        self._stopping: Worker | None = None
+        self._runtime: Runtime | None = None
+        self._stopping: Runtime | None = None
 
     @classmethod
     def from_url(cls, dsn: str, **config: Any) -> SimpleQueue:
@@ -144,18 +147,18 @@ class SimpleQueue:
 
     @property
     def running(self) -> bool:
-        return self._worker is not None
+        return self._runtime is not None
 
     async def start(self) -> None:
         """Start the poller, reaper and (with the extra) janitor in this process."""
-        if self._worker is not None:
+        if self._runtime is not None:
             raise QueueStateError("this queue is already started")
         if self._pool.closed:
             raise QueueStateError(
                 "the connection pool is closed: use `async with queue:` or open your pool first"
             )
-        self._worker = Worker(self, self._pool, self._store, self._registry, self.config)
-        await self._worker.start()
+        self._runtime = Runtime(self, self._pool, self._store, self._registry, self.config)
+        await self._runtime.start()
 
     async def stop(self, timeout: float = 30.0) -> None:
         """Stop claiming; running jobs get `timeout` seconds, then go back to pending.
@@ -163,16 +166,47 @@ class SimpleQueue:
         Called again while a stop is under way, it interrupts the running jobs at once.
         """
         timeout = _seconds("timeout", timeout)
-        worker, self._worker = self._worker, None
-        if worker is None:
+        runtime, self._runtime = self._runtime, None
+        if runtime is None:
             if self._stopping is not None:
                 self._stopping.interrupt()
             return
-        self._stopping = worker
+        self._stopping = runtime
         try:
-            await worker.stop(timeout)
+            await runtime.stop(timeout)
         finally:
             self._stopping = None
+
+    async def ready(self, timeout: float | None = None) -> None:
+        """Wait until the started workers hear inserts at once (their LISTEN is in place;
+        at once with `use_notify=False`). Raises QueueStateError when not started and
+        TimeoutError after `timeout` seconds."""
+        limit = None if timeout is None else _seconds("timeout", timeout)
+        runtime = self._runtime
+        if runtime is None:
+            raise QueueStateError("this queue is not started: call start() first")
+        async with asyncio.timeout(limit):
+            await runtime.ready()
+
+    def stats(self) -> QueueStats:
+        """Counters of this process's workers, from memory (no query): claims, results
+        written, fenced off and buffered, running jobs, database failures, the listener."""
+        return QueueStats() if self._runtime is None else self._runtime.stats()
+
+    # -- maintenance -----------------------------------------------------------------
+
+    async def run_janitor(self) -> JanitorReport:
+        """One janitor sweep now, whether or not this process runs workers or has the
+        janitor extra: archive completed jobs, move dead ones to the DLQ, purge the
+        archive past `archive_retention`."""
+        return await Janitor(self._pool, self._store, self.config).run_once()
+
+    async def reap(self) -> ReapReport:
+        """One reaper sweep now: running jobs whose heartbeat is older than `stall_after`
+        go back to pending (or end as bad_job once poison); pending jobs with no attempt
+        left end as failed. Jobs this process runs itself are left alone."""
+        own = self._runtime.heartbeats.runs if self._runtime is not None else tuple
+        return await Reaper(self._pool, self._store, self.config, own_runs=own).run_once()
 
     # -- producing -------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from simplequeue.columns import INSERT_COLUMNS
 from simplequeue.config import validate_plain_name, validate_schema_name
 from simplequeue.errors import ConfigError, SimpleQueueError
 
@@ -32,20 +33,6 @@ TABLES = ("jobs", "archive", "dlq", "schema_migrations")
 
 TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
 COLUMN_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "REFERENCES")
-
-INSERT_COLUMNS = (
-    "id",
-    "queue",
-    "data",
-    "priority",
-    "max_attempts",
-    "unique_key",
-    "fingerprint",
-    "run_at",
-    "timeout_seconds",
-    "scheduled",
-)
-"""What `insert_job` writes; status, attempt, lease and the timestamps take their defaults."""
 
 WORKER_UPDATE_COLUMNS = (
     "status",

@@ -8,8 +8,9 @@ trip serves a whole batch. Anything that changes a running job is fenced by its 
 
 from __future__ import annotations
 
+import operator
 import uuid
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,20 +21,15 @@ from psycopg import sql
 from psycopg.pq import PipelineStatus, TransactionStatus
 from psycopg.rows import TupleRow, tuple_row
 
+from simplequeue import columns
 from simplequeue.config import notify_channel
 from simplequeue.errors import JobNotFoundError
 from simplequeue.job import DEAD_STATUSES, LATEST_TIME, Job
 
-__all__ = ["JOB_COLUMNS", "Outcome", "Store"]
+__all__ = ["Outcome", "Store"]
 
-JOB_COLUMNS = (
-    "id, queue, data, status, priority, attempt, max_attempts, reprocess_count, lease, "
-    "unique_key, fingerprint, run_at, created_at, updated_at, completed_at, last_error, "
-    "timeout_seconds"
-)
+_READ = columns.read_list()
 """What `Job.from_row` reads, in its order."""
-_ROW_COLUMNS = JOB_COLUMNS + ", heartbeat_at"
-"""Every column of a job row: what the janitor copies to the archive and the DLQ."""
 _DEAD = "(" + ", ".join(f"'{s}'" for s in DEAD_STATUSES) + ")"
 
 AnyConn = psycopg.AsyncConnection[Any]
@@ -66,19 +62,11 @@ class Outcome:
         )
 
 
-def _insert_row(j: Job) -> tuple[Any, ...]:
-    """A job's values in the column order of the INSERT statements."""
-    return (
-        j.id,
-        j.queue,
-        j.encoded_data,
-        j.priority,
-        j.max_attempts,
-        j.unique_key,
-        j.fingerprint,
-        j.run_at,
-        j.timeout,
-    )
+_insert_row: Callable[[Job], tuple[Any, ...]] = operator.attrgetter(
+    *(c.insert_from for c in columns.SOURCES if c.insert_from)
+)
+"""A job's values in the order of `columns.SOURCES`: the INSERTs' and the COPY's."""
+_SOURCE_NAMES = [c.name for c in columns.SOURCES]
 
 
 def _insert_rows(jobs: Sequence[Job]) -> list[tuple[Any, ...]]:
@@ -205,6 +193,17 @@ class Store:
         self._counts = _q(_COUNTS, schema)
         self._listen = sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)).as_string(None)
 
+    def statements(self) -> dict[str, str]:
+        """Every statement of this schema, by name, as it is sent: to EXPLAIN one, or to
+        check a rule over all of them. `cancel_by_<column>` are the three cancels."""
+        found = {
+            name.removeprefix("_"): text
+            for name, text in vars(self).items()
+            if name.startswith("_") and isinstance(text, str)
+        }
+        found.update({f"cancel_by_{column}": text for column, text in self._cancel_by.items()})
+        return found
+
     # -- producers -------------------------------------------------------------------
 
     async def insert_jobs(
@@ -237,14 +236,18 @@ class Store:
                     raise  # the caller's transaction is aborted: theirs to roll back
                 # Ours was rolled back: another insert of the same jobs got there first.
                 return await self.insert_jobs(conn, jobs, notify=notify, retry=True)
+        params: list[Any] | dict[str, Any]
         if len(jobs) == 1:  # scalars: adapting nine one-element arrays costs more than the insert
-            params: list[Any] = [*_insert_row(jobs[0]), jobs[0].run_at]  # run_at: is it later?
+            params = dict(zip(_SOURCE_NAMES, _insert_row(jobs[0]), strict=True))
             insert, insert_notify = self._insert_one, self._insert_one_notify
+            if notify:
+                params["channel"] = self.channel
+                params["queues"] = notify_payload({jobs[0].queue})
         else:
             params = [list(column) for column in zip(*_insert_rows(jobs), strict=True)]
             insert, insert_notify = self._insert, self._insert_notify
-        if notify:
-            params += [self.channel, notify_payload({j.queue for j in jobs})]
+            if notify:
+                params += [self.channel, notify_payload({j.queue for j in jobs})]
         cur = await _run(conn, insert_notify if notify else insert, params)
         stored.update(row[0] for row in await cur.fetchall())
         # A skipped job without a unique key has its id stored already (the same jobs
@@ -286,15 +289,7 @@ class Store:
                     continue
                 async with cur.copy(statement) as copy:
                     for j in group:
-                        row = (
-                            j.id,
-                            j.queue,
-                            j.encoded_data,
-                            j.priority,
-                            j.max_attempts,
-                            j.fingerprint,
-                            j.timeout,
-                        )
+                        row = _copy_row(j)
                         await copy.write_row(row if j.run_at is None else (*row, j.run_at, True))
             if notify:
                 await cur.execute(
@@ -527,6 +522,10 @@ class Store:
     async def listen(self, conn: AnyConn) -> None:
         await _run(conn, self._listen)
 
+    async def probe(self, conn: AnyConn) -> None:
+        """One round trip: fails on a connection whose peer is gone."""
+        await _run(conn, "SELECT 1")
+
 
 def notify_payload(queues: set[str]) -> str:
     """The queue names, one per line; empty (meaning "any queue") when too long for NOTIFY."""
@@ -539,26 +538,11 @@ def notify_payload(queues: set[str]) -> str:
 # Both inserts skip a job on any conflict: a live job holding its unique key
 # (jobs_unique_key_live), or its own id already stored by an earlier try of the same insert.
 # A job due later is `scheduled`: out of the claim's way until a poller promotes it.
-_INSERT = """
-    INSERT INTO {s}.jobs (id, queue, data, priority, max_attempts, unique_key, fingerprint, run_at,
-                          timeout_seconds, scheduled)
-    SELECT id, queue, data::jsonb, priority, max_attempts, unique_key, fingerprint,
-           COALESCE(run_at, now()), timeout_seconds, COALESCE(run_at > now(), false)
-    FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::int[], %s::int[], %s::text[],
-                %s::text[], %s::timestamptz[], %s::float8[])
-         AS t(id, queue, data, priority, max_attempts, unique_key, fingerprint, run_at,
-              timeout_seconds)
-    ON CONFLICT DO NOTHING
-    RETURNING id
-"""
-_INSERT_ONE = """
-    INSERT INTO {s}.jobs (id, queue, data, priority, max_attempts, unique_key, fingerprint, run_at,
-                          timeout_seconds, scheduled)
-    VALUES (%s, %s, %s::text::jsonb, %s, %s, %s, %s, COALESCE(%s::timestamptz, now()),
-            %s::float8, COALESCE(%s::timestamptz > now(), false))
-    ON CONFLICT DO NOTHING
-    RETURNING id
-"""
+# (Column lists, casts and the `scheduled` rule come from `columns.JOB_ROW`.)
+_INSERT = "INSERT INTO {s}.jobs " + columns.insert_select() + " ON CONFLICT DO NOTHING RETURNING id"
+_INSERT_ONE = (
+    "INSERT INTO {s}.jobs " + columns.insert_values() + " ON CONFLICT DO NOTHING RETURNING id"
+)
 
 
 _STORED_IDS = "SELECT id FROM {s}.jobs WHERE id = ANY(%s::uuid[])"
@@ -572,20 +556,28 @@ _CAN_READ_FINISHED = (
 )
 
 
-def _notifying(insert: str) -> str:
+def _notifying(insert: str, notify: str) -> str:
     """The insert, plus one NOTIFY naming the queues: the uncorrelated sub-select runs once
     (an InitPlan), and only if a row was inserted."""
-    return "WITH inserted AS (" + insert + ") SELECT id, (SELECT pg_notify(%s, %s)) FROM inserted"
+    return f"WITH inserted AS ({insert}) SELECT id, (SELECT {notify}) FROM inserted"
 
 
-_INSERT_NOTIFY = _notifying(_INSERT)
-_INSERT_ONE_NOTIFY = _notifying(_INSERT_ONE)
+_INSERT_NOTIFY = _notifying(_INSERT, "pg_notify(%s, %s)")
+_INSERT_ONE_NOTIFY = _notifying(_INSERT_ONE, "pg_notify(%(channel)s, %(queues)s)")
 
-_COPY_COLUMNS = "id, queue, data, priority, max_attempts, fingerprint, timeout_seconds"
+# COPY writes values as they are: no COALESCE with now(), no comparison with it. A job
+# without run_at leaves run_at and scheduled to their defaults (now, false); one with a
+# run_at goes in as scheduled, and the first promotion makes it claimable once due.
+_COPY_SOURCES = [i for i, c in enumerate(columns.SOURCES) if c.name != "run_at"]
+_COPY_COLUMNS = ", ".join(columns.SOURCES[i].name for i in _COPY_SOURCES)
 _COPY = "COPY {s}.jobs (" + _COPY_COLUMNS + ") FROM STDIN"
-# COPY cannot ask the database whether a given run_at is still ahead: such jobs go in as
-# scheduled, and the first promotion makes those already due claimable.
 _COPY_RUN_AT = "COPY {s}.jobs (" + _COPY_COLUMNS + ", run_at, scheduled) FROM STDIN"
+
+
+def _copy_row(job: Job) -> tuple[Any, ...]:
+    row = _insert_row(job)
+    return tuple(row[i] for i in _COPY_SOURCES)
+
 
 # Promotes scheduled jobs that have come due, so that the claim finds them: a bounded
 # batch of the queues the poller claims from, read in jobs_scheduled's order (per queue,
@@ -625,11 +617,7 @@ SET status = 'running', attempt = jobs.attempt + 1, lease = jobs.lease + 1,
     heartbeat_at = clock_timestamp(), updated_at = now()
 FROM candidates
 WHERE jobs.id = candidates.id
-RETURNING jobs.id, jobs.queue, jobs.data::text, jobs.status, jobs.priority, jobs.attempt,
-          jobs.max_attempts, jobs.reprocess_count, jobs.lease, jobs.unique_key,
-          jobs.fingerprint, jobs.run_at, jobs.created_at, jobs.updated_at,
-          jobs.completed_at, jobs.last_error, jobs.timeout_seconds
-"""
+RETURNING """ + columns.read_list("jobs.", claimed=True)
 
 # Result writes lock their rows in a sub-select that skips rows another transaction holds
 # (a heartbeat, a cancel, a user's long transaction): the writer never waits, so one held
@@ -757,11 +745,11 @@ _EXHAUSTED_IDS = """
 SELECT id FROM {s}.jobs WHERE status = 'pending' AND attempt >= max_attempts ORDER BY id LIMIT %s
 """
 
-_GET_LIVE_JOB = "SELECT " + JOB_COLUMNS + " FROM {s}.jobs WHERE id = %(id)s"
+_GET_LIVE_JOB = "SELECT " + _READ + " FROM {s}.jobs WHERE id = %(id)s"
 
 _GET_FINISHED_JOB = (
-    "SELECT " + JOB_COLUMNS + " FROM {s}.archive WHERE id = %(id)s "
-    "UNION ALL SELECT " + JOB_COLUMNS + " FROM {s}.dlq WHERE id = %(id)s "
+    "SELECT " + _READ + " FROM {s}.archive WHERE id = %(id)s "
+    "UNION ALL SELECT " + _READ + " FROM {s}.dlq WHERE id = %(id)s "
     "LIMIT 1"
 )
 
@@ -784,10 +772,10 @@ WHERE id = %(id)s AND status = 'pending'
 # twins), then the newest of both: reads about 2 × limit rows, whatever the DLQ's size.
 _LIST_DLQ_NEWEST = (
     "SELECT * FROM ("
-    "  (SELECT " + JOB_COLUMNS + " FROM {s}.dlq {where}"
+    "  (SELECT " + _READ + " FROM {s}.dlq {where}"
     "   ORDER BY updated_at DESC, id DESC LIMIT %(limit)s)"
     "  UNION ALL"
-    "  (SELECT " + JOB_COLUMNS + " FROM {s}.jobs WHERE status IN " + _DEAD + " {also}"
+    "  (SELECT " + _READ + " FROM {s}.jobs WHERE status IN " + _DEAD + " {also}"
     "   ORDER BY updated_at DESC, id DESC LIMIT %(limit)s)"
     ") AS dead ORDER BY updated_at DESC, id DESC LIMIT %(limit)s"
 )
@@ -804,15 +792,25 @@ _REQUEUE_DEAD_LIVE = (
     "     WHERE live.unique_key = jobs.unique_key AND live.status IN ('pending', 'running')))"
 )
 
-_REQUEUE_FROM_DLQ = """
-INSERT INTO {s}.jobs (id, queue, data, status, priority, attempt, max_attempts, reprocess_count,
-                      lease, unique_key, fingerprint, run_at, created_at, updated_at, last_error,
-                      timeout_seconds)
-SELECT id, queue, data, 'pending', priority, 0, max_attempts, 0, lease, unique_key, fingerprint,
-       now(), created_at, now(), last_error, timeout_seconds
-FROM {s}.dlq WHERE id = %s
-ON CONFLICT DO NOTHING
-"""
+# A requeued job starts afresh: these columns are set anew (None: left to the default);
+# every other column comes back from the DLQ as it was.
+_REQUEUED = {
+    "status": "'pending'",
+    "attempt": "0",
+    "reprocess_count": "0",
+    "run_at": "now()",
+    "updated_at": "now()",
+    "completed_at": None,
+    "heartbeat_at": None,
+}
+_REQUEUE_COLUMNS = [
+    c.name for c in columns.JOB_ROW if not c.live_only and _REQUEUED.get(c.name, "") is not None
+]
+_REQUEUE_FROM_DLQ = (
+    f"INSERT INTO {{s}}.jobs ({', '.join(_REQUEUE_COLUMNS)}) "
+    f"SELECT {', '.join(_REQUEUED.get(name) or name for name in _REQUEUE_COLUMNS)} "
+    "FROM {s}.dlq WHERE id = %s ON CONFLICT DO NOTHING"
+)
 
 _COUNTS = """
 SELECT status, count(*) FROM {s}.jobs GROUP BY status
@@ -831,8 +829,9 @@ _MOVE_FINISHED = (
     "      AND NOT EXISTS (SELECT 1 FROM {s}.{table} AS t WHERE t.id = j.id)"
     "      AND (%(only)s::uuid IS NULL OR j.id = %(only)s)"
     "    LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
-    "  RETURNING " + _ROW_COLUMNS + ") "
-    "INSERT INTO {s}.{table} (" + _ROW_COLUMNS + ") SELECT " + _ROW_COLUMNS + " FROM moved "
+    "  RETURNING " + columns.MOVED_COLUMNS + ") "
+    "INSERT INTO {s}.{table} (" + columns.MOVED_COLUMNS + ") "
+    "SELECT " + columns.MOVED_COLUMNS + " FROM moved "
     "RETURNING id"
 )
 _FINISHED_IDS = (

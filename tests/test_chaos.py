@@ -23,9 +23,9 @@ from psycopg_pool import PoolTimeout
 import simplequeue as sq
 from simplequeue.maintenance.reaper import Reaper
 from simplequeue.runtime.heartbeat import Heartbeater
-from simplequeue.runtime.outage import Outage, describe
+from simplequeue.runtime.outage import DatabaseHealth, describe
 from simplequeue.runtime.results import ResultWriter
-from simplequeue.store import Outcome
+from simplequeue.store import Outcome, Store
 from tests.conftest import ROOT, WorkerProcess, count, eventually, query
 
 
@@ -102,8 +102,9 @@ async def test_the_reaper_waits_for_heartbeats_to_resume_after_database_trouble(
     # reaped the jobs of every live worker, whose heartbeats had been cut off like its own.
     config = sq.QueueConfig.build(heartbeat_interval=0.4, reaper_interval=0.05)  # stall 1 s
     (job_id,) = make_running(dsn)
-    Outage(logging.getLogger("test"), "test").failed(OSError("the database went away"))
-    task = asyncio.create_task(Reaper(queue.pool, queue._store, config).run())
+    health = DatabaseHealth()  # the runtime's, shared with its other services
+    health.failed()  # one of them just lost the database
+    task = asyncio.create_task(Reaper(queue.pool, Store(queue.schema), config, health=health).run())
     try:
         await asyncio.sleep(0.5)
         assert count(dsn, "id = %s AND status = 'running'", [job_id]) == 1, "reaped too soon"
@@ -118,9 +119,9 @@ async def test_a_finished_job_keeps_its_heartbeat_until_its_result_is_written(
     # Found by the chaos suite: results buffered during an outage lost their heartbeat, so
     # the reaper took their jobs and the results were fenced off: the work ran twice.
     (job_id,) = make_running(dsn)
-    heartbeats = Heartbeater(lambda: psycopg.connect(dsn, autocommit=True), queue._store, 60)
+    heartbeats = Heartbeater(lambda: psycopg.connect(dsn, autocommit=True), Store(queue.schema), 60)
     writer = ResultWriter(
-        queue.pool, queue._store, batch_size=10, flush_interval=0, heartbeats=heartbeats
+        queue.pool, Store(queue.schema), batch_size=10, flush_interval=0, heartbeats=heartbeats
     )
     await writer.submit(Outcome(job_id, 1, "completed"))  # not written yet: no run()
     await asyncio.to_thread(heartbeats.beat_now)
@@ -129,7 +130,7 @@ async def test_a_finished_job_keeps_its_heartbeat_until_its_result_is_written(
     await eventually(lambda: count(dsn, "id = %s AND status = 'completed'", [job_id]))
     writer.close(time.monotonic() + 5)
     await running
-    assert not heartbeats._held
+    assert not heartbeats.runs()
     heartbeats.stop()
 
 
@@ -139,9 +140,9 @@ async def test_a_heartbeat_reconnects_at_once_when_its_connection_was_killed(
     # Found by the chaos suite: a beat on a terminated connection was lost, with an outage
     # logged, although one fresh connection would have delivered it.
     (job_id,) = make_running(dsn, stale=False)
-    heartbeats = Heartbeater(lambda: psycopg.connect(dsn, autocommit=True), queue._store, 60)
-    job = sq.Job("q", {})
-    job._id, job.lease = job_id, 1
+    heartbeats = Heartbeater(lambda: psycopg.connect(dsn, autocommit=True), Store(queue.schema), 60)
+    job = await queue.get_job(job_id)  # running, lease 1
+    assert job is not None and job.lease == 1
     heartbeats.track(job)
     try:
         await asyncio.to_thread(heartbeats.beat_now)  # connects
@@ -166,7 +167,7 @@ def test_a_locked_row_does_not_block_the_heartbeats_of_the_others(
         locker.execute("SELECT 1 FROM simplequeue.jobs WHERE id = %s FOR UPDATE", [locked])
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("SET statement_timeout = '2s'")
-            alive = queue._store.heartbeat(conn, [(locked, 1), (free, 1)])
+            alive = Store(queue.schema).heartbeat(conn, [(locked, 1), (free, 1)])
         locker.rollback()
     assert alive == {(locked, 1), (free, 1)}, "both still run under their lease"
     assert beat_age(dsn, free) < 5
@@ -215,7 +216,7 @@ async def test_a_claim_that_waited_on_a_lock_is_not_born_stalled(
     with psycopg.connect(dsn) as locker:
         locker.execute("LOCK TABLE simplequeue.jobs IN EXCLUSIVE MODE")
         async with queue.pool.connection() as conn:
-            claim = asyncio.create_task(queue._store.claim(conn, ["q"], [1], 1))
+            claim = asyncio.create_task(Store(queue.schema).claim(conn, ["q"], [1], 1))
             await asyncio.sleep(1.5)
             assert not claim.done(), "the claim should wait for the table lock"
             locker.commit()

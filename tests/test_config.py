@@ -102,8 +102,7 @@ async def test_the_longest_schema_name_notifies(dsn: str) -> None:
     async with sq.SimpleQueue.from_url(dsn, schema=schema, empty_poll_sleep=30) as queue:
         queue.register_handler(Record())
         await queue.start()
-        assert queue._worker is not None and queue._worker.listener is not None
-        await asyncio.wait_for(queue._worker.listener.connected.wait(), 10)
+        await queue.ready(timeout=10)
         await asyncio.sleep(0.2)  # the wake-up after connecting has been spent
         await queue.insert_job(sq.Job("long", {}))  # only its NOTIFY can wake the poller
         await eventually(lambda: seen, timeout=10)

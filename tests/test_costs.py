@@ -11,6 +11,7 @@ import psycopg
 
 import simplequeue as sq
 from simplequeue.job import DEAD_STATUSES
+from simplequeue.store import Store
 from tests.conftest import count, eventually, query
 
 BACKLOG = 50_000
@@ -32,11 +33,11 @@ async def test_an_idle_claim_reads_what_is_due_not_what_waits(
     later = datetime.now(UTC) + timedelta(hours=1)
     await queue.insert_jobs([sq.Job("q", n, run_at=later) for n in range(BACKLOG)])
     query(dsn, "VACUUM ANALYZE simplequeue.jobs")
-    store = queue._store
+    store = Store(queue.schema)
     claim = {"queues": ["q"], "limits": [100], "total": 100}
     promote = {"queues": ["q"], "limit": 1000}
-    assert buffers(dsn, store._claim, claim) < 20
-    assert buffers(dsn, store._promote, promote) < 20
+    assert buffers(dsn, store.statements()["claim"], claim) < 20
+    assert buffers(dsn, store.statements()["promote"], promote) < 20
     # a few come due: the promotion and the claim read those, not the backlog
     query(
         dsn,
@@ -46,7 +47,9 @@ async def test_an_idle_claim_reads_what_is_due_not_what_waits(
     async with queue.pool.connection() as conn:
         assert await store.promote_due(conn, ["q"], 1000) == 5
     query(dsn, "VACUUM ANALYZE simplequeue.jobs")
-    assert buffers(dsn, store._claim, claim) < 20 * 5  # the rows it updates, and their indexes
+    assert (
+        buffers(dsn, store.statements()["claim"], claim) < 20 * 5
+    )  # the rows it updates, and their indexes
     async with queue.pool.connection() as conn:
         claimed = await store.claim(conn, ["q"], [100], 100)
     assert len(claimed) == 5
@@ -95,7 +98,7 @@ async def test_heartbeats_are_hot_updates(queue: sq.SimpleQueue, dsn: str) -> No
     updated, hot = await eventually(lambda: stats()[0] >= 30 and stats())
     with psycopg.connect(dsn, autocommit=True) as conn:
         for _ in range(20):
-            assert len(queue._store.heartbeat(conn, [(i, 1) for i in ids if i])) == 30
+            assert len(Store(queue.schema).heartbeat(conn, [(i, 1) for i in ids if i])) == 30
     after = await eventually(lambda: stats()[0] >= updated + 600 and stats())
     beats, hot_beats = after[0] - updated, after[1] - hot
     assert beats == 600
@@ -113,9 +116,9 @@ async def test_list_dlq_reads_the_newest_whatever_the_dlq_size(
         [BACKLOG],
     )
     query(dsn, "VACUUM ANALYZE simplequeue.dlq")
-    store = queue._store
-    assert buffers(dsn, store._list_dlq, {"queue": None, "limit": 50}) < 40
-    assert buffers(dsn, store._list_dlq_of_queue, {"queue": "q3", "limit": 50}) < 40
+    store = Store(queue.schema)
+    assert buffers(dsn, store.statements()["list_dlq"], {"queue": None, "limit": 50}) < 40
+    assert buffers(dsn, store.statements()["list_dlq_of_queue"], {"queue": "q3", "limit": 50}) < 40
     newest = await queue.list_dlq(limit=3)
     assert [j.queue for j in newest] == ["q1", "q2", "q3"]
     assert [j.queue for j in await queue.list_dlq(queue="q3", limit=2)] == ["q3", "q3"]

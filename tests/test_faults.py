@@ -83,7 +83,7 @@ async def test_stop_returns_within_its_bound_when_the_network_goes_silent(dsn: s
             took = time.monotonic() - begun
         closed = time.monotonic() - begun
         proxy.thaw()
-    from simplequeue.runtime.worker import CANCEL_GRACE, SHUTDOWN_WRITE_GRACE
+    from simplequeue.runtime.runtime import CANCEL_GRACE, SHUTDOWN_WRITE_GRACE
 
     bound = 1.0 + SHUTDOWN_WRITE_GRACE + 4 * CANCEL_GRACE  # the bound stop() documents
     assert took < bound + 0.3, f"stop(1.0) took {took:.1f}s"

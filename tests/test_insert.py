@@ -160,8 +160,7 @@ async def test_a_large_batch_wakes_an_idle_worker(dsn: str) -> None:
     async with sq.SimpleQueue.from_url(dsn, empty_poll_sleep=60) as queue:
         queue.register_handler(Big())
         await queue.start()
-        assert queue._worker is not None and queue._worker.listener is not None
-        await asyncio.wait_for(queue._worker.listener.connected.wait(), 10)
+        await queue.ready(timeout=10)
         await asyncio.sleep(0.2)
         await queue.insert_jobs([sq.Job("big", n) for n in range(COPY_THRESHOLD)])
         await eventually(lambda: len(seen) == COPY_THRESHOLD, timeout=20)
@@ -325,8 +324,6 @@ async def test_a_batch_runs_in_the_order_it_was_built(dsn: str) -> None:
 async def test_inserting_a_job_object_again_stores_a_new_job(
     queue: sq.SimpleQueue, dsn: str
 ) -> None:
-    from simplequeue.maintenance.janitor import Janitor
-
     class Ok(sq.Handler):
         QUEUE = "again"
 
@@ -345,7 +342,7 @@ async def test_inserting_a_job_object_again_stores_a_new_job(
     assert third not in (first, second, None)
     await queue.wait_for_job(third, timeout=10)  # type: ignore[arg-type]
     await eventually(lambda: count(dsn, "status = 'completed'") == 3)
-    report = await Janitor(queue.pool, queue._store, queue.config).sweep()
+    report = await queue.run_janitor()
     assert (report.archived, report.stuck, report.failed_steps) == (3, 0, ())
     # a job read back is a stored job: inserting it stores a copy under a new id
     stored = await queue.get_job(first)
@@ -395,14 +392,12 @@ async def test_retrying_a_transaction_whose_commit_was_lost_stores_nothing_twice
 ) -> None:
     """The caller cannot know whether a commit that failed to answer landed: inserting the
     same jobs again is a retry, and finds them, live, archived or dead-lettered."""
-    from simplequeue.maintenance.janitor import Janitor
-
     live, done = sq.Job("q", "live"), sq.Job("q", "done")
     async with await psycopg.AsyncConnection.connect(dsn) as conn:
         await queue.insert_jobs([live, done], conn=conn)
         await conn.commit()  # landed, though the caller may not know it
     query(dsn, "UPDATE simplequeue.jobs SET status = 'completed' WHERE id = %s", [done.id])
-    await Janitor(queue.pool, queue._store, queue.config).sweep()  # `done` is archived
+    await queue.run_janitor()  # `done` is archived
     async with await psycopg.AsyncConnection.connect(dsn) as conn:
         assert await queue.insert_jobs([live, done], conn=conn) == [live.id, done.id]
         await conn.commit()

@@ -8,7 +8,6 @@ import sys
 
 import simplequeue as sq
 from simplequeue.maintenance.janitor import Janitor
-from simplequeue.maintenance.reaper import Reaper
 from tests.conftest import ROOT, count, query
 
 
@@ -28,7 +27,7 @@ async def test_reaper_returns_stalled_jobs_and_catches_poison(
     query(dsn, "UPDATE simplequeue.jobs SET reprocess_count = 99 WHERE data = '2'")
     query(dsn, "UPDATE simplequeue.jobs SET attempt = 3 WHERE data = '3'")  # out of attempts
     stall(dsn, "data IN ('1', '2')")
-    report = await Reaper(queue.pool, queue._store, queue.config).sweep()
+    report = await queue.reap()
     assert (report.recovered, report.poisoned, report.exhausted) == (1, 1, 1)
     rows = {
         r[0]: r[1:]
@@ -45,7 +44,7 @@ async def test_reaper_returns_stalled_jobs_and_catches_poison(
 async def test_reaper_leaves_beating_jobs_alone(queue: sq.SimpleQueue, dsn: str) -> None:
     await queue.insert_job(sq.Job("q", {}))
     query(dsn, "UPDATE simplequeue.jobs SET status = 'running', attempt = 1, heartbeat_at = now()")
-    report = await Reaper(queue.pool, queue._store, queue.config).sweep()
+    report = await queue.reap()
     assert report.recovered == 0
     assert count(dsn, "status = 'running'") == 1
 
@@ -57,9 +56,8 @@ async def test_janitor_moves_in_bounded_batches_and_purges(queue: sq.SimpleQueue
         "UPDATE simplequeue.jobs SET status = CASE WHEN (data)::int < 10 THEN 'completed' "
         "WHEN (data)::int < 20 THEN 'failed' ELSE 'pending' END",
     )
-    config = queue.config.model_copy(update={"janitor_batch_size": 3, "archive_retention": 3600.0})
-    janitor = Janitor(queue.pool, queue._store, config)
-    report = await janitor.sweep()
+    janitor = sq.SimpleQueue(queue.pool, janitor_batch_size=3, archive_retention=3600.0)
+    report = await janitor.run_janitor()
     assert (report.archived, report.dead_lettered, report.purged) == (10, 10, 0)
     assert count(dsn) == 5 and count(dsn, table="archive") == 10 and count(dsn, table="dlq") == 10
     query(
@@ -67,7 +65,7 @@ async def test_janitor_moves_in_bounded_batches_and_purges(queue: sq.SimpleQueue
         "UPDATE simplequeue.archive SET moved_at = now() - interval '2 hours' "
         "WHERE (data)::int < 4",
     )
-    assert (await janitor.sweep()).purged == 4
+    assert (await janitor.run_janitor()).purged == 4
     assert count(dsn, table="archive") == 6
 
 
@@ -86,8 +84,8 @@ import asyncio, logging, sys
 sys.modules["croniter"] = None  # as if `pip install simplequeue` without [janitor]
 logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
 import simplequeue as sq
-from simplequeue.maintenance import load_janitor
-assert load_janitor() is None
+from simplequeue.maintenance import janitor_enabled
+assert not janitor_enabled()
 
 class Ok(sq.Handler):
     QUEUE = "ok"
@@ -153,9 +151,8 @@ async def test_one_conflicting_row_never_stops_the_janitor(queue: sq.SimpleQueue
         )
     query(dsn, "UPDATE simplequeue.jobs SET status = 'completed' WHERE (data)::int IN (0, 2, 3)")
     query(dsn, "UPDATE simplequeue.jobs SET status = 'failed' WHERE (data)::int IN (1, 4)")
-    janitor = Janitor(queue.pool, queue._store, queue.config)
     for _ in range(2):  # every sweep, not only the first
-        report = await janitor.sweep()
+        report = await queue.run_janitor()
         assert report.stuck == 2 and report.failed_steps == ()
     assert count(dsn) == 3  # the two conflicting rows and the pending one
     assert count(dsn, table="archive") == 3 and count(dsn, table="dlq") == 2
@@ -178,8 +175,7 @@ async def test_a_move_the_database_refuses_for_some_rows_moves_the_others(
     await queue.insert_jobs([sq.Job("q", n) for n in range(6)])
     query(dsn, "UPDATE simplequeue.jobs SET status = 'completed' WHERE (data)::int < 2")
     query(dsn, "UPDATE simplequeue.jobs SET status = 'failed' WHERE (data)::int >= 2")
-    janitor = Janitor(queue.pool, queue._store, queue.config)
-    report = await janitor.sweep()
+    report = await queue.run_janitor()
     assert report.archived == 2 and count(dsn, table="archive") == 2
     # the batch was refused; job by job, the one row the trigger accepts moved
     assert report.dead_lettered == 1 and count(dsn, table="dlq") == 1
@@ -188,7 +184,7 @@ async def test_a_move_the_database_refuses_for_some_rows_moves_the_others(
     query(dsn, "DROP TRIGGER refuse_dlq ON simplequeue.dlq")
     query(dsn, "ALTER TABLE simplequeue.archive ADD CONSTRAINT never CHECK (false) NOT VALID")
     query(dsn, "UPDATE simplequeue.jobs SET status = 'completed' WHERE (data)::int = 2")
-    report = await janitor.sweep()
+    report = await queue.run_janitor()
     assert (report.archived, report.dead_lettered) == (0, 2)
     assert count(dsn, "status = 'completed'") == 1 and count(dsn, table="dlq") == 3
 
@@ -210,7 +206,7 @@ async def test_one_row_the_database_refuses_never_stops_the_reaper(
         "CREATE TRIGGER refuse BEFORE UPDATE ON simplequeue.jobs "
         "FOR EACH ROW EXECUTE FUNCTION public.refuse()",
     )
-    report = await Reaper(queue.pool, queue._store, queue.config).sweep()
+    report = await queue.reap()
     assert (report.recovered, report.exhausted) == (1, 1)
     statuses = dict(query(dsn, "SELECT (data)::int, status FROM simplequeue.jobs"))
     assert statuses == {0: "running", 1: "pending", 2: "pending", 3: "failed"}

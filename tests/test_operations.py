@@ -92,8 +92,6 @@ async def test_priority_orders_the_claim(dsn: str) -> None:
 
 
 async def test_get_job_finds_archived_and_dead_jobs(dsn: str) -> None:
-    from simplequeue.maintenance.janitor import Janitor
-
     class Ends(sq.Handler):
         QUEUE = "ends"
 
@@ -109,7 +107,7 @@ async def test_get_job_finds_archived_and_dead_jobs(dsn: str) -> None:
         await queue.wait_for_job(ok, timeout=5)
         await queue.wait_for_job(bad, timeout=5)
         await eventually(lambda: count(dsn, "status IN ('completed', 'critical_failure')") == 2)
-        report = await Janitor(queue.pool, queue._store, queue.config).sweep()
+        report = await queue.run_janitor()
         assert (report.archived, report.dead_lettered) == (1, 1)
         assert count(dsn) == 0
         archived = await queue.get_job(ok)
@@ -120,8 +118,6 @@ async def test_get_job_finds_archived_and_dead_jobs(dsn: str) -> None:
 
 
 async def test_list_and_requeue_dead_jobs(queue: sq.SimpleQueue, dsn: str) -> None:
-    from simplequeue.maintenance.janitor import Janitor
-
     ids = await queue.insert_jobs([sq.Job("a", 1, unique_key="u1"), sq.Job("b", 2), sq.Job("a", 3)])
     for job_id in ids:
         assert job_id is not None and await queue.cancel_job(job_id)
@@ -131,9 +127,7 @@ async def test_list_and_requeue_dead_jobs(queue: sq.SimpleQueue, dsn: str) -> No
         "UPDATE simplequeue.jobs SET updated_at = now() - interval '1 hour' WHERE id = %s",
         [ids[2]],
     )
-    await Janitor(
-        queue.pool, queue._store, queue.config.model_copy(update={"janitor_batch_size": 1})
-    ).sweep()
+    await sq.SimpleQueue(queue.pool, janitor_batch_size=1).run_janitor()
     assert count(dsn, table="dlq") >= 1
     dead = await queue.list_dlq()
     assert sorted(j.data for j in dead) == [1, 2, 3]

@@ -60,7 +60,7 @@ async def test_cancel_by_fingerprint_against_the_result_writer(
     fingerprint index) against id order. A cancel by fingerprint slowed on its first row
     (a trigger sleeps) meets the result writer's write of both: whatever order the plans
     visit the rows in, both statements lock them in id order, so neither deadlocks."""
-    from simplequeue.store import Outcome
+    from simplequeue.store import Outcome, Store
 
     a, b = sorted(
         [sq.Job("q", "a", fingerprint="fp"), sq.Job("q", "b", fingerprint="fp")], key=lambda j: j.id
@@ -92,7 +92,7 @@ async def test_cancel_by_fingerprint_against_the_result_writer(
         await asyncio.sleep(0.2)  # the cancel holds its first row by now
         async with queue.pool.connection() as conn:
             outcomes = [Outcome(a.id, 1, "completed"), Outcome(b.id, 1, "completed")]
-            return await queue._store.write_outcomes(conn, outcomes)
+            return await Store(queue.schema).write_outcomes(conn, outcomes)
 
     cancelled, written = await asyncio.gather(queue.cancel_jobs_by_fingerprint("fp"), write())
     assert (cancelled, written) in ((2, set()), (0, {a.id, b.id}))
@@ -124,14 +124,12 @@ def test_every_statement_that_waits_for_row_locks_takes_them_in_id_order() -> No
 
     from simplequeue.store import Store
 
-    single_row = {"_reschedule", "_requeue_dead_live", "_requeue_from_dlq", "_delete_from_dlq"}
-    store = Store("simplequeue")
+    single_row = {"reschedule", "requeue_dead_live", "requeue_from_dlq", "delete_from_dlq"}
     statements = {
         name: text
-        for name, text in vars(store).items()
-        if isinstance(text, str) and re.search(r"\b(UPDATE|DELETE FROM|FOR UPDATE)\b", text)
+        for name, text in Store("simplequeue").statements().items()
+        if re.search(r"\b(UPDATE|DELETE FROM|FOR UPDATE)\b", text)
     }
-    statements.update({f"_cancel_by[{c}]": t for c, t in store._cancel_by.items()})
     assert len(statements) >= 10
     for name, text in statements.items():
         flat = " ".join(text.split())

@@ -285,7 +285,7 @@ async def test_a_late_result_after_cancel_changes_nothing(queue: sq.SimpleQueue,
     await asyncio.wait_for(started.wait(), 10)
     assert await queue.cancel_job(job_id) is True
     release.set()
-    await eventually(lambda: queue._worker is not None and not queue._worker.poller.tasks)
+    await eventually(lambda: queue.stats().started and queue.stats().running == 0)
     await queue.stop()
     stored = row(dsn, job_id)
     assert stored["status"] == "cancelled"

@@ -19,7 +19,6 @@ from psycopg.conninfo import make_conninfo
 
 import simplequeue as sq
 from simplequeue.cli import main
-from simplequeue.maintenance.janitor import Janitor
 from simplequeue.roles import grant_roles, validate_role_name
 from tests.conftest import FAST, ROOT, count, eventually, query
 
@@ -128,7 +127,7 @@ async def test_a_producer_inserts_and_reads_live_jobs(roles: Roles, dsn: str) ->
         # get_job says so instead of failing with a bare permission error.
         query(dsn, "UPDATE simplequeue.jobs SET status = 'completed' WHERE id = %s", [job_id])
         async with sq.SimpleQueue.from_url(dsn) as owner:
-            await Janitor(owner.pool, owner._store, owner.config).sweep()
+            await owner.run_janitor()
         assert count(dsn, table="archive") == 1
         with pytest.raises(sq.JobNotFoundError, match=r"may not read simplequeue\.archive"):
             await producer.get_job(job_id)
@@ -258,7 +257,7 @@ async def test_a_worker_runs_jobs_end_to_end_with_the_janitor(roles: Roles, dsn:
     async with worker:
         worker.register_handler(Work())
         await worker.start()
-        assert worker._worker is not None and worker._worker.janitor is not None
+        assert "janitor" in worker.stats().services
         assert await worker.reschedule_job(to_cancel, _later())  # type: ignore[arg-type]
         assert await worker.cancel_job(to_cancel)  # type: ignore[arg-type]
         # everything ends up in the archive (completed) or the DLQ (dead), moved by the
@@ -281,8 +280,8 @@ async def test_a_worker_runs_jobs_end_to_end_with_the_janitor(roles: Roles, dsn:
         assert (await worker.counts())["dlq"] == 4
         # ...and purges the archive after its retention
         query(dsn, "UPDATE simplequeue.archive SET moved_at = now() - interval '2 hours'")
-        config = worker.config.model_copy(update={"archive_retention": 3600.0})
-        report = await Janitor(worker.pool, worker._store, config).sweep()
+        purger = sq.SimpleQueue(worker.pool, **FAST, archive_retention=3600.0)
+        report = await purger.run_janitor()
         assert report.purged == len(archived)
         assert count(dsn, table="archive") == 0
         # requeueing from the DLQ table deletes from it: the owner's job (documented)

@@ -28,8 +28,7 @@ async def test_notify_wakes_an_idle_worker_at_once(dsn: str) -> None:
     async with sq.SimpleQueue.from_url(dsn, empty_poll_sleep=60) as queue:
         queue.register_handler(handler)
         await queue.start()
-        assert queue._worker is not None and queue._worker.listener is not None
-        await asyncio.wait_for(queue._worker.listener.connected.wait(), 10)
+        await queue.ready(timeout=10)
         await asyncio.sleep(0.2)  # let the first empty claim finish; the poller now sleeps
         latencies = []
         for n in range(5):
@@ -44,13 +43,12 @@ async def test_notify_for_another_queue_does_not_wake(dsn: str) -> None:
     async with sq.SimpleQueue.from_url(dsn, empty_poll_sleep=60) as queue:
         queue.register_handler(Stamp())
         await queue.start()
-        assert queue._worker is not None and queue._worker.listener is not None
-        await asyncio.wait_for(queue._worker.listener.connected.wait(), 10)
+        await queue.ready(timeout=10)
         await asyncio.sleep(0.2)
-        claims = queue._worker.poller.claims
+        claims = queue.stats().claims
         await queue.insert_jobs([sq.Job("someone-else", n) for n in range(3)])
         await asyncio.sleep(0.3)
-        assert queue._worker.poller.claims == claims
+        assert queue.stats().claims == claims
 
 
 async def test_a_killed_listener_reconnects(dsn: str) -> None:
@@ -58,17 +56,17 @@ async def test_a_killed_listener_reconnects(dsn: str) -> None:
     async with sq.SimpleQueue.from_url(dsn, empty_poll_sleep=60) as queue:
         queue.register_handler(handler)
         await queue.start()
-        assert queue._worker is not None and queue._worker.listener is not None
-        listener = queue._worker.listener
-        await asyncio.wait_for(listener.connected.wait(), 10)
+        await queue.ready(timeout=10)
         for _ in range(2):
             query(
                 dsn,
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                 "WHERE query LIKE 'LISTEN%%' AND pid <> pg_backend_pid()",
             )
-            before = listener.connections
-            await eventually(lambda before=before: listener.connections > before, timeout=10)
+            before = queue.stats().listener_connections
+            await eventually(
+                lambda before=before: queue.stats().listener_connections > before, timeout=10
+            )
         await queue.insert_job(sq.Job("stamp", 1))
         await eventually(lambda: 1 in handler.seen, timeout=5)
 
@@ -78,7 +76,8 @@ async def test_without_notify_the_fallback_poll_finds_jobs(dsn: str) -> None:
     async with sq.SimpleQueue.from_url(dsn, use_notify=False, empty_poll_sleep=0.1) as queue:
         queue.register_handler(handler)
         await queue.start()
-        assert queue._worker is not None and queue._worker.listener is None
+        assert "listener" not in queue.stats().services
+        await queue.ready(timeout=1)  # nothing to wait for
         await queue.insert_job(sq.Job("stamp", 1))
         await eventually(lambda: 1 in handler.seen, timeout=5)
     # no NOTIFY was sent by the insert either
@@ -150,13 +149,13 @@ async def test_finished_results_waiting_to_be_written_hold_back_their_jobs(dsn: 
     # A full result buffer makes the finishing job wait with its permits: claims cannot
     # outrun the writes and leave thousands of rows `running` that nobody is running.
     from simplequeue.runtime.results import ResultWriter
-    from simplequeue.store import Outcome
+    from simplequeue.store import Outcome, Store
 
     async with sq.SimpleQueue.from_url(dsn) as queue:
         ids = [job_id for job_id in await queue.insert_jobs([sq.Job("q", n) for n in range(3)])]
         query(dsn, "UPDATE simplequeue.jobs SET status = 'running', attempt = 1, lease = 1")
         writer = ResultWriter(
-            queue.pool, queue._store, batch_size=10, flush_interval=0, max_buffered=2
+            queue.pool, Store(queue.schema), batch_size=10, flush_interval=0, max_buffered=2
         )
         for job_id in ids[:2]:
             assert job_id is not None

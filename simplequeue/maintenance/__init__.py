@@ -1,13 +1,13 @@
-"""Background upkeep: the reaper (always) and the janitor (with the `janitor` extra)."""
+"""Background upkeep: the reaper (always) and the janitor (in every worker once the
+`janitor` extra is installed; on demand with `SimpleQueue.run_janitor()` in any case)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import functools
+import importlib.util
+import logging
 
-if TYPE_CHECKING:
-    from simplequeue.maintenance.janitor import Janitor
-
-__all__ = ["JANITOR_HINT", "load_janitor"]
+__all__ = ["JANITOR_HINT", "janitor_enabled", "warn_no_janitor"]
 
 JANITOR_HINT = (
     "no janitor runs in this process: finished jobs stay in the jobs table. Install the "
@@ -15,12 +15,15 @@ JANITOR_HINT = (
 )
 
 
-def load_janitor() -> type[Janitor] | None:
-    """The Janitor class when the extra is installed, else None."""
+def janitor_enabled() -> bool:
+    """Whether workers run the janitor: the extra (its cron library) is installed."""
     try:
-        from simplequeue.maintenance.janitor import Janitor
-    except ImportError as exc:
-        if exc.name == "croniter":
-            return None
-        raise
-    return Janitor
+        return importlib.util.find_spec("croniter") is not None
+    except ValueError:  # sys.modules["croniter"] is None: deliberately absent
+        return False
+
+
+@functools.cache
+def warn_no_janitor() -> None:
+    """Say once per process, not once per started queue, that no janitor runs."""
+    logging.getLogger("simplequeue.worker").warning(JANITOR_HINT)

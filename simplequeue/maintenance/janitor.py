@@ -8,8 +8,6 @@ cron expression `janitor_schedule`.
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -17,18 +15,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
-from croniter import croniter
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool
 
 from simplequeue.config import QueueConfig
 from simplequeue.connections import borrow
 from simplequeue.maintenance.steps import batch_or_each
-from simplequeue.runtime.outage import Outage
+from simplequeue.runtime.outage import DatabaseHealth
+from simplequeue.runtime.service import PeriodicService
 from simplequeue.store import AnyConn, Store
 
 __all__ = ["Janitor", "JanitorReport"]
-
-log = logging.getLogger("simplequeue.janitor")
 
 MAX_BATCHES_PER_SWEEP = 100
 """Bounds one sweep's work; what is left waits for the next sweep."""
@@ -36,44 +32,50 @@ MAX_BATCHES_PER_SWEEP = 100
 
 @dataclass(frozen=True)
 class JanitorReport:
+    """What one janitor sweep did."""
+
     archived: int = 0
+    """Completed jobs moved to the archive."""
     dead_lettered: int = 0
+    """Dead jobs (failed, cancelled, critical_failure, unprocessable, bad_job) moved to the DLQ."""
     purged: int = 0
+    """Archived jobs deleted after `archive_retention`."""
     stuck: int = 0
     """Finished jobs left in the jobs table: the archive or the DLQ holds their id already."""
     failed_steps: tuple[str, ...] = ()
     """Steps the database refused this sweep (logged); the others ran all the same."""
 
 
-class Janitor:
-    def __init__(self, pool: AsyncConnectionPool[Any], store: Store, config: QueueConfig) -> None:
+class Janitor(PeriodicService):
+    name = "janitor"
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[Any],
+        store: Store,
+        config: QueueConfig,
+        *,
+        health: DatabaseHealth | None = None,
+    ) -> None:
+        super().__init__(health)
         self._pool = pool
         self._store = store
         self._config = config
-        self._outage = Outage(log, "janitor")
 
     def seconds_until_next(self, now: datetime | None = None) -> float:
         if self._config.janitor_schedule is None:
             return self._config.janitor_interval
+        from croniter import croniter  # a schedule is only accepted with the extra installed
+
         now = now or datetime.now(UTC)
         following: datetime = croniter(self._config.janitor_schedule, now).get_next(datetime)
         return max((following - now).total_seconds(), 0.0)
 
-    async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.seconds_until_next())
-            try:
-                await self.sweep()
-            except (psycopg.OperationalError, PoolTimeout) as exc:
-                self._outage.failed(exc)  # logged once; the next sweep is the retry
-                continue
-            self._outage.recovered()
-
-    async def sweep(self) -> JanitorReport:
-        """Archive, dead-letter and purge, each step on its own: one the database refuses
-        is logged and the others still run, and a move refused for one row (a trigger of
-        the user's) is made job by job for the others. A lost database ends the sweep
-        (OperationalError): the next one is the retry."""
+    async def run_once(self) -> JanitorReport:
+        """One sweep now: archive, dead-letter and purge, each step on its own. A step the
+        database refuses is logged and the others still run; a move refused for one row (a
+        trigger of the user's) is made job by job for the others. A lost database ends the
+        sweep (OperationalError), to be tried again with backoff."""
         batch = self._config.janitor_batch_size
         retention = self._config.archive_retention
         store = self._store
@@ -85,7 +87,7 @@ class Janitor:
         ) -> int:
             changed = await batch_or_each(
                 self._pool,
-                log,
+                self.log,
                 f"janitor: {what}",
                 lambda conn, only: move(conn, batch, only),
                 lambda conn: candidates(conn, batch),
@@ -108,7 +110,7 @@ class Janitor:
                 raise
             except psycopg.Error as exc:
                 failed.append(name)
-                log.error("janitor: the %s step failed, skipped this sweep: %s", name, exc)
+                self.log.error("janitor: the %s step failed, skipped this sweep: %s", name, exc)
         stuck = await self._in_own_transaction(store.stuck_finished)
         report = JanitorReport(
             counts.get("archive", 0),
@@ -118,14 +120,14 @@ class Janitor:
             tuple(failed),
         )
         if report.archived or report.dead_lettered or report.purged:
-            log.info(
+            self.log.info(
                 "janitor: %d archived, %d moved to the DLQ, %d purged from the archive",
                 report.archived,
                 report.dead_lettered,
                 report.purged,
             )
         if report.stuck:
-            log.warning(
+            self.log.warning(
                 "janitor: %d finished job(s) stay in the jobs table because the archive or "
                 "the DLQ already holds a row with the same id (written there by hand?); "
                 "delete one of the two rows",

@@ -9,7 +9,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -31,9 +31,6 @@ from simplequeue.runtime.outcomes import (
 from simplequeue.runtime.results import ResultWriter
 from simplequeue.store import Outcome
 
-if TYPE_CHECKING:
-    from simplequeue.queue import SimpleQueue
-
 __all__ = ["Executor", "Leftover"]
 
 log = logging.getLogger("simplequeue.executor")
@@ -47,7 +44,7 @@ waited longer may have been cancelled or taken over meanwhile: it is checked fir
 class Executor:
     def __init__(
         self,
-        queue: SimpleQueue,
+        queue: Any,
         registry: QueueRegistry,
         heartbeats: Heartbeater,
         results: ResultWriter,
@@ -56,6 +53,8 @@ class Executor:
         max_reprocess: int,
         threads: int,
     ) -> None:
+        """`queue` is what handlers receive as their first argument (the facade): the
+        runtime passes it on and never calls it."""
         self._queue = queue
         self._registry = registry
         self._heartbeats = heartbeats

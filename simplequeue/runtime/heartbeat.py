@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 
 from simplequeue.job import Job
-from simplequeue.runtime.outage import Outage
+from simplequeue.runtime.outage import DatabaseHealth, Outage
 from simplequeue.store import Store
 
 __all__ = ["Heartbeater", "Run"]
@@ -35,8 +35,19 @@ while an earlier run still executes has two runs, each beating (or not) for itse
 
 
 class Heartbeater:
+    """The one duty that runs in a thread rather than as a `Service` task: a handler that
+    blocks the event loop must not stop its own job's heartbeat. It meets database trouble
+    as the services do, and reports it to the same `DatabaseHealth`."""
+
+    name = "heartbeat"
+
     def __init__(
-        self, connect: Callable[[], psycopg.Connection[Any]], store: Store, interval: float
+        self,
+        connect: Callable[[], psycopg.Connection[Any]],
+        store: Store,
+        interval: float,
+        *,
+        health: DatabaseHealth | None = None,
     ) -> None:
         self._connect = connect
         self._store = store
@@ -44,11 +55,12 @@ class Heartbeater:
         self._running: set[Run] = set()
         self._held: set[Run] = set()  # finished, result not yet written
         self._lost: set[Run] = set()  # running here, no longer ours in the database
+        self.lost_total = 0
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._conn: psycopg.Connection[Any] | None = None
-        self._outage = Outage(log, "heartbeat")
+        self.outage = Outage(log, self.name, health or DatabaseHealth())
 
     def track(self, job: Job) -> None:
         """Beat for this run of `job` until `untrack()`: call both around its processing,
@@ -72,10 +84,6 @@ class Heartbeater:
         with self._lock:
             return self._running | self._held
 
-    @property
-    def lost_count(self) -> int:
-        return len(self._lost)
-
     def hold(self, job_id: uuid.UUID, lease: int) -> None:
         """Beat for a finished attempt until `release()`: its outcome is not stored yet."""
         with self._lock:
@@ -85,10 +93,6 @@ class Heartbeater:
         """Stop beating for finished attempts (job id, lease) whose outcome is stored."""
         with self._lock:
             self._held.difference_update(keys)
-
-    @property
-    def tracked(self) -> int:
-        return len(self._running)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="simplequeue-heartbeat", daemon=True)
@@ -127,14 +131,15 @@ class Heartbeater:
         try:
             alive = self._beat(beats)
         except psycopg.Error as exc:
-            self._outage.failed(exc)
+            self.outage.failed(exc)
             self._close()
             return
-        self._outage.recovered()
+        self.outage.recovered()
         with self._lock:
             # Runs that ended meanwhile are not lost; those already known are not news.
             gone = (set(beats) - alive) & self._running - self._lost
             self._lost |= gone
+            self.lost_total += len(gone)
         if gone:
             log.warning(
                 "%d running job(s) were cancelled or taken over elsewhere; their "
@@ -160,7 +165,11 @@ class Heartbeater:
     def _run(self) -> None:
         try:
             while not self._stopping.wait(self._interval):
-                self.beat_now()
+                try:
+                    self.beat_now()
+                except Exception:  # supervised like the services: a bug must not end the beats
+                    log.exception("heartbeat: a round failed unexpectedly; beating on")
+                    self._close()
         finally:
             self._close()
 

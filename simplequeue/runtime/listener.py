@@ -8,34 +8,36 @@ a notification was missed.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg
 
-from simplequeue.runtime.outage import Outage
+from simplequeue.runtime.outage import DatabaseHealth
+from simplequeue.runtime.service import Service
 from simplequeue.store import Store
 
 __all__ = ["Listener"]
-
-log = logging.getLogger("simplequeue.listener")
 
 PROBE_EVERY = 15.0
 """Seconds of silence after which the connection is probed, to notice a dead peer."""
 
 
-class Listener:
+class Listener(Service):
+    name = "listener"
+
     def __init__(
         self,
         connect: Callable[[], Awaitable[psycopg.AsyncConnection[Any]]],
         store: Store,
         wake: Callable[[set[str] | None], None],
+        *,
+        health: DatabaseHealth | None = None,
     ) -> None:
+        super().__init__(health)
         self._connect = connect
         self._store = store
         self._wake = wake
-        self._outage = Outage(log, "listener")
         self.connected = asyncio.Event()
         self.connections = 0
 
@@ -47,17 +49,17 @@ class Listener:
                     await self._store.listen(conn)
                     self.connections += 1
                     self.connected.set()
-                    self._outage.recovered()
+                    self.outage.recovered()
                     self._wake(None)
                     await self._receive(conn)
                 finally:
                     self.connected.clear()
                     await conn.close()
-            except (psycopg.Error, OSError) as exc:
-                await asyncio.sleep(self._outage.failed(exc))
+            except (psycopg.Error, OSError) as exc:  # a refused LISTEN too: retried all the same
+                await self.back_off(exc)
 
     async def _receive(self, conn: psycopg.AsyncConnection[Any]) -> None:
         while True:
             async for notify in conn.notifies(timeout=PROBE_EVERY):
                 self._wake(set(notify.payload.split("\n")) if notify.payload else None)
-            await conn.execute("SELECT 1")
+            await self._store.probe(conn)

@@ -1,4 +1,4 @@
-"""Log a lost database once per outage, not once per failed statement."""
+"""Database trouble: noticed once per runtime, logged once per outage."""
 
 from __future__ import annotations
 
@@ -8,24 +8,35 @@ import time
 import psycopg
 from psycopg_pool import PoolTimeout
 
-__all__ = ["Outage", "describe", "is_transient", "seconds_since_trouble"]
-
-_last_failure = float("-inf")
+__all__ = ["DatabaseHealth", "Outage", "describe", "is_transient"]
 
 
-def seconds_since_trouble() -> float:
-    """Seconds since a background loop of this process last failed to use the database.
+class DatabaseHealth:
+    """When the services of one runtime last failed to use the database.
 
-    The reaper reads it: right after an outage, every worker's heartbeats look stale, the
-    live ones' included, whether or not the reaper's own statements happened to fail.
+    Shared by the services of one runtime, and only them: another queue in the same
+    process (another database, perhaps) has its own. The reaper reads it: right after an
+    outage every worker's heartbeats look stale, the live ones' included, whether or not
+    the reaper's own statements happened to fail.
     """
-    return time.monotonic() - _last_failure
+
+    def __init__(self) -> None:
+        self._last_failure = float("-inf")
+        self.failures = 0
+
+    def failed(self) -> None:
+        self._last_failure = time.monotonic()
+        self.failures += 1
+
+    def seconds_since_trouble(self) -> float:
+        return time.monotonic() - self._last_failure
 
 
 def is_transient(exc: BaseException) -> bool:
-    """An error that trying again may cure: a lost or busy database, a statement timeout,
-    a deadlock or serialization failure. Anything else the database will refuse again."""
-    return isinstance(exc, psycopg.OperationalError)  # psycopg files all of these under it
+    """An error that trying again may cure: a lost or busy database, a pool with no free
+    connection, a statement timeout, a deadlock or serialization failure. Anything else
+    the database will refuse again."""
+    return isinstance(exc, psycopg.OperationalError)  # PoolTimeout and all those included
 
 
 def describe(exc: BaseException) -> str:
@@ -41,11 +52,19 @@ def describe(exc: BaseException) -> str:
 
 
 class Outage:
-    """Tracks one background loop's connection trouble and the backoff between retries."""
+    """One service's connection trouble and the backoff between its retries."""
 
-    def __init__(self, log: logging.Logger, what: str, *, max_delay: float = 5.0) -> None:
+    def __init__(
+        self,
+        log: logging.Logger,
+        what: str,
+        health: DatabaseHealth,
+        *,
+        max_delay: float = 5.0,
+    ) -> None:
         self._log = log
         self._what = what
+        self._health = health
         self._max_delay = max_delay
         self._since: float | None = None
         self._delay = 0.05
@@ -57,8 +76,7 @@ class Outage:
 
     def failed(self, exc: BaseException) -> float:
         """Record a failure; returns how long to wait before the next try."""
-        global _last_failure
-        _last_failure = time.monotonic()
+        self._health.failed()
         self.failures += 1
         if self._since is None:
             self._since = time.monotonic()

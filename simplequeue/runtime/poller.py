@@ -9,25 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections import Counter
 from typing import Any
 
 import psycopg
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool
 
 from simplequeue.config import QueueConfig
 from simplequeue.connections import borrow
 from simplequeue.job import Job
 from simplequeue.registry import QueueRegistry
 from simplequeue.runtime.executor import Executor
-from simplequeue.runtime.outage import Outage
+from simplequeue.runtime.outage import DatabaseHealth
+from simplequeue.runtime.service import Service
 from simplequeue.store import Store
 
 __all__ = ["Poller"]
-
-log = logging.getLogger("simplequeue.poller")
 
 PROMOTE_BATCH = 1000
 """Scheduled jobs made claimable per statement; a poller promotes again at once while
@@ -44,7 +42,9 @@ def _nothing() -> None:
     return None
 
 
-class Poller:
+class Poller(Service):
+    name = "poller"
+
     def __init__(
         self,
         pool: AsyncConnectionPool[Any],
@@ -52,7 +52,10 @@ class Poller:
         registry: QueueRegistry,
         executor: Executor,
         config: QueueConfig,
+        *,
+        health: DatabaseHealth | None = None,
     ) -> None:
+        super().__init__(health, max_retry_delay=config.empty_poll_sleep)
         self._pool = pool
         self._store = store
         self._registry = registry
@@ -65,8 +68,8 @@ class Poller:
         self._claiming = True
         self._full: set[str] = set()  # handled queues left out of the last claim: no room
         self.tasks: set[asyncio.Task[None]] = set()
-        self._outage = Outage(log, "poller", max_delay=config.empty_poll_sleep)
         self.claims = 0
+        self.claimed = 0
         self._promoted_at = float("-inf")
         self._unsubscribe = registry.on_change(self.poke)
 
@@ -98,11 +101,12 @@ class Poller:
             try:
                 async with borrow(self._pool) as conn:
                     jobs = await self._store.claim(conn, queues, limits, total)
-            except (psycopg.OperationalError, PoolTimeout) as exc:
-                await asyncio.sleep(self._outage.failed(exc))
+            except psycopg.OperationalError as exc:
+                await self.back_off(exc)
                 continue
-            self._outage.recovered()
+            self.outage.recovered()
             self.claims += 1
+            self.claimed += len(jobs)
             for job in jobs:
                 self._start(job)
             saturated = self._saturated(jobs, queues, limits, total)
@@ -124,7 +128,7 @@ class Poller:
             async with borrow(self._pool) as conn:
                 return await self._store.promote_due(conn, queues, PROMOTE_BATCH)
         except psycopg.OperationalError as exc:
-            self._outage.failed(exc)  # the claim's retry loop waits; the next poll retries
+            self.outage.failed(exc)  # the claim's retry loop waits; the next poll retries
             return 0
 
     def _capacity_by_queue(self) -> tuple[list[str], list[int]]:

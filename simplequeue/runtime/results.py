@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -19,7 +18,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from simplequeue.connections import borrow
 from simplequeue.job import JobStatus
-from simplequeue.runtime.outage import Outage, is_transient
+from simplequeue.runtime.outage import DatabaseHealth, is_transient
+from simplequeue.runtime.service import Service
 from simplequeue.store import AnyConn, Outcome, Store
 
 if TYPE_CHECKING:
@@ -27,14 +27,15 @@ if TYPE_CHECKING:
 
 __all__ = ["ResultWriter"]
 
-log = logging.getLogger("simplequeue.results")
-
 MIN_RETRY_DELAY = 0.01
 MAX_RETRY_DELAY = 1.0
 """Bounds of the wait before writing again results whose rows another transaction held."""
 
 
-class ResultWriter:
+class ResultWriter(Service):
+    name = "results"
+    label = "result writer"
+
     def __init__(
         self,
         pool: AsyncConnectionPool[Any],
@@ -44,7 +45,9 @@ class ResultWriter:
         flush_interval: float,
         max_buffered: int = 10_000,
         heartbeats: Heartbeater | None = None,
+        health: DatabaseHealth | None = None,
     ) -> None:
+        super().__init__(health)
         self._pool = pool
         self._heartbeats = heartbeats
         self._store = store
@@ -60,12 +63,12 @@ class ResultWriter:
         self._has_room.set()
         self._closing = False
         self._deadline: float | None = None
-        self._outage = Outage(log, "result writer")
         self._deferred: list[Outcome] = []  # their rows were held by another transaction
         self._retry_at = 0.0
         self._retry_delay = MIN_RETRY_DELAY
         self.written = 0
         self.fenced_off = 0
+        self.refused = 0
 
     async def submit(self, outcome: Outcome) -> None:
         """Queue a result; waits only when too many are already waiting (back-pressure)."""
@@ -128,7 +131,7 @@ class ResultWriter:
 
     def _give_up(self, outcomes: list[Outcome]) -> None:
         if outcomes:
-            log.error(
+            self.log.error(
                 "gave up writing %d result(s) at shutdown: their rows stayed locked by another "
                 "transaction; those jobs stay running until the reaper returns them to pending",
                 len(outcomes),
@@ -170,14 +173,14 @@ class ResultWriter:
                 if not is_transient(exc):
                     await self._refused(batch, exc, fallback=fallback)
                     return True
-                delay = self._outage.failed(exc)
+                delay = self.outage.failed(exc)
                 if (
                     self._closing
                     and self._deadline is not None
                     and time.monotonic() + delay > self._deadline
                 ):
                     lost = len(batch) + len(self._buffer) + len(self._deferred)
-                    log.error(
+                    self.log.error(
                         "gave up writing %d result(s) at shutdown; those jobs stay running "
                         "until the reaper returns them to pending",
                         lost,
@@ -188,7 +191,7 @@ class ResultWriter:
                     return False
                 await asyncio.sleep(delay)
                 continue
-            self._outage.recovered()
+            self.outage.recovered()
             self.written += len(changed)
             self.fenced_off += len(batch) - len(changed) - len(locked)
             self._defer(locked)
@@ -216,9 +219,11 @@ class ResultWriter:
                 await self._write([outcome], fallback=fallback)
             return
         (outcome,) = batch
+        if not fallback:
+            self.refused += 1
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         if fallback >= 2:
-            log.error(
+            self.log.error(
                 "the database refused even to end job %s as failed (%s); it stays running "
                 "until the reaper returns it",
                 outcome.job_id,
@@ -226,7 +231,7 @@ class ResultWriter:
                 extra={"job_id": str(outcome.job_id)},
             )
             return
-        log.error(
+        self.log.error(
             "the database refused the %s result of job %s (%s); ending it as failed",
             outcome.status,
             outcome.job_id,

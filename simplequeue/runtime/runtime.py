@@ -1,12 +1,17 @@
-"""Worker: the background machinery one `SimpleQueue.start()` runs in this process."""
+"""The runtime: the background services one `SimpleQueue.start()` runs in this process.
+
+It builds them around one `DatabaseHealth`, starts each as a supervised task (the
+heartbeat as a thread), decides in one place what a crashed service does, and stops them
+in the order that loses no result: claims first, then the running jobs, then the writes.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
+from typing import Any
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
@@ -14,21 +19,21 @@ from psycopg_pool import AsyncConnectionPool
 from simplequeue.config import QueueConfig
 from simplequeue.connections import borrow, dedicated_settings
 from simplequeue.job import Job
-from simplequeue.maintenance import JANITOR_HINT, load_janitor
+from simplequeue.maintenance import janitor_enabled, warn_no_janitor
+from simplequeue.maintenance.janitor import Janitor
 from simplequeue.maintenance.reaper import Reaper
 from simplequeue.registry import QueueRegistry
 from simplequeue.runtime.executor import Executor
 from simplequeue.runtime.heartbeat import Heartbeater
 from simplequeue.runtime.listener import Listener
+from simplequeue.runtime.outage import DatabaseHealth
 from simplequeue.runtime.poller import Poller
 from simplequeue.runtime.results import ResultWriter
+from simplequeue.runtime.service import Service
+from simplequeue.stats import QueueStats
 from simplequeue.store import Store
 
-if TYPE_CHECKING:
-    from simplequeue.maintenance.janitor import Janitor
-    from simplequeue.queue import SimpleQueue
-
-__all__ = ["Worker"]
+__all__ = ["Runtime"]
 
 log = logging.getLogger("simplequeue.worker")
 
@@ -38,19 +43,22 @@ SHUTDOWN_WRITE_GRACE = 5.0
 CANCEL_GRACE = 0.5
 """Seconds a stop waits for a cancelled task (or the heartbeat thread) to end."""
 
-_janitor_hint_given = False
+RESTART_DELAY = 1.0
+"""Seconds before a crashed service starts again."""
 
 
-class Worker:
+class Runtime:
     def __init__(
         self,
-        queue: SimpleQueue,
+        queue: Any,
         pool: AsyncConnectionPool[Any],
         store: Store,
         registry: QueueRegistry,
         config: QueueConfig,
     ) -> None:
         self._config = config
+        self.health = DatabaseHealth()
+        health = self.health
         beat_conninfo, beat_settings = dedicated_settings(pool, "heartbeat")
         listen_conninfo, listen_settings = dedicated_settings(pool, "listener")
 
@@ -60,7 +68,7 @@ class Worker:
         async def connect_async() -> psycopg.AsyncConnection[Any]:
             return await psycopg.AsyncConnection.connect(listen_conninfo, **listen_settings)
 
-        self.heartbeats = Heartbeater(connect_sync, store, config.heartbeat_interval)
+        self.heartbeats = Heartbeater(connect_sync, store, config.heartbeat_interval, health=health)
         self.results = ResultWriter(
             pool,
             store,
@@ -70,6 +78,7 @@ class Worker:
             # buffer keeps claims from outrunning the writes.
             max_buffered=config.global_permits,
             heartbeats=self.heartbeats,
+            health=health,
         )
 
         async def still_ours(job: Job) -> bool:
@@ -85,30 +94,73 @@ class Worker:
             max_reprocess=config.max_reprocess_count,
             threads=config.global_permits,
         )
-        self.poller = Poller(pool, store, registry, self.executor, config)
+        self.poller = Poller(pool, store, registry, self.executor, config, health=health)
         self.listener = (
-            Listener(connect_async, store, self.poller.wake) if config.use_notify else None
+            Listener(connect_async, store, self.poller.wake, health=health)
+            if config.use_notify
+            else None
         )
-        self.reaper = Reaper(pool, store, config, self.heartbeats.runs)
-        janitor_class = load_janitor()
-        self.janitor: Janitor | None = janitor_class(pool, store, config) if janitor_class else None
+        self.reaper = Reaper(pool, store, config, health=health, own_runs=self.heartbeats.runs)
+        self.janitor = Janitor(pool, store, config, health=health) if janitor_enabled() else None
         self._poller_task: asyncio.Task[None] | None = None
         self._results_task: asyncio.Task[None] | None = None
         self._services: list[asyncio.Task[None]] = []
+        self._running: list[Service] = []
+        self.restarts = 0
 
     async def start(self) -> None:
-        global _janitor_hint_given
         self.heartbeats.start()
-        self._results_task = asyncio.create_task(self.results.run(), name="simplequeue-results")
-        self._poller_task = asyncio.create_task(_supervised("poller", self.poller.run))
+        self._results_task = self._launch(self.results)
+        self._poller_task = self._launch(self.poller)
+        maintenance: list[Service | None] = [self.listener, self.reaper, self.janitor]
+        self._services = [self._launch(service) for service in maintenance if service is not None]
+        if self.janitor is None:
+            warn_no_janitor()
+
+    def _launch(self, service: Service) -> asyncio.Task[None]:
+        self._running.append(service)
+        return asyncio.create_task(self._supervised(service), name=f"simplequeue-{service.name}")
+
+    async def _supervised(self, service: Service) -> None:
+        """The one place that decides what a crashed service does: it is logged and
+        started again. Stopping the runtime instead would leave running jobs without a
+        poller to follow them, or their results without a writer, until someone noticed."""
+        while True:
+            try:
+                await service.run()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.restarts += 1
+                log.exception("%s crashed; restarting it in %gs", service.name, RESTART_DELAY)
+                await asyncio.sleep(RESTART_DELAY)
+
+    async def ready(self) -> None:
+        """Return once inserts wake this runtime at once: its LISTEN is in place (at
+        once when notifications are off)."""
         if self.listener is not None:
-            self._services.append(asyncio.create_task(_supervised("listener", self.listener.run)))
-        self._services.append(asyncio.create_task(_supervised("reaper", self.reaper.run)))
-        if self.janitor is not None:
-            self._services.append(asyncio.create_task(_supervised("janitor", self.janitor.run)))
-        elif not _janitor_hint_given:
-            _janitor_hint_given = True
-            log.warning(JANITOR_HINT)
+            await self.listener.connected.wait()
+
+    def stats(self) -> QueueStats:
+        listener = self.listener
+        return QueueStats(
+            started=True,
+            services=tuple(service.name for service in self._running),
+            claims=self.poller.claims,
+            claimed=self.poller.claimed,
+            running=len(self.poller.tasks),
+            results_written=self.results.written,
+            results_fenced_off=self.results.fenced_off,
+            results_refused=self.results.refused,
+            results_buffered=self.results.pending,
+            lost_runs=self.heartbeats.lost_total,
+            heartbeat_failures=self.heartbeats.outage.failures,
+            database_failures=self.health.failures,
+            listener_connected=listener is not None and listener.connected.is_set(),
+            listener_connections=0 if listener is None else listener.connections,
+            service_restarts=self.restarts,
+        )
 
     def interrupt(self) -> None:
         """Cancel every running job now (a second SIGTERM); their jobs go back to pending."""
@@ -162,16 +214,3 @@ async def _finish(tasks: Iterable[asyncio.Task[None] | None], until: float) -> N
         _, pending = await asyncio.wait(pending, timeout=CANCEL_GRACE)
     for task in pending:
         log.error("stopping: %s did not end when cancelled; left behind", task.get_name())
-
-
-async def _supervised(name: str, loop: Callable[[], Awaitable[None]]) -> None:
-    """Keep a background loop alive: log an unexpected error and start it again."""
-    while True:
-        try:
-            await loop()
-            return
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("%s crashed; restarting it in 1s", name)
-            await asyncio.sleep(1.0)
