@@ -288,7 +288,7 @@ def configure(queue: sq.SimpleQueue) -> None:
         if only and handler.QUEUE not in only.split(","):
             continue
         queue.register_handler(handler)
-        queue.set_backoff(handler.QUEUE, backoff)
+        queue.set_queue_backoff(handler.QUEUE, backoff)
     pool_timeout = os.environ.get("CHAOS_POOL_TIMEOUT")
     if pool_timeout:
         queue.pool.timeout = float(pool_timeout)

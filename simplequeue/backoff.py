@@ -10,6 +10,7 @@ from datetime import timedelta
 from typing import Protocol, runtime_checkable
 
 from simplequeue.errors import ConfigError
+from simplequeue.validation import as_seconds
 
 __all__ = [
     "MAX_DELAY",
@@ -18,7 +19,6 @@ __all__ = [
     "Exponential",
     "Fixed",
     "Linear",
-    "as_seconds",
     "clamp_delay",
 ]
 
@@ -38,35 +38,6 @@ class BackoffStrategy(Protocol):
     """Anything with `delay(attempt) -> timedelta` plugs in; `attempt` starts at 1."""
 
     def delay(self, attempt: int) -> timedelta: ...
-
-
-def as_seconds(
-    name: str,
-    value: float | timedelta,
-    *,
-    allow_zero: bool = True,
-    maximum: float | None = None,
-    error: type[Exception] = ConfigError,
-) -> float:
-    """Durations are accepted as seconds or timedelta: finite, not negative (nor zero if
-    asked), and at most `maximum` when given; `error` is raised otherwise."""
-    if isinstance(value, timedelta):
-        seconds = value.total_seconds()
-    elif isinstance(value, int | float) and not isinstance(value, bool):
-        try:
-            seconds = float(value)
-        except OverflowError:  # an int past the float range
-            seconds = float("inf")
-    else:
-        raise error(f"{name} must be seconds (a number) or a timedelta, got {value!r}")
-    if seconds != seconds or seconds in (float("inf"), float("-inf")):
-        raise error(f"{name} must be a finite duration, got {value!r}")
-    if seconds < 0 or (seconds == 0 and not allow_zero):
-        bound = "zero or more" if allow_zero else "more than zero"
-        raise error(f"{name} must be {bound} seconds, got {value!r}")
-    if maximum is not None and seconds > maximum:
-        raise error(f"{name} must be at most {maximum:g} seconds, got {value!r}")
-    return seconds
 
 
 @dataclass(frozen=True)

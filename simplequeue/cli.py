@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from simplequeue.config import QueueConfig
 from simplequeue.errors import ConfigError, SimpleQueueError
 from simplequeue.handler import Handler
 from simplequeue.migrate import setup
@@ -23,6 +24,15 @@ from simplequeue.queue import SimpleQueue
 __all__ = ["load_target", "main"]
 
 log = logging.getLogger("simplequeue.cli")
+
+SETTINGS_OPTIONS: dict[str, type] = {
+    "global_permits": int,
+    "queue_permits": int,
+    "heartbeat_interval": float,
+    "empty_poll_sleep": float,
+    "max_reprocess_count": int,
+}
+"""The QueueConfig settings `simplequeue worker` takes as options, defaults and all."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -53,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
             required=required and not os.environ.get("SIMPLEQUEUE_DSN"),
             help="PostgreSQL connection string (default: $SIMPLEQUEUE_DSN)",
         )
-        command.add_argument("--schema", default="simplequeue")
+        command.add_argument("--schema", default=QueueConfig.model_fields["schema_name"].default)
 
     migrate = commands.add_parser("migrate", help="create or upgrade the schema")
     dsn_options(migrate)
@@ -66,11 +76,14 @@ def _parser() -> argparse.ArgumentParser:
         "that receives the SimpleQueue to configure",
     )
     dsn_options(worker)
-    worker.add_argument("--global-permits", type=int, default=500)
-    worker.add_argument("--queue-permits", type=int, default=100)
-    worker.add_argument("--heartbeat-interval", type=float, default=5.0)
-    worker.add_argument("--empty-poll-sleep", type=float, default=1.0)
-    worker.add_argument("--max-reprocess-count", type=int, default=100)
+    for setting, kind in SETTINGS_OPTIONS.items():
+        default = QueueConfig.model_fields[setting].default
+        worker.add_argument(
+            "--" + setting.replace("_", "-"),
+            type=kind,
+            default=default,
+            help=f"(default: {default})",
+        )
     worker.add_argument("--no-notify", action="store_true", help="poll only (PgBouncer)")
     worker.add_argument("--no-migrate", action="store_true", help="do not apply migrations")
     worker.add_argument("--shutdown-timeout", type=float, default=30.0)
@@ -141,15 +154,8 @@ def load_target(target: str) -> Callable[[SimpleQueue], None]:
 
 def _worker(args: argparse.Namespace) -> int:
     configure = load_target(args.target)
-    settings = {
-        "schema": args.schema,
-        "global_permits": args.global_permits,
-        "queue_permits": args.queue_permits,
-        "heartbeat_interval": args.heartbeat_interval,
-        "empty_poll_sleep": args.empty_poll_sleep,
-        "max_reprocess_count": args.max_reprocess_count,
-        "use_notify": not args.no_notify,
-    }
+    settings: dict[str, Any] = {"schema": args.schema, "use_notify": not args.no_notify}
+    settings.update({setting: getattr(args, setting) for setting in SETTINGS_OPTIONS})
     asyncio.run(_run_worker(args.dsn, settings, configure, args.shutdown_timeout, args.no_migrate))
     _exit_past_sync_handlers()
     return 0

@@ -15,8 +15,9 @@ from pydantic import (
     field_validator,
 )
 
-from simplequeue.backoff import BackoffStrategy, Linear, as_seconds, check_backoff
+from simplequeue.backoff import BackoffStrategy, Linear, check_backoff
 from simplequeue.errors import ConfigError
+from simplequeue.validation import as_seconds
 
 __all__ = [
     "MAX_SCHEMA_NAME",
@@ -99,7 +100,6 @@ class QueueConfig(BaseModel):
     janitor_schedule: str | None = Field(None, description="cron expression; overrides interval")
     janitor_batch_size: int = Field(1000, ge=1)
     archive_retention: Seconds = Field(7 * 86400.0, gt=0)
-    hold_queue_permit: Seconds = Field(0.5, ge=0)
     reaper_interval: Seconds | None = Field(None, gt=0, description="default: heartbeat_interval")
     use_notify: bool = Field(True, description="wake on LISTEN/NOTIFY; off behind PgBouncer")
     result_batch_size: int = Field(200, ge=1)
@@ -108,21 +108,16 @@ class QueueConfig(BaseModel):
     pool_min_size: int = Field(2, ge=1, description="for from_url(): the pool it owns")
     pool_max_size: int = Field(10, ge=1)
 
+    # ConfigError is a ValueError: pydantic collects it with the other problems.
     @field_validator("schema_name")
     @classmethod
     def _schema(cls, value: str) -> str:
-        try:
-            return validate_schema_name(value)
-        except ConfigError as exc:
-            raise ValueError(str(exc)) from None
+        return validate_schema_name(value)
 
     @field_validator("backoff")
     @classmethod
     def _backoff(cls, value: Any) -> BackoffStrategy:
-        try:
-            return check_backoff("backoff", value)
-        except ConfigError as exc:
-            raise ValueError(str(exc)) from None
+        return check_backoff("backoff", value)
 
     @field_validator("janitor_schedule")
     @classmethod

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel
 
-from simplequeue.errors import ConfigError, InvalidJobError
-from simplequeue.job import check_key
+from simplequeue.errors import ConfigError
+from simplequeue.validation import as_timeout, check_key
 
 if TYPE_CHECKING:
     from simplequeue.job import Job
@@ -50,10 +50,7 @@ class Handler:
             raise ConfigError(f"handlers must subclass simplequeue.Handler, got {handler!r}")
         name = type(handler).__name__
         queue_name = getattr(handler, "QUEUE", None)
-        try:
-            check_key(f"{name}.QUEUE", queue_name, required=True)
-        except InvalidJobError as exc:
-            raise ConfigError(str(exc)) from None
+        check_key(f"{name}.QUEUE", queue_name, required=True, error=ConfigError)
         if type(handler).process is Handler.process:
             raise ConfigError(f"{name} does not implement process()")
         payload = handler.Payload
@@ -61,11 +58,7 @@ class Handler:
             isinstance(payload, type) and issubclass(payload, BaseModel)
         ):
             raise ConfigError(f"{name}.Payload must be a pydantic model class, got {payload!r}")
-        timeout = handler.timeout
-        if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0
-        ):
-            raise ConfigError(
-                f"{name}.timeout must be a positive number of seconds, got {timeout!r}"
-            )
+        if handler.timeout is not None:  # seconds from here on, a timedelta included
+            seconds = as_timeout(f"{name}.timeout", handler.timeout, error=ConfigError)
+            setattr(handler, "timeout", seconds)  # noqa: B010 (a ClassVar, set per instance)
         return handler

@@ -1,61 +1,23 @@
-"""Job (what is inserted and read back), JobStatus, and JobResult (what a handler returns)."""
+"""The model: Job (what is inserted and read back), JobStatus, and JobResult (what a
+handler returns). The JSON codec is `codec.py`; the checks of its fields, `validation.py`."""
 
 from __future__ import annotations
 
-import decimal
 import enum
-import json
 import os
-import re
-import sys
 import threading
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
+from simplequeue.codec import decode_data, encode_data
 from simplequeue.columns import READ
-from simplequeue.errors import InvalidJobError
+from simplequeue.validation import INT32_MAX, as_timeout, check_int, check_key, check_time
 
-__all__ = ["Job", "JobResult", "JobStatus", "ResultKind", "new_job_id"]
-
-INT32_MAX = 2**31 - 1
-MAX_KEY_LENGTH = 1024
-"""Longest queue name, unique key or fingerprint, in UTF-8 bytes: they are indexed, and a
-btree entry must fit in a third of a page (2704 bytes)."""
-
-MAX_DATA_DEPTH = 256
-"""Deepest nesting of arrays and objects in job data: far enough below Python's recursion
-limit that any process can decode the payload again, whatever its own stack depth."""
-
-JSONB_MAX_BYTES = 2**28 - 1
-"""PostgreSQL's limit on one jsonb value (and on any string in it): 256 MiB."""
-
-NUMERIC_MAX_DIGITS = 131072
-"""The most digits PostgreSQL's numeric (what jsonb stores numbers as) takes before the point."""
-
-_JSONB_ENTRY_BYTES = 16
-"""Upper bound of jsonb's own bytes per value, key and container (entry, header, padding)."""
-
-EARLIEST_TIME = datetime(1, 1, 2, tzinfo=UTC)
-LATEST_TIME = datetime(9999, 12, 30, tzinfo=UTC)
-"""Times PostgreSQL stores and Python reads back in any session time zone (a day of margin
-at either end of Python's years 1 to 9999)."""
-
-_MAX_UTC_OFFSET = timedelta(hours=15, minutes=59, seconds=59)
-
-# A JSON-escaped NUL that is not itself an escaped backslash followed by "u0000".
-_ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
-# A JSON string token; alternatives after it match only outside strings.
-_JSON_STRING = r'"[^"\\]*(?:\\.[^"\\]*)*"'
-_EXPONENT_HINT = re.compile(r"\de\+")
-_EXPONENT_FLOAT = re.compile(_JSON_STRING + r"|(-?\d+(?:\.\d+)?e\+\d+)", re.DOTALL)
-_LONG_INT = re.compile(_JSON_STRING + rf"|(\d{{{NUMERIC_MAX_DIGITS + 1},}})", re.DOTALL)
-_STRINGS = re.compile(_JSON_STRING, re.DOTALL)
-_NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
-_ARRAYS = (list, tuple)
+__all__ = ["DEAD_STATUSES", "Job", "JobResult", "JobStatus", "ResultKind", "new_job_id"]
 
 
 class JobStatus(enum.StrEnum):
@@ -137,190 +99,6 @@ def new_job_id() -> uuid.UUID:
     return _ID_CLOCK.next()
 
 
-_ENCODER = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":"))
-"""Built once: json.dumps with non-default options builds a new encoder at every call."""
-
-
-def encode_data(data: Any) -> str:
-    """The job's data as JSON text, or InvalidJobError when it could not be stored in jsonb
-    and read back equal: every check runs before anything is written.
-
-    Refused: what JSON cannot express (NaN, infinities, sets, objects, lone surrogates,
-    circular references), NUL characters, non-string object keys (JSON would turn them into
-    strings), nesting deeper than MAX_DATA_DEPTH, integers longer than numeric allows, and
-    documents over jsonb's 256 MiB. Floats of 1e16 and above are written out in full with a
-    ".0", because jsonb would print "1e+16" back as the integer 10000000000000000.
-    """
-    if hasattr(data, "model_dump") and callable(data.model_dump):
-        # JSON-compatible Python values, then our own checks: pydantic's JSON would write
-        # NaN as null, and the payload would not read back as it was given.
-        try:
-            data = data.model_dump(mode="json")
-        except ValueError as exc:  # pydantic's serialization errors are ValueErrors
-            raise InvalidJobError(f"job data (a pydantic model) cannot be serialised: {exc}") from (
-                exc
-            )
-    try:
-        text = _ENCODER.encode(data)
-        # ASCII text holds no lone surrogate and is its own size; the rest is encoded to check.
-        size = len(text) if text.isascii() else len(text.encode("utf-8"))
-    except UnicodeEncodeError as exc:
-        raise InvalidJobError(
-            "job data must be JSON-serialisable as UTF-8: it contains the lone surrogate "
-            f"{exc.object[exc.start : exc.end]!r}, which is not a unicode character"
-        ) from exc
-    except (TypeError, ValueError) as exc:
-        hint = " (NaN and infinities have no JSON form)" if "float" in str(exc) else ""
-        raise InvalidJobError(f"job data must be JSON-serialisable: {exc}{hint}") from exc
-    except RecursionError as exc:
-        raise InvalidJobError(_too_deep()) from exc
-    if "\\u0000" in text and _ESCAPED_NUL.search(text):
-        raise InvalidJobError(
-            "job data contains a NUL character (\\u0000), which jsonb cannot store"
-        )
-    if size * (_JSONB_ENTRY_BYTES + 1) > JSONB_MAX_BYTES:
-        entries = 1 + sum(text.count(char) for char in ",:[{")
-        if size + entries * _JSONB_ENTRY_BYTES > JSONB_MAX_BYTES:
-            raise InvalidJobError(
-                f"job data is too large for jsonb: {size} bytes of JSON holding up to "
-                f"{entries} values would exceed PostgreSQL's 256 MiB jsonb limit. Store "
-                "large blobs elsewhere and pass a reference."
-            )
-    if text.count("[") + text.count("{") > MAX_DATA_DEPTH and _nesting(text) > MAX_DATA_DEPTH:
-        raise InvalidJobError(_too_deep())
-    _check_keys(data)
-    digits = sys.get_int_max_str_digits()
-    if (digits == 0 or digits > NUMERIC_MAX_DIGITS) and any(
-        match.group(1) for match in _LONG_INT.finditer(text)
-    ):
-        raise InvalidJobError(
-            f"job data holds an integer of more than {NUMERIC_MAX_DIGITS} digits, which "
-            "PostgreSQL's numeric cannot store; pass it as a string"
-        )
-    if "e+" in text and _EXPONENT_HINT.search(text):
-        text = _EXPONENT_FLOAT.sub(_positional, text)
-    return text
-
-
-def _too_deep() -> str:
-    return (
-        f"job data is nested more than {MAX_DATA_DEPTH} levels deep (arrays and objects); "
-        "flatten it"
-    )
-
-
-def _nesting(text: str) -> int:
-    """How deeply the arrays and objects of JSON text nest (brackets inside strings aside)."""
-    depth = deepest = 0
-    for char in _NOT_BRACKETS.sub("", _STRINGS.sub("", text)):
-        if char in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        else:
-            depth -= 1
-    return deepest
-
-
-def _check_keys(data: Any) -> None:
-    """Refuse object keys that JSON would turn into strings: they would not be read back.
-    (Tuples become lists, which read back equal enough to index the same way.)"""
-    stack = [data]
-    while stack:
-        value = stack.pop()
-        if type(value) is dict or isinstance(value, dict):
-            for key in value:
-                if type(key) is not str and not isinstance(key, str):
-                    raise InvalidJobError(
-                        f"job data has the {type(key).__name__} object key {key!r}: JSON "
-                        "object keys are strings, so it would be read back as a different "
-                        "key; convert the keys to strings first"
-                    )
-            stack.extend(value.values())
-        elif type(value) is list or isinstance(value, _ARRAYS):
-            stack.extend(value)
-
-
-def _positional(match: re.Match[str]) -> str:
-    """A float written with a positive exponent, in full and with a fraction, so that jsonb
-    prints it back as a float (strings, matched first, stay as they are)."""
-    number = match.group(1)
-    if number is None:
-        return match.group(0)
-    text = format(decimal.Decimal(number), "f")
-    return text if "." in text else text + ".0"
-
-
-def check_key(name: str, value: Any, *, required: bool) -> None:
-    """A queue name, unique key or fingerprint as PostgreSQL text and its index can hold."""
-    if value is None and not required:
-        return
-    if not isinstance(value, str) or not value:
-        raise InvalidJobError(f"{name} must be a non-empty string, got {value!r}")
-    if len(value) > MAX_KEY_LENGTH:
-        raise InvalidJobError(
-            f"{name} is {len(value)} characters long; the limit is {MAX_KEY_LENGTH} bytes"
-        )
-    if "\x00" in value:
-        raise InvalidJobError(
-            f"{name} contains a NUL character, which PostgreSQL text cannot store"
-        )
-    try:
-        size = len(value.encode("utf-8"))
-    except UnicodeEncodeError as exc:
-        raise InvalidJobError(f"{name} is not valid unicode: {exc}") from exc
-    if size > MAX_KEY_LENGTH:
-        raise InvalidJobError(
-            f"{name} is {size} bytes long in UTF-8; the limit is {MAX_KEY_LENGTH} bytes "
-            "(it is indexed, and index entries must stay small)"
-        )
-
-
-def _check_int(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= INT32_MAX:
-        raise InvalidJobError(
-            f"{name} must be an integer between {low} and {INT32_MAX}, got {value!r}"
-        )
-
-
-MAX_TIMEOUT = 366 * 86400.0
-"""A year: longer than any attempt should run, short enough to be a plain float of seconds."""
-
-
-def _check_timeout(value: Any) -> float:
-    if isinstance(value, timedelta):
-        value = value.total_seconds()
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidJobError(f"timeout must be seconds or a timedelta, got {value!r}")
-    if not 0 < value <= MAX_TIMEOUT:  # NaN fails this too
-        raise InvalidJobError(
-            f"timeout must be more than 0 and at most {MAX_TIMEOUT:g} seconds, got {value!r}"
-        )
-    return float(value)
-
-
-def require_aware(name: str, value: datetime) -> datetime:
-    """Naive datetimes are ambiguous across hosts; refuse them instead of guessing a zone."""
-    if not isinstance(value, datetime):
-        raise InvalidJobError(f"{name} must be a datetime, got {type(value).__name__}")
-    offset = value.utcoffset()
-    if value.tzinfo is None or offset is None:
-        raise InvalidJobError(
-            f"{name} is a naive datetime; pass a timezone-aware one, e.g. datetime.now(UTC)"
-        )
-    if offset % timedelta(seconds=1) or abs(offset) > _MAX_UTC_OFFSET:
-        raise InvalidJobError(
-            f"{name} has the UTC offset {offset}, which PostgreSQL does not accept (whole "
-            f"seconds up to ±15:59:59); convert it first, e.g. {name}.astimezone(UTC)"
-        )
-    if not EARLIEST_TIME <= value <= LATEST_TIME:
-        raise InvalidJobError(
-            f"{name} {value.isoformat()} is out of range: use a time between "
-            f"{EARLIEST_TIME:%Y-%m-%d} and {LATEST_TIME:%Y-%m-%d} UTC, which PostgreSQL stores "
-            "and Python reads back in any time zone"
-        )
-    return value
-
-
 class Job:
     """A unit of work: built by the application to insert, and read back with its state.
 
@@ -371,7 +149,7 @@ class Job:
         self.max_attempts = max_attempts
         self.priority = priority
         self.run_at = run_at
-        self.timeout: float | None = None if timeout is None else _check_timeout(timeout)
+        self.timeout: float | None = None if timeout is None else as_timeout("timeout", timeout)
         self._check()
         self._encoded: str | None = encode_data(data)
         self._encoded_of: Any = data
@@ -401,12 +179,12 @@ class Job:
         check_key("queue", self.queue, required=True)
         check_key("unique_key", self.unique_key, required=False)
         check_key("fingerprint", self.fingerprint, required=False)
-        _check_int("max_attempts", self.max_attempts, 1)
-        _check_int("priority", self.priority, -INT32_MAX)
+        check_int("max_attempts", self.max_attempts, 1)
+        check_int("priority", self.priority, -INT32_MAX)
         if self.run_at is not None:
-            require_aware("run_at", self.run_at)
+            check_time("run_at", self.run_at)
         if self.timeout is not None:
-            _check_timeout(self.timeout)
+            as_timeout("timeout", self.timeout)
 
     def _begin_insert(self) -> bool:
         """Ready the job for an insert; True when an insert of it was sent before and may
@@ -450,10 +228,7 @@ class Job:
         """Decode data claimed as JSON text; InvalidJobError if Python cannot read it."""
         if self._encoded is None or self.data is not None:
             return
-        try:
-            self.data = self.payload = self._encoded_of = json.loads(self._encoded)
-        except (ValueError, RecursionError) as exc:
-            raise InvalidJobError(f"stored payload cannot be decoded: {exc}") from None
+        self.data = self.payload = self._encoded_of = decode_data(self._encoded)
 
     def __repr__(self) -> str:
         return (
@@ -494,12 +269,12 @@ class JobResult:
     @classmethod
     def retry_at(cls, when: datetime, error: str | None = None) -> JobResult:
         """Retry at `when` (never sooner than the backoff allows); consumes the attempt."""
-        return cls(ResultKind.RETRY_AT, error, require_aware("retry_at", when))
+        return cls(ResultKind.RETRY_AT, error, check_time("retry_at", when))
 
     @classmethod
     def reschedule_at(cls, when: datetime) -> JobResult:
         """Run again at `when` without consuming the attempt; counts as a reprocess."""
-        return cls(ResultKind.RESCHEDULE_AT, None, require_aware("reschedule_at", when))
+        return cls(ResultKind.RESCHEDULE_AT, None, check_time("reschedule_at", when))
 
     @classmethod
     def cancel(cls) -> JobResult:

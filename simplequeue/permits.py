@@ -10,8 +10,8 @@ import asyncio
 from datetime import timedelta
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from simplequeue.backoff import as_seconds
 from simplequeue.errors import ConfigError
+from simplequeue.validation import as_seconds
 
 if TYPE_CHECKING:
     from simplequeue.job import Job

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+import warnings
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from types import TracebackType
@@ -14,7 +15,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from simplequeue.backoff import BackoffStrategy, as_seconds
+from simplequeue.backoff import BackoffStrategy
 from simplequeue.config import QueueConfig
 from simplequeue.connections import borrow, defaults_for
 from simplequeue.errors import (
@@ -24,7 +25,7 @@ from simplequeue.errors import (
     QueueStateError,
 )
 from simplequeue.handler import Handler
-from simplequeue.job import Job, JobStatus, check_key, require_aware
+from simplequeue.job import Job, JobStatus
 from simplequeue.maintenance.janitor import Janitor, JanitorReport
 from simplequeue.maintenance.reaper import Reaper, ReapReport
 from simplequeue.permits import JobStrategy
@@ -32,6 +33,7 @@ from simplequeue.registry import QueueRegistry
 from simplequeue.runtime.runtime import Runtime
 from simplequeue.stats import QueueStats
 from simplequeue.store import Store, conn_commits_each_statement
+from simplequeue.validation import as_seconds, check_key, check_time
 
 __all__ = ["SimpleQueue"]
 
@@ -137,8 +139,14 @@ class SimpleQueue:
     def set_queue_permits(self, queue: str, n: int) -> None:
         self._registry.set_permits(queue, n)
 
-    def set_backoff(self, queue: str, strategy: BackoffStrategy) -> None:
+    def set_queue_backoff(self, queue: str, strategy: BackoffStrategy) -> None:
+        """The wait after a failed attempt of a job of `queue` (default: `backoff`)."""
         self._registry.set_backoff(queue, strategy)
+
+    def set_backoff(self, queue: str, strategy: BackoffStrategy) -> None:
+        """Deprecated name of `set_queue_backoff`."""
+        warnings.warn("set_backoff() is now set_queue_backoff()", DeprecationWarning, stacklevel=2)
+        self.set_queue_backoff(queue, strategy)
 
     def set_queue_strategy(self, queue: str, strategy: JobStrategy) -> None:
         self._registry.set_strategy(queue, strategy)
@@ -293,21 +301,21 @@ class SimpleQueue:
         async with borrow(self._pool) as conn:
             return await self._store.cancel(conn, "id", job_id) == 1
 
-    async def cancel_job_by_unique_key(self, unique_key: str) -> int:
-        """Cancel the live job holding `unique_key` (0 or 1)."""
-        check_key("unique_key", unique_key, required=True)
+    async def cancel_job_by_unique_key(self, unique_key: str) -> bool:
+        """Cancel the live job holding `unique_key`; False if none does."""
+        check_key("unique_key", unique_key, required=True, error=InvalidArgumentError)
         async with borrow(self._pool) as conn:
-            return await self._store.cancel(conn, "unique_key", unique_key)
+            return await self._store.cancel(conn, "unique_key", unique_key) == 1
 
     async def cancel_jobs_by_fingerprint(self, fingerprint: str) -> int:
         """Cancel every pending or running job with this fingerprint; returns how many."""
-        check_key("fingerprint", fingerprint, required=True)
+        check_key("fingerprint", fingerprint, required=True, error=InvalidArgumentError)
         async with borrow(self._pool) as conn:
             return await self._store.cancel(conn, "fingerprint", fingerprint)
 
     async def reschedule_job(self, job_id: uuid.UUID, run_at: datetime) -> bool:
         """Move a pending job's due time; False if it is not pending."""
-        require_aware("run_at", run_at)
+        check_time("run_at", run_at, error=InvalidArgumentError)
         job_id = _as_uuid(job_id)
         async with borrow(self._pool) as conn:
             return await self._store.reschedule(conn, job_id, run_at)
@@ -338,7 +346,7 @@ class SimpleQueue:
 
     async def list_dlq(self, queue: str | None = None, limit: int = 50) -> list[Job]:
         """Dead jobs, newest first: in the DLQ table or not yet moved there by the janitor."""
-        check_key("queue", queue, required=False)
+        check_key("queue", queue, required=False, error=InvalidArgumentError)
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIST:
             raise InvalidArgumentError(
                 f"limit must be an integer from 1 to {MAX_LIST}, got {limit!r}"
@@ -364,7 +372,7 @@ class SimpleQueue:
 
 def _seconds(name: str, value: object) -> float:
     """A finite, non-negative number of seconds, or InvalidArgumentError before anything runs."""
-    return as_seconds(name, value, error=InvalidArgumentError)  # type: ignore[arg-type]
+    return as_seconds(name, value, error=InvalidArgumentError)
 
 
 def _check_connection(conn: object) -> None:
@@ -391,4 +399,4 @@ def _as_uuid(value: uuid.UUID | str) -> uuid.UUID:
     try:
         return uuid.UUID(str(value))
     except ValueError:
-        raise InvalidJobError(f"not a job id: {value!r}") from None
+        raise InvalidArgumentError(f"not a job id: {value!r}") from None

@@ -8,17 +8,14 @@ from simplequeue.backoff import BackoffStrategy, check_backoff
 from simplequeue.config import QueueConfig
 from simplequeue.errors import ConfigError
 from simplequeue.handler import Handler
-from simplequeue.job import check_key
 from simplequeue.permits import Immediate, JobStrategy, PermitCounter
+from simplequeue.validation import check_key
 
 __all__ = ["QueueRegistry"]
 
 
 def _check_queue_name(name: str) -> str:
-    try:
-        check_key("queue name", name, required=True)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    check_key("queue name", name, required=True, error=ConfigError)
     return name
 
 

@@ -24,7 +24,8 @@ from psycopg.rows import TupleRow, tuple_row
 from simplequeue import columns
 from simplequeue.config import notify_channel
 from simplequeue.errors import JobNotFoundError
-from simplequeue.job import DEAD_STATUSES, LATEST_TIME, Job
+from simplequeue.job import DEAD_STATUSES, Job
+from simplequeue.validation import LATEST_TIME
 
 __all__ = ["Outcome", "Store"]
 

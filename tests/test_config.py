@@ -50,7 +50,7 @@ def test_defaults_follow_the_seed() -> None:
     assert config.heartbeat_interval == 5.0 and config.stall_after == 12.5
     assert config.backoff == sq.Linear(5.0)
     assert (config.empty_poll_sleep, config.max_reprocess_count) == (1.0, 100)
-    assert (config.janitor_interval, config.hold_queue_permit) == (60.0, 0.5)
+    assert config.janitor_interval == 60.0
     assert config.schema_name == "simplequeue"
     assert sq.QueueConfig.build(heartbeat_interval=timedelta(seconds=2)).heartbeat_interval == 2.0
 
@@ -166,7 +166,7 @@ def test_bad_handlers_and_queue_settings_are_refused() -> None:
     with pytest.raises(sq.ConfigError):
         queue.set_queue_permits("x", 0)
     with pytest.raises(sq.ConfigError):
-        queue.set_backoff("x", "exponential")  # type: ignore[arg-type]
+        queue.set_queue_backoff("x", "exponential")  # type: ignore[arg-type]
     with pytest.raises(sq.ConfigError):
         queue.set_queue_strategy("x", object())  # type: ignore[arg-type]
     with pytest.raises(sq.ConfigError):

@@ -30,8 +30,8 @@ async def test_cancel_by_unique_key_and_fingerprint(queue: sq.SimpleQueue, dsn: 
             sq.Job("q", {}, unique_key="k3", fingerprint="user:2"),
         ]
     )
-    assert await queue.cancel_job_by_unique_key("k3") == 1
-    assert await queue.cancel_job_by_unique_key("k3") == 0
+    assert await queue.cancel_job_by_unique_key("k3") is True
+    assert await queue.cancel_job_by_unique_key("k3") is False
     assert await queue.cancel_jobs_by_fingerprint("user:1") == 2
     assert await queue.cancel_jobs_by_fingerprint("nobody") == 0
     assert count(dsn, "status = 'cancelled'") == 3
@@ -44,7 +44,7 @@ async def test_reschedule_a_pending_job(queue: sq.SimpleQueue, dsn: str) -> None
     assert await queue.reschedule_job(job_id, later) is True
     job = await queue.get_job(job_id)
     assert job is not None and job.run_at == later
-    with pytest.raises(sq.InvalidJobError, match="naive"):
+    with pytest.raises(sq.InvalidArgumentError, match="naive"):
         await queue.reschedule_job(job_id, datetime(2031, 1, 1))
     await queue.cancel_job(job_id)
     assert await queue.reschedule_job(job_id, later) is False  # only pending jobs
@@ -157,8 +157,9 @@ async def test_wait_for_unknown_job_and_timeout(queue: sq.SimpleQueue) -> None:
     assert job_id is not None
     with pytest.raises(TimeoutError, match="still pending"):
         await queue.wait_for_job(job_id, timeout=0.3)
-    with pytest.raises(sq.InvalidJobError, match="not a job id"):
+    with pytest.raises(sq.InvalidArgumentError, match="not a job id") as refused:
         await queue.get_job("nope")  # type: ignore[arg-type]
+    assert not isinstance(refused.value, sq.InvalidJobError)  # an argument, not a job
 
 
 async def test_only_queues_with_handlers_are_claimed(queue: sq.SimpleQueue, dsn: str) -> None:
@@ -197,6 +198,7 @@ async def test_bad_arguments_to_operations_are_refused_and_change_nothing(
     queue: sq.SimpleQueue, dsn: str, call: Any, message: str
 ) -> None:
     job_id = await queue.insert_job(sq.Job("q", {}, unique_key="k", fingerprint="f"))
-    with pytest.raises(sq.SimpleQueueError, match=message):
+    with pytest.raises(sq.InvalidArgumentError, match=message) as refused:
         await call(queue)
+    assert not isinstance(refused.value, sq.InvalidJobError)  # an argument, not a job
     assert count(dsn, "id = %s AND status = 'pending'", [job_id]) == 1

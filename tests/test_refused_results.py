@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 import simplequeue as sq
-from simplequeue.job import LATEST_TIME
+from simplequeue.validation import LATEST_TIME
 from tests.conftest import FAST, eventually, query
 
 

@@ -92,7 +92,7 @@ async def test_failed_retries_after_backoff_then_fails(queue: sq.SimpleQueue, ds
 
 
 async def test_failed_waits_for_the_queue_backoff(queue: sq.SimpleQueue, dsn: str) -> None:
-    queue.set_backoff("scripted", sq.Fixed(timedelta(minutes=10)))
+    queue.set_queue_backoff("scripted", sq.Fixed(timedelta(minutes=10)))
     job = await run_one(queue, Scripted(), {"do": "failed"})
     stored = row(dsn, job.id)
     assert stored["status"] == "pending" and stored["attempt"] == 1
@@ -114,7 +114,7 @@ async def test_retry_at_consumes_the_attempt(queue: sq.SimpleQueue, dsn: str) ->
 
 
 async def test_retry_at_is_never_sooner_than_the_backoff(queue: sq.SimpleQueue, dsn: str) -> None:
-    queue.set_backoff("scripted", sq.Fixed(timedelta(hours=2)))
+    queue.set_queue_backoff("scripted", sq.Fixed(timedelta(hours=2)))
     job = await run_one(queue, Scripted(), {"do": "retry_at"})
     stored = row(dsn, job.id)
     assert stored["run_at"] - stored["now"] > timedelta(hours=1, minutes=59)
@@ -257,7 +257,7 @@ async def test_a_backoff_that_raises_still_ends_the_attempt(
     def broken(attempt: int) -> float:
         raise RuntimeError("no delay today")
 
-    queue.set_backoff("scripted", sq.Custom(broken))
+    queue.set_queue_backoff("scripted", sq.Custom(broken))
     job = await run_one(queue, Scripted(), {"do": "raise"}, max_attempts=2)
     assert job.status is sq.JobStatus.PENDING
     assert job.attempt == 1
