@@ -29,6 +29,7 @@ from simplequeue.permits import (
 )
 from simplequeue.queue import SimpleQueue
 from simplequeue.stats import QueueStats
+from simplequeue.stopping import StopReason, StopSignal
 
 __version__ = "0.1.0"
 
@@ -61,6 +62,8 @@ __all__ = [
     "RetryJob",
     "SimpleQueue",
     "SimpleQueueError",
+    "StopReason",
+    "StopSignal",
     "StrategyDecision",
     "TryAfter",
     "setup",

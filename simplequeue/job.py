@@ -15,7 +15,16 @@ from typing import Any
 
 from simplequeue.codec import decode_data, encode_data
 from simplequeue.columns import READ
-from simplequeue.validation import INT32_MAX, as_timeout, check_int, check_key, check_time
+from simplequeue.errors import InvalidJobError
+from simplequeue.stopping import StopSignal
+from simplequeue.validation import (
+    INT32_MAX,
+    as_seconds,
+    as_timeout,
+    check_int,
+    check_key,
+    check_time,
+)
 
 __all__ = ["DEAD_STATUSES", "Job", "JobResult", "JobStatus", "ResultKind", "new_job_id"]
 
@@ -104,6 +113,8 @@ class Job:
 
     `data` is any JSON value. When the queue's handler declares a `Payload` model,
     `payload` holds the validated model while the handler runs; otherwise it is `data`.
+    While it runs, `stopping` tells the handler when the job is no longer its to finish
+    (cancelled or taken over, the worker stopping, or its timeout passed).
     """
 
     __slots__ = (
@@ -126,6 +137,7 @@ class Job:
         "reprocess_count",
         "run_at",
         "status",
+        "stopping",
         "timeout",
         "unique_key",
         "updated_at",
@@ -166,6 +178,7 @@ class Job:
         self.updated_at: datetime | None = None
         self.completed_at: datetime | None = None
         self.last_error: str | None = None
+        self.stopping = StopSignal()
 
     @property
     def id(self) -> uuid.UUID:
@@ -219,6 +232,7 @@ class Job:
             setattr(job, attribute, value)
         job.status = JobStatus(job.status)
         job._sent = job._stored = True
+        job.stopping = StopSignal()
         data = job.data
         job._encoded = data if encoded else None
         job.data = job.payload = job._encoded_of = None if encoded else data
@@ -238,12 +252,14 @@ class Job:
 
 
 class ResultKind(enum.Enum):
-    """What a handler decided; the result writer turns each into one fenced transition."""
+    """A verdict on one attempt, a handler's or a strategy's: the result writer turns each
+    into one fenced transition (the table in docs/concepts.md, "Verdicts")."""
 
     SUCCESS = "success"
     FAILED = "failed"
     RETRY_AT = "retry_at"
     RESCHEDULE_AT = "reschedule_at"
+    SNOOZE = "snooze"
     CANCEL = "cancel"
     CRITICAL = "critical"
     UNPROCESSABLE = "unprocessable"
@@ -251,11 +267,14 @@ class ResultKind(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class JobResult:
-    """A handler's verdict on one attempt. Returning None from a handler means success."""
+    """A verdict on one attempt: what a handler returns (None means success), and what
+    a strategy's decision carries."""
 
     kind: ResultKind
     error: str | None = None
     at: datetime | None = None
+    seconds: float = 0.0
+    """How long a snooze lasts."""
 
     @classmethod
     def success(cls) -> JobResult:
@@ -277,8 +296,18 @@ class JobResult:
         return cls(ResultKind.RESCHEDULE_AT, None, check_time("reschedule_at", when))
 
     @classmethod
-    def cancel(cls) -> JobResult:
-        return cls(ResultKind.CANCEL)
+    def snooze(cls, delay: float | timedelta) -> JobResult:
+        """Run again after `delay` (seconds or a timedelta) as if this attempt had not
+        happened: no attempt spent, no reprocess counted. For "not now" (a rate limit, a
+        resource busy), not for failures: a job snoozed forever never ends."""
+        return cls(
+            ResultKind.SNOOZE, seconds=as_seconds("snooze delay", delay, error=InvalidJobError)
+        )
+
+    @classmethod
+    def cancel(cls, error: str | None = None) -> JobResult:
+        """End as cancelled: no retry, to the DLQ."""
+        return cls(ResultKind.CANCEL, error)
 
     @classmethod
     def critical(cls, error: str | None = None) -> JobResult:

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from simplequeue.errors import ConfigError
+from simplequeue.job import Job, JobResult
 from simplequeue.validation import as_seconds
-
-if TYPE_CHECKING:
-    from simplequeue.job import Job
 
 __all__ = [
     "CancelJob",
@@ -55,31 +53,44 @@ class Permit(Protocol):
 
 
 class StrategyDecision(Exception):
-    """Raised by `JobStrategy.acquire` to turn a job away instead of running it now."""
+    """Raised by `JobStrategy.acquire` to turn a job away instead of running it now, with
+    a verdict from the handlers' vocabulary: `raise StrategyDecision(JobResult.snooze(5))`.
+    The subclasses below name the common ones."""
+
+    def __init__(self, result: JobResult) -> None:
+        super().__init__(result.error or result.kind.value)
+        self.result = result
 
 
 class CancelJob(StrategyDecision):
     """End the job as cancelled without running it."""
+
+    def __init__(self, error: str = "cancelled by strategy") -> None:
+        super().__init__(JobResult.cancel(error))
 
 
 class RetryJob(StrategyDecision):
     """Count a failed attempt and retry after the queue's backoff."""
 
     def __init__(self, error: str = "turned away by the queue's strategy") -> None:
-        super().__init__(error)
+        super().__init__(JobResult.failed(error))
         self.error = error
 
 
 class MarkCompleted(StrategyDecision):
     """End the job as completed without running it (e.g. the work was already done)."""
 
+    def __init__(self) -> None:
+        super().__init__(JobResult.success())
+
 
 class TryAfter(StrategyDecision):
-    """Put the job back and try again after `delay`, without consuming an attempt."""
+    """Snooze: try again after `delay`, without spending an attempt or counting a
+    reprocess (`JobResult.snooze`)."""
 
     def __init__(self, delay: float | timedelta) -> None:
         self.seconds = as_seconds("TryAfter.delay", delay)
-        super().__init__(f"try again after {self.seconds:g}s")
+        super().__init__(JobResult.snooze(self.seconds))
 
 
 @runtime_checkable

@@ -17,7 +17,7 @@ from simplequeue.backoff import Fixed
 from simplequeue.errors import InvalidJobError
 from simplequeue.handler import Handler
 from simplequeue.job import Job, JobResult, JobStatus
-from simplequeue.permits import CancelJob, MarkCompleted, Permit, RetryJob, TryAfter
+from simplequeue.permits import Permit, StrategyDecision
 from simplequeue.registry import QueueRegistry
 from simplequeue.runtime.heartbeat import Heartbeater
 from simplequeue.runtime.outcomes import (
@@ -26,9 +26,9 @@ from simplequeue.runtime.outcomes import (
     outcome_for_failure,
     outcome_for_result,
     outcome_for_shutdown,
-    outcome_for_try_after,
 )
 from simplequeue.runtime.results import ResultWriter
+from simplequeue.stopping import StopReason
 from simplequeue.store import Outcome
 
 __all__ = ["Executor", "Leftover"]
@@ -113,15 +113,8 @@ class Executor:
         asked = time.monotonic()
         try:
             permit = await strategy.acquire(job)
-        except CancelJob:
-            outcome = Outcome(job.id, job.lease, JobStatus.CANCELLED, error="cancelled by strategy")
-            return outcome, None
-        except MarkCompleted:
-            return Outcome(job.id, job.lease, JobStatus.COMPLETED), None
-        except TryAfter as wait:
-            return outcome_for_try_after(job, wait.seconds), None
-        except RetryJob as retry:
-            return outcome_for_failure(job, retry.error, backoff), None
+        except StrategyDecision as decision:  # the same verdicts as a handler's
+            return outcome_for_result(job, decision.result, backoff, self._max_reprocess), None
         except BaseException as exc:
             _reraise_if_stopping(exc)
             log.exception("queue strategy failed for job %s", job.id, extra=_extra(job))
@@ -198,6 +191,7 @@ class Executor:
                 work.cancel()  # stopping: the handler's task goes with us
             raise
         if not done:
+            job.stopping.set(StopReason.TIMEOUT)  # a thread may see it and give up
             if stoppable:
                 work.cancel()
             raise HandlerTimeout(f"timed out after {limit:g}s", work)

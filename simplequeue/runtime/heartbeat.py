@@ -22,6 +22,7 @@ import psycopg
 
 from simplequeue.job import Job
 from simplequeue.runtime.outage import DatabaseHealth, Outage
+from simplequeue.stopping import StopReason
 from simplequeue.store import Store
 
 __all__ = ["Heartbeater", "Run"]
@@ -52,7 +53,7 @@ class Heartbeater:
         self._connect = connect
         self._store = store
         self._interval = interval
-        self._running: set[Run] = set()
+        self._running: dict[Run, Job] = {}
         self._held: set[Run] = set()  # finished, result not yet written
         self._lost: set[Run] = set()  # running here, no longer ours in the database
         self.lost_total = 0
@@ -66,13 +67,18 @@ class Heartbeater:
         """Beat for this run of `job` until `untrack()`: call both around its processing,
         in try/finally."""
         with self._lock:
-            self._running.add((job.id, job.lease))
+            self._running[(job.id, job.lease)] = job
 
     def untrack(self, job: Job) -> None:
         run = (job.id, job.lease)
         with self._lock:
-            self._running.discard(run)
+            self._running.pop(run, None)
             self._lost.discard(run)
+
+    def running_jobs(self) -> list[Job]:
+        """The jobs whose handlers run now (not those finished and waiting for a write)."""
+        with self._lock:
+            return list(self._running.values())
 
     def is_lost(self, job: Job) -> bool:
         """True once a beat found this run cancelled or taken over elsewhere."""
@@ -82,7 +88,7 @@ class Heartbeater:
         """Every run this process still beats for: the reaper of this process leaves them
         alone, whatever their heartbeat says (a pause of the process, a locked row)."""
         with self._lock:
-            return self._running | self._held
+            return self._running.keys() | self._held
 
     def hold(self, job_id: uuid.UUID, lease: int) -> None:
         """Beat for a finished attempt until `release()`: its outcome is not stored yet."""
@@ -137,9 +143,12 @@ class Heartbeater:
         self.outage.recovered()
         with self._lock:
             # Runs that ended meanwhile are not lost; those already known are not news.
-            gone = (set(beats) - alive) & self._running - self._lost
+            gone = (set(beats) - alive) & self._running.keys() - self._lost
             self._lost |= gone
             self.lost_total += len(gone)
+            told = [self._running[run] for run in gone]
+        for job in told:  # the handler may stop early: nothing it writes now counts
+            job.stopping.set(StopReason.LOST)
         if gone:
             log.warning(
                 "%d running job(s) were cancelled or taken over elsewhere; their "

@@ -1,4 +1,5 @@
-"""Turns a handler's verdict (or a strategy's, or a shutdown) into the row's next state."""
+"""Turns a verdict (a handler's or a strategy's, one vocabulary), or a shutdown, into the
+row's next state."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ __all__ = [
     "outcome_for_failure",
     "outcome_for_result",
     "outcome_for_shutdown",
-    "outcome_for_try_after",
 ]
 
 log = logging.getLogger("simplequeue.executor")
@@ -77,6 +77,9 @@ def outcome_for_result(
         return outcome_for_failure(job, result.error or "failed", backoff)
     if kind is ResultKind.RETRY_AT:
         return outcome_for_failure(job, result.error or "retry requested", backoff, result.at)
+    if kind is ResultKind.SNOOZE:  # as if the attempt had not happened
+        delay = clamp_delay(result.seconds)
+        return Outcome(job.id, job.lease, JobStatus.PENDING, refund=1, delay=delay)
     # RESCHEDULE_AT: the attempt is given back; too many reschedules make a poison job.
     if job.reprocess_count + 1 >= max_reprocess:
         return Outcome(
@@ -98,11 +101,6 @@ def outcome_for_result(
         delay=delay,
         not_before=result.at,
     )
-
-
-def outcome_for_try_after(job: Job, seconds: float) -> Outcome:
-    """The strategy asked to wait: back to pending, attempt given back."""
-    return Outcome(job.id, job.lease, JobStatus.PENDING, refund=1, delay=clamp_delay(seconds))
 
 
 def outcome_for_shutdown(job: Job) -> Outcome:

@@ -31,6 +31,7 @@ from simplequeue.runtime.poller import Poller
 from simplequeue.runtime.results import ResultWriter
 from simplequeue.runtime.service import Service
 from simplequeue.stats import QueueStats
+from simplequeue.stopping import StopReason
 from simplequeue.store import Store
 
 __all__ = ["Runtime"]
@@ -179,6 +180,8 @@ class Runtime:
         deadline = time.monotonic() + timeout
         last_write = deadline + SHUTDOWN_WRITE_GRACE
         self.poller.stop_claiming()
+        for job in self.heartbeats.running_jobs():  # handlers may wrap up early
+            job.stopping.set(StopReason.SHUTDOWN)
         await _finish([self._poller_task], deadline)
         running = set(self.poller.tasks)
         if running:
