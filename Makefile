@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.stamp-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: install demo test lint format bench chaos clean
+.PHONY: install demo test unit lint format bench chaos clean
 
 install: $(STAMP)
 
@@ -21,6 +21,10 @@ demo: install
 # The suite: on $$SIMPLEQUEUE_TEST_DSN, else 127.0.0.1:5432 when reachable, else embedded.
 test: install
 	$(BIN)/pytest
+
+# The pure code alone, without a database (also part of `make test`).
+unit: install
+	$(BIN)/pytest --noconftest -q tests/unit
 
 lint: install
 	$(BIN)/ruff check simplequeue tests chaos $(wildcard bench)

@@ -119,7 +119,7 @@ def test_tests_use_public_seams_not_private_attributes() -> None:
     """A test that needs a private attribute of a library object needs a public seam."""
     allowed_owners = {"self", "cls", "os", "sys"}
     offenders = []
-    for path in sorted((ROOT / "tests").glob("*.py")):
+    for path in sorted((ROOT / "tests").rglob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
             if (

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
@@ -25,7 +26,7 @@ from simplequeue.runtime.outage import DatabaseHealth
 from simplequeue.runtime.service import Service
 from simplequeue.store import Store
 
-__all__ = ["Poller"]
+__all__ = ["Poller", "claim_was_saturated", "plan_claim"]
 
 PROMOTE_BATCH = 1000
 """Scheduled jobs made claimable per statement; a poller promotes again at once while
@@ -40,6 +41,33 @@ async def _wait(event: asyncio.Event, timeout: float) -> None:
 
 def _nothing() -> None:
     return None
+
+
+def plan_claim(free: int, rooms: dict[str, int]) -> tuple[list[str], list[int], set[str]]:
+    """What one claim asks for: of each queue with room, as many jobs as its free permits
+    allow and the process's `free` permits too; and the queues left out for want of room."""
+    queues: list[str] = []
+    limits: list[int] = []
+    full: set[str] = set()
+    for name, room in rooms.items():
+        room = min(room, free)
+        if room > 0:
+            queues.append(name)
+            limits.append(room)
+        else:
+            full.add(name)
+    return queues, limits, full
+
+
+def claim_was_saturated(
+    claimed: Sequence[str], queues: Sequence[str], limits: Sequence[int], total: int
+) -> bool:
+    """True when permits, not the backlog, limited a claim (`claimed`: the queue of each
+    job it returned): more jobs are waiting, and the poller claims again at once."""
+    if len(claimed) >= total:
+        return True
+    got = Counter(claimed)
+    return any(got[name] >= limit for name, limit in zip(queues, limits, strict=True))
 
 
 class Poller(Service):
@@ -109,7 +137,7 @@ class Poller(Service):
             self.claimed += len(jobs)
             for job in jobs:
                 self._start(job)
-            saturated = self._saturated(jobs, queues, limits, total)
+            saturated = claim_was_saturated([job.queue for job in jobs], queues, limits, total)
             if self._promotion_due() and await self._promote(queues):
                 continue  # jobs came due: claim them now
             if not saturated and self._claiming:
@@ -133,27 +161,11 @@ class Poller(Service):
 
     def _capacity_by_queue(self) -> tuple[list[str], list[int]]:
         free = self.global_permits.free
-        queues: list[str] = []
-        limits: list[int] = []
         if free <= 0:
-            return queues, limits
-        self._full = set()
-        for name in self._registry.handlers:
-            room = min(self._registry.permits(name).free, free)
-            if room > 0:
-                queues.append(name)
-                limits.append(room)
-            else:
-                self._full.add(name)
+            return [], []
+        rooms = {name: self._registry.permits(name).free for name in self._registry.handlers}
+        queues, limits, self._full = plan_claim(free, rooms)
         return queues, limits
-
-    @staticmethod
-    def _saturated(jobs: list[Job], queues: list[str], limits: list[int], total: int) -> bool:
-        """True when permits, not the backlog, limited the claim: more jobs are waiting."""
-        if len(jobs) >= total:
-            return True
-        got = Counter(job.queue for job in jobs)
-        return any(got[name] >= limit for name, limit in zip(queues, limits, strict=True))
 
     def _start(self, job: Job) -> None:
         self.global_permits.take()
