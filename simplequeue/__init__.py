@@ -1,4 +1,7 @@
-"""simplequeue: a PostgreSQL-native background job queue. The public API, re-exported."""
+"""simplequeue: a PostgreSQL-native background job queue.
+
+The public API is what this package re-exports (`__all__`, documented in docs/api.md);
+the modules behind it are internal and may change from one release to the next."""
 
 from simplequeue.backoff import BackoffStrategy, Custom, Exponential, Fixed, Linear
 from simplequeue.config import QueueConfig

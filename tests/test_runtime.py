@@ -23,6 +23,16 @@ class Ok(sq.Handler):
         return None
 
 
+async def stalled_job(queue: sq.SimpleQueue, dsn: str) -> None:
+    """A job whose worker seems to have died an hour ago."""
+    await queue.insert_job(sq.Job("q", {}))
+    query(
+        dsn,
+        "UPDATE simplequeue.jobs SET status = 'running', attempt = 1, lease = 1, "
+        "heartbeat_at = now() - interval '1 hour'",
+    )
+
+
 async def test_stats_count_what_the_workers_did(dsn: str) -> None:
     async with sq.SimpleQueue.from_url(dsn, **FAST) as queue:
         assert queue.stats() == sq.QueueStats()  # not started: all zero
@@ -60,12 +70,7 @@ async def test_a_crashed_service_is_logged_restarted_and_counted(
     monkeypatch.setattr(Reaper, "run_once", crash_once)
     monkeypatch.setattr("simplequeue.runtime.runtime.RESTART_DELAY", 0.05)
     async with sq.SimpleQueue.from_url(dsn, **FAST) as queue:
-        await queue.insert_job(sq.Job("q", {}))
-        query(
-            dsn,
-            "UPDATE simplequeue.jobs SET status = 'running', attempt = 1, lease = 1, "
-            "heartbeat_at = now() - interval '1 hour'",
-        )
+        await stalled_job(queue, dsn)
         await queue.start()
         # restarted, the reaper does its work
         await eventually(lambda: count(dsn, "status = 'pending'") == 1, timeout=5)
@@ -105,12 +110,7 @@ async def test_one_queue_losing_its_database_does_not_hold_back_another(
         async with sq.SimpleQueue.from_url(
             dsn, heartbeat_interval=0.4, reaper_interval=0.05
         ) as queue:
-            await queue.insert_job(sq.Job("q", {}))
-            query(
-                dsn,
-                "UPDATE simplequeue.jobs SET status = 'running', attempt = 1, lease = 1, "
-                "heartbeat_at = now() - interval '1 hour'",
-            )
+            await stalled_job(queue, dsn)
             await queue.start()
             started = asyncio.get_running_loop().time()
             await eventually(lambda: count(dsn, "status = 'pending'") == 1, timeout=10)

@@ -12,17 +12,12 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import psycopg
-from psycopg_pool import AsyncConnectionPool
 
-from simplequeue.config import QueueConfig
 from simplequeue.connections import borrow
-from simplequeue.maintenance.steps import batch_or_each
-from simplequeue.runtime.outage import DatabaseHealth
-from simplequeue.runtime.service import PeriodicService
-from simplequeue.store import AnyConn, Store
+from simplequeue.maintenance.steps import Sweeper, batch_or_each
+from simplequeue.store import AnyConn
 
 __all__ = ["Janitor", "JanitorReport"]
 
@@ -46,21 +41,8 @@ class JanitorReport:
     """Steps the database refused this sweep (logged); the others ran all the same."""
 
 
-class Janitor(PeriodicService):
+class Janitor(Sweeper):
     name = "janitor"
-
-    def __init__(
-        self,
-        pool: AsyncConnectionPool[Any],
-        store: Store,
-        config: QueueConfig,
-        *,
-        health: DatabaseHealth | None = None,
-    ) -> None:
-        super().__init__(health)
-        self._pool = pool
-        self._store = store
-        self._config = config
 
     def seconds_until_next(self, now: datetime | None = None) -> float:
         if self._config.janitor_schedule is None:

@@ -12,9 +12,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from simplequeue.config import QueueConfig
 from simplequeue.job import JobStatus
-from simplequeue.maintenance.steps import batch_or_each
+from simplequeue.maintenance.steps import Sweeper, batch_or_each
 from simplequeue.runtime.outage import DatabaseHealth
-from simplequeue.runtime.service import PeriodicService
 from simplequeue.store import AnyConn, Store
 
 __all__ = ["ReapReport", "Reaper"]
@@ -34,7 +33,7 @@ class ReapReport:
     """Pending jobs with no attempt left, ended as failed."""
 
 
-class Reaper(PeriodicService):
+class Reaper(Sweeper):
     """Stalled running jobs → pending (attempt given back, reprocess counted), or bad_job
     once poison; pending jobs with no attempts left → failed.
 
@@ -57,10 +56,7 @@ class Reaper(PeriodicService):
         health: DatabaseHealth | None = None,
         own_runs: Callable[[], Collection[tuple[uuid.UUID, int]]] = tuple,
     ) -> None:
-        super().__init__(health)
-        self._pool = pool
-        self._store = store
-        self._config = config
+        super().__init__(pool, store, config, health=health)
         self._own_runs = own_runs
         self._deferring_since: float | None = None
 

@@ -1,7 +1,7 @@
-"""A maintenance step that one row cannot stop: the batch statement first, and when the
-database refuses it (a trigger or constraint of the user's on one row, a row written by
-hand), the same change job by job, logging the jobs it refuses. A lost database ends the
-step (OperationalError): the next sweep is the retry."""
+"""What the sweeps share: their base class, and a step that one row cannot stop (the
+batch statement first and, when the database refuses it for a trigger or constraint of
+the user's on one row, or a row written by hand, the same change job by job, logging the
+jobs it refuses). A lost database ends the step (OperationalError), to be retried."""
 
 from __future__ import annotations
 
@@ -13,10 +13,31 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from simplequeue.config import QueueConfig
 from simplequeue.connections import borrow
-from simplequeue.store import AnyConn
+from simplequeue.runtime.outage import DatabaseHealth
+from simplequeue.runtime.service import PeriodicService
+from simplequeue.store import AnyConn, Store
 
-__all__ = ["batch_or_each"]
+__all__ = ["Sweeper", "batch_or_each"]
+
+
+class Sweeper(PeriodicService):
+    """A periodic service that sweeps the tables of one schema (the reaper, the janitor)."""
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[Any],
+        store: Store,
+        config: QueueConfig,
+        *,
+        health: DatabaseHealth | None = None,
+    ) -> None:
+        super().__init__(health)
+        self._pool = pool
+        self._store = store
+        self._config = config
+
 
 T = TypeVar("T")
 
