@@ -425,7 +425,7 @@ async def test_the_same_jobs_in_opposite_orders_at_once_do_not_deadlock(
         ("queue", 123, "queue must be a non-empty string"),
         ("priority", 2**40, "priority must be an integer"),
         ("max_attempts", 0, "max_attempts must be an integer"),
-        ("timeout", -1, "timeout must be more than 0"),
+        ("timeout", -1, "timeout must be more than zero"),
         ("run_at", datetime(2030, 1, 1), "naive datetime"),
         ("unique_key", "k" * 5000, "the limit is 1024"),
         ("unique_key", "\ud800", "not valid unicode"),
