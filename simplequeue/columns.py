@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "COPY_SOURCES",
     "INSERT_COLUMNS",
     "JOB_ROW",
     "MOVED_COLUMNS",
@@ -91,6 +92,10 @@ SOURCES = tuple(c for c in JOB_ROW if c.insert_from is not None)
 INSERT_COLUMNS = tuple(c.name for c in JOB_ROW if c.inserted)
 """What an insert writes (every other column takes its default): the columns the
 producer role may insert."""
+
+COPY_SOURCES = tuple(i for i, c in enumerate(SOURCES) if c.name != "run_at")
+"""The positions in `SOURCES` a COPY writes: COPY cannot compute run_at's default or
+`scheduled` from it, so the statements add those two only for jobs that have a run_at."""
 
 MOVED_COLUMNS = ", ".join(c.name for c in JOB_ROW if not c.live_only)
 """What the janitor copies from jobs to the archive and the DLQ."""

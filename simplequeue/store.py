@@ -1,9 +1,8 @@
-"""Every SQL statement simplequeue runs, each a small named function over a connection.
+"""The store: each statement of `statements.py` as a small named method over a connection.
 
-Statements are composed once per schema with `psycopg.sql.Identifier`; every value is a
-bound parameter. Batched statements take parallel arrays and `unnest` them, so one round
-trip serves a whole batch. Anything that changes a running job is fenced by its `lease`
-(bumped at every claim), so a late write from a worker that lost the job changes nothing.
+It renders the statements once per schema (`psycopg.sql.Identifier`), binds every value
+as a parameter, and turns rows into jobs and ids. Everything the library asks of the
+database goes through it.
 """
 
 from __future__ import annotations
@@ -22,16 +21,14 @@ from psycopg.pq import PipelineStatus, TransactionStatus
 from psycopg.rows import TupleRow, tuple_row
 
 from simplequeue import columns
+from simplequeue import statements as q
 from simplequeue.config import notify_channel
 from simplequeue.errors import JobNotFoundError
-from simplequeue.job import DEAD_STATUSES, Job
+from simplequeue.job import Job
 from simplequeue.validation import LATEST_TIME
 
 __all__ = ["Outcome", "Store"]
 
-_READ = columns.read_list()
-"""What `Job.from_row` reads, in its order."""
-_DEAD = "(" + ", ".join(f"'{s}'" for s in DEAD_STATUSES) + ")"
 
 AnyConn = psycopg.AsyncConnection[Any]
 
@@ -146,53 +143,53 @@ class Store:
     def __init__(self, schema: str) -> None:
         self.schema = schema
         self.channel = notify_channel(schema)
-        self._insert = _q(_INSERT, schema)
-        self._insert_notify = _q(_INSERT_NOTIFY, schema)
-        self._insert_one = _q(_INSERT_ONE, schema)
-        self._insert_one_notify = _q(_INSERT_ONE_NOTIFY, schema)
-        self._stored_ids = _q(_STORED_IDS, schema)
-        self._stored_anywhere_ids = _q(_STORED_ANYWHERE_IDS, schema)
+        self._insert = _q(q.INSERT, schema)
+        self._insert_notify = _q(q.INSERT_NOTIFY, schema)
+        self._insert_one = _q(q.INSERT_ONE, schema)
+        self._insert_one_notify = _q(q.INSERT_ONE_NOTIFY, schema)
+        self._stored_ids = _q(q.STORED_IDS, schema)
+        self._stored_anywhere_ids = _q(q.STORED_ANYWHERE_IDS, schema)
         self._can_read_finished = _q(
-            _CAN_READ_FINISHED,
+            q.CAN_READ_FINISHED,
             schema,
             **{t: sql.Identifier(schema, t).as_string(None) for t in ("archive", "dlq")},
         )
         self._reads_finished: bool | None = None
-        self._copy = _q(_COPY, schema)
-        self._copy_run_at = _q(_COPY_RUN_AT, schema)
-        self._notify = sql.SQL("SELECT pg_notify(%s, %s)")
-        self._claim = _q(_CLAIM, schema)
-        self._write_outcomes = _q(_WRITE_OUTCOMES, schema, latest=LATEST_TIME)
-        self._complete = _q(_COMPLETE, schema)
-        self._heartbeat = _q(_HEARTBEAT, schema)
-        self._still_running = _q(_STILL_RUNNING, schema)
-        self._running_runs = _q(_RUNNING_RUNS, schema)
-        self._reap_stalled = _q(_REAP_STALLED, schema)
-        self._stalled_ids = _q(_STALLED_IDS, schema)
-        self._fail_exhausted = _q(_FAIL_EXHAUSTED, schema)
-        self._exhausted_ids = _q(_EXHAUSTED_IDS, schema)
-        self._get_live_job = _q(_GET_LIVE_JOB, schema)
-        self._get_finished_job = _q(_GET_FINISHED_JOB, schema)
+        self._copy = _q(q.COPY, schema)
+        self._copy_run_at = _q(q.COPY_RUN_AT, schema)
+        self._notify = q.NOTIFY
+        self._claim = _q(q.CLAIM, schema)
+        self._write_outcomes = _q(q.WRITE_OUTCOMES, schema, latest=LATEST_TIME)
+        self._complete = _q(q.COMPLETE, schema)
+        self._heartbeat = _q(q.HEARTBEAT, schema)
+        self._still_running = _q(q.STILL_RUNNING, schema)
+        self._running_runs = _q(q.RUNNING_RUNS, schema)
+        self._reap_stalled = _q(q.REAP_STALLED, schema)
+        self._stalled_ids = _q(q.STALLED_IDS, schema)
+        self._fail_exhausted = _q(q.FAIL_EXHAUSTED, schema)
+        self._exhausted_ids = _q(q.EXHAUSTED_IDS, schema)
+        self._get_live_job = _q(q.GET_LIVE_JOB, schema)
+        self._get_finished_job = _q(q.GET_FINISHED_JOB, schema)
         self._cancel_by = {
-            column: _q(_CANCEL.format(column=column, s="{s}"), schema)
+            column: _q(q.CANCEL.format(column=column, s="{s}"), schema)
             for column in ("id", "unique_key", "fingerprint")
         }
-        self._reschedule = _q(_RESCHEDULE, schema)
-        self._list_dlq = _q(_LIST_DLQ, schema)
-        self._list_dlq_of_queue = _q(_LIST_DLQ_OF_QUEUE, schema)
-        self._promote = _q(_PROMOTE, schema)
-        self._requeue_dead_live = _q(_REQUEUE_DEAD_LIVE, schema)
-        self._requeue_from_dlq = _q(_REQUEUE_FROM_DLQ, schema)
-        self._delete_from_dlq = _q(_DELETE_FROM_DLQ, schema)
-        self._in_dlq = _q(_IN_DLQ, schema)
-        self._archive_completed = _q(_ARCHIVE_COMPLETED, schema)
-        self._move_dead = _q(_MOVE_DEAD, schema)
-        self._completed_ids = _q(_COMPLETED_IDS, schema)
-        self._dead_ids = _q(_DEAD_IDS, schema)
-        self._purge_archive = _q(_PURGE_ARCHIVE, schema, purge_lock=f"simplequeue.purge.{schema}")
-        self._stuck_finished = _q(_STUCK_FINISHED, schema)
-        self._counts = _q(_COUNTS, schema)
-        self._listen = sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)).as_string(None)
+        self._reschedule = _q(q.RESCHEDULE, schema)
+        self._list_dlq = _q(q.LIST_DLQ, schema)
+        self._list_dlq_of_queue = _q(q.LIST_DLQ_OF_QUEUE, schema)
+        self._promote = _q(q.PROMOTE, schema)
+        self._requeue_dead_live = _q(q.REQUEUE_DEAD_LIVE, schema)
+        self._requeue_from_dlq = _q(q.REQUEUE_FROM_DLQ, schema)
+        self._delete_from_dlq = _q(q.DELETE_FROM_DLQ, schema)
+        self._in_dlq = _q(q.IN_DLQ, schema)
+        self._archive_completed = _q(q.ARCHIVE_COMPLETED, schema)
+        self._move_dead = _q(q.MOVE_DEAD, schema)
+        self._completed_ids = _q(q.COMPLETED_IDS, schema)
+        self._dead_ids = _q(q.DEAD_IDS, schema)
+        self._purge_archive = _q(q.PURGE_ARCHIVE, schema, purge_lock=f"simplequeue.purge.{schema}")
+        self._stuck_finished = _q(q.STUCK_FINISHED, schema)
+        self._counts = _q(q.COUNTS, schema)
+        self._listen = sql.SQL(q.LISTEN).format(sql.Identifier(self.channel)).as_string(None)
 
     def statements(self) -> dict[str, str]:
         """Every statement of this schema, by name, as it is sent: to EXPLAIN one, or to
@@ -525,7 +522,7 @@ class Store:
 
     async def probe(self, conn: AnyConn) -> None:
         """One round trip: fails on a connection whose peer is gone."""
-        await _run(conn, "SELECT 1")
+        await _run(conn, q.PROBE)
 
 
 def notify_payload(queues: set[str]) -> str:
@@ -534,327 +531,7 @@ def notify_payload(queues: set[str]) -> str:
     return payload if len(payload.encode()) < 7000 and "\n" not in "".join(queues) else ""
 
 
-# -- the statements ------------------------------------------------------------------
-
-# Both inserts skip a job on any conflict: a live job holding its unique key
-# (jobs_unique_key_live), or its own id already stored by an earlier try of the same insert.
-# A job due later is `scheduled`: out of the claim's way until a poller promotes it.
-# (Column lists, casts and the `scheduled` rule come from `columns.JOB_ROW`.)
-_INSERT = "INSERT INTO {s}.jobs " + columns.insert_select() + " ON CONFLICT DO NOTHING RETURNING id"
-_INSERT_ONE = (
-    "INSERT INTO {s}.jobs " + columns.insert_values() + " ON CONFLICT DO NOTHING RETURNING id"
-)
-
-
-_STORED_IDS = "SELECT id FROM {s}.jobs WHERE id = ANY(%s::uuid[])"
-_STORED_ANYWHERE_IDS = (
-    "SELECT id FROM {s}.jobs WHERE id = ANY(%s::uuid[]) "
-    "UNION ALL SELECT id FROM {s}.archive WHERE id = ANY(%s::uuid[]) "
-    "UNION ALL SELECT id FROM {s}.dlq WHERE id = ANY(%s::uuid[])"
-)
-_CAN_READ_FINISHED = (
-    "SELECT has_table_privilege({archive}, 'SELECT') AND has_table_privilege({dlq}, 'SELECT')"
-)
-
-
-def _notifying(insert: str, notify: str) -> str:
-    """The insert, plus one NOTIFY naming the queues: the uncorrelated sub-select runs once
-    (an InitPlan), and only if a row was inserted."""
-    return f"WITH inserted AS ({insert}) SELECT id, (SELECT {notify}) FROM inserted"
-
-
-_INSERT_NOTIFY = _notifying(_INSERT, "pg_notify(%s, %s)")
-_INSERT_ONE_NOTIFY = _notifying(_INSERT_ONE, "pg_notify(%(channel)s, %(queues)s)")
-
-# COPY writes values as they are: no COALESCE with now(), no comparison with it. A job
-# without run_at leaves run_at and scheduled to their defaults (now, false); one with a
-# run_at goes in as scheduled, and the first promotion makes it claimable once due.
-_COPY_SOURCES = [i for i, c in enumerate(columns.SOURCES) if c.name != "run_at"]
-_COPY_COLUMNS = ", ".join(columns.SOURCES[i].name for i in _COPY_SOURCES)
-_COPY = "COPY {s}.jobs (" + _COPY_COLUMNS + ") FROM STDIN"
-_COPY_RUN_AT = "COPY {s}.jobs (" + _COPY_COLUMNS + ", run_at, scheduled) FROM STDIN"
-
-
 def _copy_row(job: Job) -> tuple[Any, ...]:
+    """A job's values in the order of `statements.COPY`."""
     row = _insert_row(job)
-    return tuple(row[i] for i in _COPY_SOURCES)
-
-
-# Promotes scheduled jobs that have come due, so that the claim finds them: a bounded
-# batch of the queues the poller claims from, read in jobs_scheduled's order (per queue,
-# the earliest first), so it stops after `limit` rows however many have come due.
-_PROMOTE = """
-UPDATE {s}.jobs AS j SET scheduled = false
-FROM (
-    SELECT id FROM {s}.jobs
-    WHERE status = 'pending' AND scheduled AND queue = ANY(%(queues)s::text[])
-      AND run_at <= now()
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-) AS due
-WHERE j.id = due.id
-"""
-
-# heartbeat_at takes clock_timestamp(), not now(): a claim (or a beat) that waited on a lock
-# would otherwise stamp the time it started waiting, and the reaper would take the job at once.
-_CLAIM = """
-WITH candidates AS (
-    SELECT j.id
-    FROM unnest(%(queues)s::text[], %(limits)s::int[]) AS q(name, lim)
-    CROSS JOIN LATERAL (
-        SELECT id, priority, run_at
-        FROM {s}.jobs
-        WHERE status = 'pending' AND NOT scheduled AND queue = q.name AND run_at <= now()
-          AND attempt < max_attempts
-        ORDER BY priority DESC, run_at, id
-        LIMIT q.lim
-        FOR UPDATE SKIP LOCKED
-    ) AS j
-    ORDER BY j.priority DESC, j.run_at, j.id
-    LIMIT %(total)s
-)
-UPDATE {s}.jobs AS jobs
-SET status = 'running', attempt = jobs.attempt + 1, lease = jobs.lease + 1,
-    heartbeat_at = clock_timestamp(), updated_at = now()
-FROM candidates
-WHERE jobs.id = candidates.id
-RETURNING """ + columns.read_list("jobs.", claimed=True)
-
-# Result writes lock their rows in a sub-select that skips rows another transaction holds
-# (a heartbeat, a cancel, a user's long transaction): the writer never waits, so one held
-# row cannot stall every result of the process, and it cannot deadlock. It writes the
-# skipped results again a moment later (`running_runs` tells them from fenced-off ones).
-# The sub-select checks status and lease on the version it locks; locked, the row cannot
-# change again before the UPDATE above it, which finds it by id.
-
-_COMPLETE = """
-UPDATE {s}.jobs AS j
-SET status = 'completed', completed_at = now(), heartbeat_at = NULL, updated_at = now()
-FROM (
-    SELECT jobs.id FROM {s}.jobs JOIN unnest(%s::uuid[], %s::int[]) AS r(id, lease)
-        ON jobs.id = r.id AND jobs.lease = r.lease
-    WHERE jobs.status = 'running'
-    FOR UPDATE OF jobs SKIP LOCKED
-) AS locked
-WHERE j.id = locked.id
-RETURNING j.id
-"""
-
-_WRITE_OUTCOMES = """
-UPDATE {s}.jobs AS j
-SET status = r.status,
-    attempt = j.attempt - r.refund,
-    reprocess_count = j.reprocess_count + r.reprocess,
-    run_at = CASE WHEN r.status = 'pending' THEN r.next_run_at ELSE j.run_at END,
-    scheduled = r.status = 'pending' AND r.next_run_at > now(),
-    last_error = COALESCE(r.error, j.last_error),
-    completed_at = CASE WHEN r.status = 'pending' THEN NULL ELSE now() END,
-    heartbeat_at = NULL,
-    updated_at = now()
-FROM (
-    SELECT jobs.id, r.status, r.refund, r.reprocess, r.error,
-           LEAST(GREATEST(now() + make_interval(secs => r.delay), r.not_before), {latest})
-               AS next_run_at
-    FROM {s}.jobs
-    JOIN unnest(%s::uuid[], %s::int[], %s::text[], %s::int[], %s::int[], %s::float8[],
-                %s::timestamptz[], %s::text[])
-         AS r(id, lease, status, refund, reprocess, delay, not_before, error)
-        ON jobs.id = r.id AND jobs.lease = r.lease
-    WHERE jobs.status = 'running'
-    FOR UPDATE OF jobs SKIP LOCKED
-) AS r
-WHERE j.id = r.id
-RETURNING j.id
-"""
-
-# SKIP LOCKED: a row held by another transaction (a result write, a cancel, a user's long
-# transaction) must not block the beats of all the others; it is beaten next interval.
-# The ids returned are read from the snapshot, locked or not: still running under the lease.
-# Never waiting on a lock, a beat cannot deadlock with a result write either.
-_HEARTBEAT = """
-WITH mine AS (
-    SELECT j.id, j.lease FROM {s}.jobs AS j
-    JOIN unnest(%s::uuid[], %s::int[]) AS b(id, lease) ON j.id = b.id AND j.lease = b.lease
-    WHERE j.status = 'running'
-), beatable AS (
-    SELECT j.id FROM {s}.jobs AS j JOIN mine ON j.id = mine.id AND j.lease = mine.lease
-    WHERE j.status = 'running'
-    ORDER BY j.id
-    FOR UPDATE OF j SKIP LOCKED
-), beaten AS (
-    UPDATE {s}.jobs AS j SET heartbeat_at = clock_timestamp() FROM beatable WHERE j.id = beatable.id
-)
-SELECT id, lease FROM mine
-"""
-
-_RUNNING_RUNS = """
-SELECT j.id, j.lease FROM {s}.jobs AS j
-JOIN unnest(%s::uuid[], %s::int[]) AS r(id, lease) ON j.id = r.id AND j.lease = r.lease
-WHERE j.status = 'running'
-"""
-
-_STILL_RUNNING = "SELECT 1 FROM {s}.jobs WHERE id = %s AND lease = %s AND status = 'running'"
-
-_REAP_STALLED = """
-UPDATE {s}.jobs AS j
-SET status = CASE WHEN j.reprocess_count + 1 >= %(max_reprocess)s THEN 'bad_job' ELSE 'pending' END,
-    attempt = GREATEST(j.attempt - 1, 0),
-    reprocess_count = j.reprocess_count + 1,
-    last_error = CASE WHEN j.reprocess_count + 1 >= %(max_reprocess)s
-                      THEN 'poison job: stalled or rescheduled ' || (j.reprocess_count + 1)
-                           || ' times (max_reprocess_count)'
-                      ELSE 'stalled: no heartbeat, its worker is presumed dead' END,
-    completed_at = CASE WHEN j.reprocess_count + 1 >= %(max_reprocess)s THEN now() END,
-    heartbeat_at = NULL,
-    updated_at = now()
-FROM (
-    SELECT id FROM {s}.jobs
-    WHERE status = 'running' AND heartbeat_at < now() - make_interval(secs => %(stall)s)
-      AND (%(only)s::uuid IS NULL OR id = %(only)s)
-      AND NOT EXISTS (
-          SELECT 1 FROM unnest(%(own_ids)s::uuid[], %(own_leases)s::int[]) AS own(id, lease)
-          WHERE own.id = jobs.id AND own.lease = jobs.lease)
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-) AS stalled
-WHERE j.id = stalled.id
-RETURNING j.id, j.status
-"""
-
-_STALLED_IDS = """
-SELECT id FROM {s}.jobs
-WHERE status = 'running' AND heartbeat_at < now() - make_interval(secs => %s)
-ORDER BY id LIMIT %s
-"""
-
-_FAIL_EXHAUSTED = """
-UPDATE {s}.jobs AS j
-SET status = 'failed', completed_at = now(), updated_at = now(),
-    last_error = COALESCE(j.last_error, 'no attempts left')
-FROM (
-    SELECT id FROM {s}.jobs
-    WHERE status = 'pending' AND attempt >= max_attempts
-      AND (%(only)s::uuid IS NULL OR id = %(only)s)
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-) AS exhausted
-WHERE j.id = exhausted.id
-RETURNING j.id
-"""
-
-_EXHAUSTED_IDS = """
-SELECT id FROM {s}.jobs WHERE status = 'pending' AND attempt >= max_attempts ORDER BY id LIMIT %s
-"""
-
-_GET_LIVE_JOB = "SELECT " + _READ + " FROM {s}.jobs WHERE id = %(id)s"
-
-_GET_FINISHED_JOB = (
-    "SELECT " + _READ + " FROM {s}.archive WHERE id = %(id)s "
-    "UNION ALL SELECT " + _READ + " FROM {s}.dlq WHERE id = %(id)s "
-    "LIMIT 1"
-)
-
-_CANCEL = """
-UPDATE {s}.jobs AS j
-SET status = 'cancelled', completed_at = now(), updated_at = now(), heartbeat_at = NULL
-FROM (
-    SELECT id FROM {s}.jobs WHERE {column} = %s AND status IN ('pending', 'running')
-    ORDER BY id FOR UPDATE
-) AS locked
-WHERE j.id = locked.id AND j.status IN ('pending', 'running')
-"""
-
-_RESCHEDULE = """
-UPDATE {s}.jobs SET run_at = %(run_at)s, scheduled = %(run_at)s > now(), updated_at = now()
-WHERE id = %(id)s AND status = 'pending'
-"""
-
-# The newest of each table from its index (dlq_newest, jobs_dead_newest, or their per-queue
-# twins), then the newest of both: reads about 2 × limit rows, whatever the DLQ's size.
-_LIST_DLQ_NEWEST = (
-    "SELECT * FROM ("
-    "  (SELECT " + _READ + " FROM {s}.dlq {where}"
-    "   ORDER BY updated_at DESC, id DESC LIMIT %(limit)s)"
-    "  UNION ALL"
-    "  (SELECT " + _READ + " FROM {s}.jobs WHERE status IN " + _DEAD + " {also}"
-    "   ORDER BY updated_at DESC, id DESC LIMIT %(limit)s)"
-    ") AS dead ORDER BY updated_at DESC, id DESC LIMIT %(limit)s"
-)
-_LIST_DLQ = _LIST_DLQ_NEWEST.format(s="{s}", where="", also="")
-_LIST_DLQ_OF_QUEUE = _LIST_DLQ_NEWEST.format(
-    s="{s}", where="WHERE queue = %(queue)s", also="AND queue = %(queue)s"
-)
-
-_REQUEUE_DEAD_LIVE = (
-    "UPDATE {s}.jobs SET status = 'pending', attempt = 0, reprocess_count = 0, run_at = now(), "
-    "completed_at = NULL, updated_at = now() "
-    "WHERE id = %s AND status IN " + _DEAD + " "
-    "AND (unique_key IS NULL OR NOT EXISTS (SELECT 1 FROM {s}.jobs AS live "
-    "     WHERE live.unique_key = jobs.unique_key AND live.status IN ('pending', 'running')))"
-)
-
-# A requeued job starts afresh: these columns are set anew (None: left to the default);
-# every other column comes back from the DLQ as it was.
-_REQUEUED = {
-    "status": "'pending'",
-    "attempt": "0",
-    "reprocess_count": "0",
-    "run_at": "now()",
-    "updated_at": "now()",
-    "completed_at": None,
-    "heartbeat_at": None,
-}
-_REQUEUE_COLUMNS = [
-    c.name for c in columns.JOB_ROW if not c.live_only and _REQUEUED.get(c.name, "") is not None
-]
-_REQUEUE_FROM_DLQ = (
-    f"INSERT INTO {{s}}.jobs ({', '.join(_REQUEUE_COLUMNS)}) "
-    f"SELECT {', '.join(_REQUEUED.get(name) or name for name in _REQUEUE_COLUMNS)} "
-    "FROM {s}.dlq WHERE id = %s ON CONFLICT DO NOTHING"
-)
-
-_COUNTS = """
-SELECT status, count(*) FROM {s}.jobs GROUP BY status
-UNION ALL SELECT 'archive', count(*) FROM {s}.archive
-UNION ALL SELECT 'dlq', count(*) FROM {s}.dlq
-"""
-
-_DELETE_FROM_DLQ = "DELETE FROM {s}.dlq WHERE id = %s"
-_IN_DLQ = "SELECT 1 FROM {s}.dlq WHERE id = %s"
-
-# A finished row whose id the archive or the DLQ already holds (a row written there by
-# hand) is left where it is: moving it would fail the whole batch, every sweep.
-_MOVE_FINISHED = (
-    "WITH moved AS (DELETE FROM {s}.jobs WHERE id IN ("
-    "    SELECT id FROM {s}.jobs AS j WHERE {finished}"
-    "      AND NOT EXISTS (SELECT 1 FROM {s}.{table} AS t WHERE t.id = j.id)"
-    "      AND (%(only)s::uuid IS NULL OR j.id = %(only)s)"
-    "    LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
-    "  RETURNING " + columns.MOVED_COLUMNS + ") "
-    "INSERT INTO {s}.{table} (" + columns.MOVED_COLUMNS + ") "
-    "SELECT " + columns.MOVED_COLUMNS + " FROM moved "
-    "RETURNING id"
-)
-_FINISHED_IDS = (
-    "SELECT id FROM {s}.jobs AS j WHERE {finished}"
-    "  AND NOT EXISTS (SELECT 1 FROM {s}.{table} AS t WHERE t.id = j.id) ORDER BY id LIMIT %s"
-)
-_COMPLETED = {"finished": "status = 'completed'", "table": "archive"}
-_DEAD_ROWS = {"finished": "status IN " + _DEAD, "table": "dlq"}
-_ARCHIVE_COMPLETED = _MOVE_FINISHED.format(s="{s}", **_COMPLETED)
-_MOVE_DEAD = _MOVE_FINISHED.format(s="{s}", **_DEAD_ROWS)
-_COMPLETED_IDS = _FINISHED_IDS.format(s="{s}", **_COMPLETED)
-_DEAD_IDS = _FINISHED_IDS.format(s="{s}", **_DEAD_ROWS)
-
-_STUCK_FINISHED = (
-    "SELECT count(*) FROM {s}.jobs AS j WHERE"
-    " (status = 'completed' AND EXISTS (SELECT 1 FROM {s}.archive AS a WHERE a.id = j.id))"
-    " OR (status IN " + _DEAD + " AND EXISTS (SELECT 1 FROM {s}.dlq AS d WHERE d.id = j.id))"
-)
-
-# One purge at a time per schema (other janitors skip their turn): locking the rows
-# instead (FOR UPDATE) would need UPDATE on the archive, which the worker role lacks.
-_PURGE_ARCHIVE = """
-DELETE FROM {s}.archive WHERE (SELECT pg_try_advisory_xact_lock(hashtext({purge_lock}))) AND id IN (
-    SELECT id FROM {s}.archive WHERE moved_at < now() - make_interval(secs => %s) LIMIT %s)
-"""
+    return tuple(row[i] for i in columns.COPY_SOURCES)

@@ -12,7 +12,7 @@ from tests.conftest import ROOT
 
 LIBRARY = ROOT / "simplequeue"
 
-SQL_MODULES = {"store.py", "columns.py", "migrate.py", "roles.py"}
+SQL_MODULES = {"statements.py", "columns.py", "migrate.py", "roles.py"}
 """Where SQL may be written: the statements, the column list, migrations, role grants."""
 
 SHELL = {"cli.py", "demo.py", "embedded.py", "__main__.py"}
@@ -50,7 +50,7 @@ def _imports(tree: ast.Module) -> set[str]:
     return names
 
 
-def test_sql_is_written_in_the_store_and_the_schema_modules_only() -> None:
+def test_sql_is_written_in_the_statements_and_the_schema_modules_only() -> None:
     offenders = []
     for path, tree in _modules():
         if path.parent == LIBRARY and path.name in SQL_MODULES | SHELL:
