@@ -5,9 +5,10 @@ the job of `runtime/` and `maintenance/`."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any
@@ -188,18 +189,23 @@ class SimpleQueue:
     async def ready(self, timeout: float | None = None) -> None:
         """Wait until the started workers hear inserts at once (their LISTEN is in place;
         at once with `use_notify=False`). Raises QueueStateError when not started and
-        TimeoutError after `timeout` seconds."""
+        TimeoutError after `timeout` seconds; QueueStateError too when stopped meanwhile."""
         limit = None if timeout is None else _seconds("timeout", timeout)
         runtime = self._runtime
         if runtime is None:
             raise QueueStateError("this queue is not started: call start() first")
         async with asyncio.timeout(limit):
-            await runtime.ready()
+            if not await runtime.ready():
+                raise QueueStateError("this queue was stopped before its workers were ready")
 
     def stats(self) -> QueueStats:
         """Counters of this process's workers, from memory (no query): claims, results
         written, fenced off and buffered, running jobs, database failures, the listener."""
-        return QueueStats() if self._runtime is None else self._runtime.stats()
+        runtime = self._runtime or self._stopping  # while stopping, the numbers matter most
+        if runtime is None:
+            return QueueStats()
+        stats = runtime.stats()
+        return stats if runtime is self._runtime else dataclasses.replace(stats, started=False)
 
     # -- maintenance -----------------------------------------------------------------
 
@@ -213,7 +219,8 @@ class SimpleQueue:
         """One reaper sweep now: running jobs whose heartbeat is older than `stall_after`
         go back to pending (or end as bad_job once poison); pending jobs with no attempt
         left end as failed. Jobs this process runs itself are left alone."""
-        own = self._runtime.heartbeats.runs if self._runtime is not None else tuple
+        runtime = self._runtime or self._stopping  # a stopping one still runs jobs
+        own = runtime.heartbeats.runs if runtime is not None else tuple
         return await Reaper(self._pool, self._store, self.config, own_runs=own).run_once()
 
     # -- producing -------------------------------------------------------------------
@@ -226,6 +233,11 @@ class SimpleQueue:
         stored before is stored again as a new job, under a new id (`job.id` changes);
         retrying an insert that raised never stores a job twice.
         """
+        if not isinstance(job, Job):
+            raise InvalidArgumentError(
+                f"insert_job takes a simplequeue.Job, got {type(job).__name__}"
+                + ("; use insert_jobs for several" if isinstance(job, list | tuple) else "")
+            )
         return (await self.insert_jobs([job], conn=conn))[0]
 
     async def insert_jobs(
@@ -233,7 +245,7 @@ class SimpleQueue:
     ) -> list[uuid.UUID | None]:
         """Insert jobs in one round trip; the result is aligned with `jobs` (None: deduplicated)."""
         _check_connection(conn)
-        if isinstance(jobs, Job) or not isinstance(jobs, Iterable):
+        if isinstance(jobs, Job | str | bytes | Mapping) or not isinstance(jobs, Iterable):
             raise InvalidArgumentError(
                 f"insert_jobs takes a sequence of jobs, got {type(jobs).__name__}"
                 + ("; use insert_job for one" if isinstance(jobs, Job) else "")

@@ -42,6 +42,12 @@ class StopSignal:
     def is_set(self) -> bool:
         return self.reason is not None
 
+    @property
+    def waiting(self) -> int:
+        """How many `wait()` calls wait now."""
+        with self._lock:
+            return len(self._async_waiters)
+
     def set(self, reason: str) -> None:
         """Tell the run to stop (the first reason stays); safe from any thread."""
         with self._lock:
@@ -62,8 +68,14 @@ class StopSignal:
             if self.reason is not None:
                 return self.reason
             event = asyncio.Event()
-            self._async_waiters.append((asyncio.get_running_loop(), event))
-        await event.wait()
+            waiter = (asyncio.get_running_loop(), event)
+            self._async_waiters.append(waiter)
+        try:
+            await event.wait()
+        finally:
+            with self._lock:  # a wait cancelled (a timeout around it) leaves nothing behind
+                if waiter in self._async_waiters:
+                    self._async_waiters.remove(waiter)
         assert self.reason is not None
         return self.reason
 

@@ -279,6 +279,13 @@ async def test_wrong_kinds_are_refused_before_any_statement(
         await queue.insert_jobs(sq.Job("q", {}))  # type: ignore[arg-type]
     with pytest.raises(sq.InvalidArgumentError, match="sequence of jobs"):
         await queue.insert_jobs(None)  # type: ignore[arg-type]
+    for not_jobs in ("abc", b"abc", {"queue": "q"}):  # iterable, but not of jobs
+        with pytest.raises(sq.InvalidArgumentError, match="sequence of jobs"):
+            await queue.insert_jobs(not_jobs)  # type: ignore[arg-type]
+    with pytest.raises(sq.InvalidArgumentError, match="use insert_jobs for several"):
+        await queue.insert_job([sq.Job("q", {})])  # type: ignore[arg-type]
+    with pytest.raises(sq.InvalidArgumentError, match=r"takes a simplequeue\.Job, got str"):
+        await queue.insert_job("not a job")  # type: ignore[arg-type]
     assert count(dsn) == 0
 
 

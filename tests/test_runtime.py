@@ -107,6 +107,7 @@ async def test_one_queue_losing_its_database_does_not_hold_back_another(
         await eventually(lambda: broken.stats().database_failures > 2, timeout=10)
         with pytest.raises(TimeoutError):
             await broken.ready(timeout=0.2)  # its LISTEN cannot be in place
+        waiting = asyncio.create_task(broken.ready())  # no timeout: the stop must end it
         async with sq.SimpleQueue.from_url(
             dsn, heartbeat_interval=0.4, reaper_interval=0.05
         ) as queue:
@@ -117,6 +118,9 @@ async def test_one_queue_losing_its_database_does_not_hold_back_another(
             waited = asyncio.get_running_loop().time() - started
             assert queue.stats().database_failures == 0
         assert waited < 0.8, f"reaped after {waited:.2f}s: held back by another queue's outage"
+        await broken.stop(timeout=1)
+        with pytest.raises(sq.QueueStateError, match="stopped before"):
+            await asyncio.wait_for(waiting, 5)
     finally:
         await broken.stop(timeout=1)
         await pool.close(timeout=1)
@@ -137,3 +141,42 @@ async def test_one_shot_sweeps_need_no_workers(queue: sq.SimpleQueue, dsn: str) 
     reaped = await queue.reap()
     assert (reaped.recovered, reaped.poisoned, reaped.exhausted) == (1, 0, 0)
     assert count(dsn, "status = 'pending'") == 1 and all(ids)
+
+
+async def test_a_failed_ownership_check_spends_no_attempt(
+    dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a wait for its strategy permit, a job is checked to be still ours. A database
+    that cannot answer then is no verdict on the job: it goes back to pending, attempt
+    given back, instead of failing without having run."""
+    import psycopg
+
+    from simplequeue.store import Store
+
+    real = Store.still_running
+    failures: list[int] = []
+
+    async def flaky(self: Store, conn: Any, job_id: Any, lease: int) -> bool:
+        if not failures:
+            failures.append(1)
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        return await real(self, conn, job_id, lease)
+
+    monkeypatch.setattr(Store, "still_running", flaky)
+    ran: list[int] = []
+
+    class OneAtATime(sq.Handler):
+        QUEUE = "one"
+
+        async def process(self, queue: sq.SimpleQueue, job: sq.Job) -> None:
+            await asyncio.sleep(0.05)  # the other waits for the permit meanwhile
+            ran.append(job.data)
+
+    async with sq.SimpleQueue.from_url(dsn, **FAST) as queue:
+        queue.register_handler(OneAtATime())
+        queue.set_queue_strategy("one", sq.ConcurrencyLimit(1))
+        await queue.start()
+        await queue.insert_jobs([sq.Job("one", n, max_attempts=1) for n in range(2)])
+        await eventually(lambda: count(dsn, "status = 'completed'") == 2, timeout=10)
+    assert sorted(ran) == [0, 1] and failures == [1]
+    assert count(dsn, "attempt = 1") == 2  # the refused check gave its attempt back

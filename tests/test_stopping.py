@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from typing import Any
@@ -95,3 +96,29 @@ async def test_a_sync_handler_past_its_timeout_hears_it_and_can_give_up(dsn: str
     woke, reason, at = heard[0]
     assert woke and reason == sq.StopReason.TIMEOUT and at - began < 5
     assert done.status is sq.JobStatus.FAILED and "timed out" in (done.last_error or "")
+
+
+async def test_a_job_claimed_as_the_stop_begins_hears_it_too(dsn: str) -> None:
+    """The stop tells the runs it knows of, and every run tracked after it: a claim that
+    was under way when the stop began starts a job that must hear it as well."""
+    from simplequeue.runtime.heartbeat import Heartbeater
+    from simplequeue.store import Store
+
+    heartbeats = Heartbeater(lambda: None, Store("simplequeue"), 60)  # type: ignore[arg-type,return-value]
+    before, after = sq.Job("q", 1), sq.Job("q", 2)
+    heartbeats.track(before)
+    heartbeats.signal_shutdown()
+    heartbeats.track(after)
+    assert before.stopping.reason == after.stopping.reason == sq.StopReason.SHUTDOWN
+
+
+async def test_a_wait_given_up_leaves_nothing_behind() -> None:
+    signal = sq.StopSignal()
+    for _ in range(100):
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(signal.wait(), 0.001)
+    assert signal.waiting == 0
+    waiter = asyncio.create_task(signal.wait())
+    await asyncio.sleep(0)
+    signal.set(sq.StopReason.LOST)
+    assert await asyncio.wait_for(waiter, 5) == sq.StopReason.LOST

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import psycopg
 from pydantic import ValidationError
 
 from simplequeue.backoff import Fixed
@@ -20,6 +21,7 @@ from simplequeue.job import Job, JobResult, JobStatus
 from simplequeue.permits import Permit, StrategyDecision
 from simplequeue.registry import QueueRegistry
 from simplequeue.runtime.heartbeat import Heartbeater
+from simplequeue.runtime.outage import describe
 from simplequeue.runtime.outcomes import (
     FALLBACK_DELAY,
     describe_error,
@@ -128,8 +130,12 @@ class Executor:
             return outcome_for_failure(job, error, backoff), None
         leftover = None
         try:
-            if time.monotonic() - asked > _WAITED and not await self._owned(job):
-                return None, None
+            if time.monotonic() - asked > _WAITED:
+                owned = await self._owned(job)
+                if owned is None:  # the database could not say: not run, attempt given back
+                    return outcome_for_shutdown(job), None
+                if not owned:
+                    return None, None
             if handler.Payload is not None:
                 try:
                     job.payload = handler.Payload.model_validate(job.data)
@@ -157,10 +163,23 @@ class Executor:
             return outcome_for_failure(job, error, backoff), None
         return outcome_for_result(job, result, backoff, self._max_reprocess), None
 
-    async def _owned(self, job: Job) -> bool:
+    async def _owned(self, job: Job) -> bool | None:
         """Still this worker's to run? Checked after a wait: a job cancelled (or reaped and
-        claimed elsewhere) while it waited for its strategy permit must not run."""
-        if self._heartbeats.is_lost(job) or not await self._still_ours(job):
+        claimed elsewhere) while it waited for its strategy permit must not run. None when
+        the database could not answer (a lost connection, no free one in the pool): that
+        is no verdict on the job, and must not spend its attempt."""
+        try:
+            ours = not self._heartbeats.is_lost(job) and await self._still_ours(job)
+        except psycopg.OperationalError as exc:
+            log.warning(
+                "job %s: could not check it is still ours after its strategy wait (%s); "
+                "returned to pending, attempt given back",
+                job.id,
+                describe(exc),
+                extra=_extra(job),
+            )
+            return None
+        if not ours:
             log.info(
                 "job %s was cancelled or taken over while it waited for its strategy "
                 "permit; not run",

@@ -57,6 +57,7 @@ class Heartbeater:
         self._held: set[Run] = set()  # finished, result not yet written
         self._lost: set[Run] = set()  # running here, no longer ours in the database
         self.lost_total = 0
+        self._shutting_down = False
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -68,6 +69,9 @@ class Heartbeater:
         in try/finally."""
         with self._lock:
             self._running[(job.id, job.lease)] = job
+            shutting_down = self._shutting_down
+        if shutting_down:  # claimed while the stop began: it hears it all the same
+            job.stopping.set(StopReason.SHUTDOWN)
 
     def untrack(self, job: Job) -> None:
         run = (job.id, job.lease)
@@ -75,10 +79,14 @@ class Heartbeater:
             self._running.pop(run, None)
             self._lost.discard(run)
 
-    def running_jobs(self) -> list[Job]:
-        """The jobs whose handlers run now (not those finished and waiting for a write)."""
+    def signal_shutdown(self) -> None:
+        """Tell every run, those already tracked and those tracked from now on, that the
+        worker is stopping (`job.stopping`)."""
         with self._lock:
-            return list(self._running.values())
+            self._shutting_down = True
+            jobs = list(self._running.values())
+        for job in jobs:
+            job.stopping.set(StopReason.SHUTDOWN)
 
     def is_lost(self, job: Job) -> bool:
         """True once a beat found this run cancelled or taken over elsewhere."""

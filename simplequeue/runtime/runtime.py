@@ -31,7 +31,6 @@ from simplequeue.runtime.poller import Poller
 from simplequeue.runtime.results import ResultWriter
 from simplequeue.runtime.service import Service
 from simplequeue.stats import QueueStats
-from simplequeue.stopping import StopReason
 from simplequeue.store import Store
 
 __all__ = ["Runtime"]
@@ -45,7 +44,10 @@ CANCEL_GRACE = 0.5
 """Seconds a stop waits for a cancelled task (or the heartbeat thread) to end."""
 
 RESTART_DELAY = 1.0
-"""Seconds before a crashed service starts again."""
+MAX_RESTART_DELAY = 60.0
+"""Seconds before a crashed service starts again: doubling while it keeps crashing at
+once (a bug that fails every round must not fill the log every second), back to the
+least once it has run for MAX_RESTART_DELAY."""
 
 
 class Runtime:
@@ -107,6 +109,7 @@ class Runtime:
         self._results_task: asyncio.Task[None] | None = None
         self._services: list[asyncio.Task[None]] = []
         self._running: list[Service] = []
+        self._stopped = asyncio.Event()
         self.restarts = 0
 
     async def start(self) -> None:
@@ -126,7 +129,9 @@ class Runtime:
         """The one place that decides what a crashed service does: it is logged and
         started again. Stopping the runtime instead would leave running jobs without a
         poller to follow them, or their results without a writer, until someone noticed."""
+        delay = RESTART_DELAY
         while True:
+            began = time.monotonic()
             try:
                 await service.run()
                 return
@@ -134,14 +139,25 @@ class Runtime:
                 raise
             except Exception:
                 self.restarts += 1
-                log.exception("%s crashed; restarting it in %gs", service.name, RESTART_DELAY)
-                await asyncio.sleep(RESTART_DELAY)
+                if time.monotonic() - began >= MAX_RESTART_DELAY:
+                    delay = RESTART_DELAY
+                log.exception("%s crashed; restarting it in %gs", service.name, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_RESTART_DELAY)
 
-    async def ready(self) -> None:
-        """Return once inserts wake this runtime at once: its LISTEN is in place (at
-        once when notifications are off)."""
-        if self.listener is not None:
-            await self.listener.connected.wait()
+    async def ready(self) -> bool:
+        """Wait until inserts wake this runtime at once: its LISTEN is in place (at once
+        when notifications are off). False when the runtime stopped first."""
+        if self.listener is None:
+            return True
+        connected = asyncio.ensure_future(self.listener.connected.wait())
+        stopped = asyncio.ensure_future(self._stopped.wait())
+        try:
+            await asyncio.wait([connected, stopped], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            connected.cancel()
+            stopped.cancel()
+        return self.listener.connected.is_set() and not self._stopped.is_set()
 
     def stats(self) -> QueueStats:
         listener = self.listener
@@ -180,8 +196,8 @@ class Runtime:
         deadline = time.monotonic() + timeout
         last_write = deadline + SHUTDOWN_WRITE_GRACE
         self.poller.stop_claiming()
-        for job in self.heartbeats.running_jobs():  # handlers may wrap up early
-            job.stopping.set(StopReason.SHUTDOWN)
+        self._stopped.set()
+        self.heartbeats.signal_shutdown()  # handlers may wrap up early
         await _finish([self._poller_task], deadline)
         running = set(self.poller.tasks)
         if running:
