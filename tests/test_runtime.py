@@ -180,3 +180,44 @@ async def test_a_failed_ownership_check_spends_no_attempt(
         await eventually(lambda: count(dsn, "status = 'completed'") == 2, timeout=10)
     assert sorted(ran) == [0, 1] and failures == [1]
     assert count(dsn, "attempt = 1") == 2  # the refused check gave its attempt back
+
+
+async def test_while_a_stop_is_under_way_stats_count_and_reap_spares_its_runs(
+    dsn: str,
+) -> None:
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    class Lingers(sq.Handler):
+        QUEUE = "lingers"
+
+        async def process(self, queue: sq.SimpleQueue, job: sq.Job) -> None:
+            started.set()
+            await release.wait()
+
+    async with sq.SimpleQueue.from_url(dsn, **FAST) as queue:
+        queue.register_handler(Lingers())
+        await queue.start()
+        job_id = await queue.insert_job(sq.Job("lingers", {}))
+        await asyncio.wait_for(started.wait(), 10)
+        stopping = asyncio.create_task(queue.stop(timeout=30))
+        await asyncio.sleep(0.05)
+        stats = queue.stats()
+        assert not stats.started and stats.running == 1 and stats.claimed == 1
+        # its heartbeat looks dead; this process knows better
+        query(dsn, "UPDATE simplequeue.jobs SET heartbeat_at = now() - interval '1 hour'")
+        assert (await queue.reap()).recovered == 0
+        release.set()
+        await asyncio.wait_for(stopping, 10)
+    assert count(dsn, "id = %s AND status = 'completed'", [job_id]) == 1
+
+
+def test_set_backoff_says_it_was_renamed() -> None:
+    import warnings
+
+    queue = sq.SimpleQueue.from_url("host=127.0.0.1")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        queue.set_backoff("q", sq.Fixed(3))
+    assert [w.category for w in caught] == [DeprecationWarning]
+    assert "set_queue_backoff" in str(caught[0].message)
