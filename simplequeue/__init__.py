@@ -4,6 +4,7 @@ The public API is what this package re-exports (`__all__`, documented in docs/ap
 the modules behind it are internal and may change from one release to the next."""
 
 from simplequeue.backoff import BackoffStrategy, Custom, Exponential, Fixed, Linear
+from simplequeue.blocking import BlockingQueue
 from simplequeue.config import QueueConfig
 from simplequeue.errors import (
     ConfigError,
@@ -38,6 +39,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackoffStrategy",
+    "BlockingQueue",
     "CancelJob",
     "ConcurrencyLimit",
     "ConfigError",

@@ -13,7 +13,6 @@ from simplequeue.validation import as_timeout, check_key
 
 if TYPE_CHECKING:
     from simplequeue.job import Job
-    from simplequeue.queue import SimpleQueue
 
 __all__ = ["Handler"]
 
@@ -32,7 +31,10 @@ class Handler:
     timeout: ClassVar[float | None] = None
     """Seconds an attempt may take; past it the handler is cancelled and the attempt failed."""
 
-    def process(self, queue: SimpleQueue, job: Job) -> Any:
+    def process(self, queue: Any, job: Job) -> Any:
+        """One attempt of `job`. `queue` is the `SimpleQueue` for an `async def process`,
+        and a `BlockingQueue` (the same methods as plain calls) for a sync one; annotate
+        it as such in your subclass."""
         raise NotImplementedError(f"{type(self).__name__} must implement process()")
 
     @functools.cached_property

@@ -296,7 +296,7 @@ class SimpleQueue:
 
     # -- operating -------------------------------------------------------------------
 
-    async def get_job(self, job_id: uuid.UUID) -> Job | None:
+    async def get_job(self, job_id: uuid.UUID | str) -> Job | None:
         """The job from the live table, the archive or the DLQ; None if unknown.
 
         Raises JobNotFoundError when the job is not live and this database role may not
@@ -306,7 +306,7 @@ class SimpleQueue:
         async with borrow(self._pool) as conn:
             return await self._store.get_job(conn, job_id)
 
-    async def cancel_job(self, job_id: uuid.UUID) -> bool:
+    async def cancel_job(self, job_id: uuid.UUID | str) -> bool:
         """Cancel a pending or running job. A running one ends as cancelled whatever its
         handler returns afterwards."""
         job_id = _as_uuid(job_id)
@@ -325,14 +325,14 @@ class SimpleQueue:
         async with borrow(self._pool) as conn:
             return await self._store.cancel(conn, "fingerprint", fingerprint)
 
-    async def reschedule_job(self, job_id: uuid.UUID, run_at: datetime) -> bool:
+    async def reschedule_job(self, job_id: uuid.UUID | str, run_at: datetime) -> bool:
         """Move a pending job's due time; False if it is not pending."""
         check_time("run_at", run_at, error=InvalidArgumentError)
         job_id = _as_uuid(job_id)
         async with borrow(self._pool) as conn:
             return await self._store.reschedule(conn, job_id, run_at)
 
-    async def wait_for_job(self, job_id: uuid.UUID, timeout: float | None = None) -> Job:
+    async def wait_for_job(self, job_id: uuid.UUID | str, timeout: float | None = None) -> Job:
         """Wait until the job's first processing attempt has ended (from any process).
 
         Raises JobNotFoundError for an unknown id and TimeoutError after `timeout` seconds,
@@ -374,7 +374,7 @@ class SimpleQueue:
         keys = [s.value for s in JobStatus] + ["archive", "dlq"]
         return {key: found.get(key, 0) for key in keys}
 
-    async def requeue_dlq_job(self, job_id: uuid.UUID) -> bool:
+    async def requeue_dlq_job(self, job_id: uuid.UUID | str) -> bool:
         """Put a dead job back to pending with fresh attempts. False if no such dead job, or
         if a live job now holds its unique key."""
         job_id = _as_uuid(job_id)

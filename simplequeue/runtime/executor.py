@@ -15,6 +15,7 @@ import psycopg
 from pydantic import ValidationError
 
 from simplequeue.backoff import Fixed
+from simplequeue.blocking import BlockingQueue
 from simplequeue.errors import InvalidJobError
 from simplequeue.handler import Handler
 from simplequeue.job import Job, JobResult, JobStatus
@@ -58,6 +59,7 @@ class Executor:
         """`queue` is what handlers receive as their first argument (the facade): the
         runtime passes it on and never calls it."""
         self._queue = queue
+        self._blocking: BlockingQueue | None = None  # what sync handlers receive instead
         self._registry = registry
         self._heartbeats = heartbeats
         self._results = results
@@ -194,7 +196,10 @@ class Executor:
         stop (a task is cancelled; a thread cannot be) and HandlerTimeout carries it."""
         limit = job.timeout if job.timeout is not None else handler.timeout
         if handler.runs_in_thread:
-            call = functools.partial(handler.process, self._queue, job)
+            if self._blocking is None:
+                self._blocking = BlockingQueue(self._queue, asyncio.get_running_loop())
+            # plain calls, where the facade's coroutines could not be awaited
+            call = functools.partial(handler.process, self._blocking, job)
             work: Leftover = asyncio.wrap_future(self._threads.submit(call))
         elif limit is None:
             return await _settled(handler.process(self._queue, job))  # the common, fast path
