@@ -71,6 +71,9 @@ class BlockingQueue:
     def get_job(self, job_id: uuid.UUID | str) -> Job | None:
         return self._run(self.queue.get_job(job_id))
 
+    def get_job_by_unique_key(self, unique_key: str) -> Job | None:
+        return self._run(self.queue.get_job_by_unique_key(unique_key))
+
     def cancel_job(self, job_id: uuid.UUID | str) -> bool:
         return self._run(self.queue.cancel_job(job_id))
 

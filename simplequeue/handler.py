@@ -6,9 +6,9 @@ import functools
 import inspect
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
-from simplequeue.errors import ConfigError
+from simplequeue.errors import ConfigError, InvalidJobError
 from simplequeue.validation import as_timeout, check_key
 
 if TYPE_CHECKING:
@@ -30,6 +30,24 @@ class Handler:
     Payload: ClassVar[type[BaseModel] | None] = None
     timeout: ClassVar[float | None] = None
     """Seconds an attempt may take; past it the handler is cancelled and the attempt failed."""
+
+    @classmethod
+    def job(cls, payload: Any, **options: Any) -> Job:
+        """A job for this handler's queue, its payload checked now: a dict (or model)
+        that `Payload` refuses raises InvalidJobError here, in the producer, instead of
+        ending the job as unprocessable later. `options` are those of `Job`."""
+        from simplequeue.job import Job
+
+        queue = getattr(cls, "QUEUE", None)
+        check_key(f"{cls.__name__}.QUEUE", queue, required=True, error=ConfigError)
+        if cls.Payload is not None:
+            try:
+                payload = cls.Payload.model_validate(payload)
+            except ValidationError as exc:
+                raise InvalidJobError(
+                    f"payload for {cls.__name__} does not validate: {exc}"
+                ) from None
+        return Job(str(queue), payload, **options)
 
     def process(self, queue: Any, job: Job) -> Any:
         """One attempt of `job`. `queue` is the `SimpleQueue` for an `async def process`,

@@ -238,6 +238,24 @@ class Job:
         job.data = job.payload = job._encoded_of = None if encoded else data
         return job
 
+    def to_dict(self) -> dict[str, Any]:
+        """The job as JSON-ready values (what a web framework can return as it is): every
+        column it was read with, the id as a string, times in ISO 8601."""
+        values: dict[str, Any] = {}
+        for column in READ:
+            if column.name == "data":  # as JSON reads it back, a pydantic model included
+                values["data"] = decode_data(self.encoded_data)
+                continue
+            value = getattr(self, column.attribute or column.name)
+            if isinstance(value, uuid.UUID):
+                value = str(value)
+            elif isinstance(value, datetime):
+                value = value.isoformat()
+            elif isinstance(value, enum.Enum):
+                value = value.value
+            values["id" if column.name == "id" else (column.attribute or column.name)] = value
+        return values
+
     def decode_data(self) -> None:
         """Decode data claimed as JSON text; InvalidJobError if Python cannot read it."""
         if self._encoded is None or self.data is not None:

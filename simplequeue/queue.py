@@ -306,6 +306,13 @@ class SimpleQueue:
         async with borrow(self._pool) as conn:
             return await self._store.get_job(conn, job_id)
 
+    async def get_job_by_unique_key(self, unique_key: str) -> Job | None:
+        """The live (pending or running) job holding `unique_key`: the one that made an
+        insert with that key return None. None when no live job holds it."""
+        check_key("unique_key", unique_key, required=True, error=InvalidArgumentError)
+        async with borrow(self._pool) as conn:
+            return await self._store.get_live_job_by_key(conn, unique_key)
+
     async def cancel_job(self, job_id: uuid.UUID | str) -> bool:
         """Cancel a pending or running job. A running one ends as cancelled whatever its
         handler returns afterwards."""

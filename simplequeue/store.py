@@ -169,6 +169,7 @@ class Store:
         self._fail_exhausted = _q(q.FAIL_EXHAUSTED, schema)
         self._exhausted_ids = _q(q.EXHAUSTED_IDS, schema)
         self._get_live_job = _q(q.GET_LIVE_JOB, schema)
+        self._get_live_job_by_key = _q(q.GET_LIVE_JOB_BY_KEY, schema)
         self._get_finished_job = _q(q.GET_FINISHED_JOB, schema)
         self._cancel_by = {
             column: _q(q.CANCEL.format(column=column, s="{s}"), schema)
@@ -472,6 +473,11 @@ class Store:
         if row is None:
             cur = await _run(conn, self._get_live_job, {"id": job_id})
             row = await cur.fetchone()
+        return Job.from_row(row) if row else None
+
+    async def get_live_job_by_key(self, conn: AnyConn, unique_key: str) -> Job | None:
+        cur = await _run(conn, self._get_live_job_by_key, [unique_key])
+        row = await cur.fetchone()
         return Job.from_row(row) if row else None
 
     async def cancel(self, conn: AnyConn, column: str, value: uuid.UUID | str) -> int:
