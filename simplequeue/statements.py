@@ -224,8 +224,7 @@ GET_LIVE_JOB = "SELECT " + _READ + " FROM {s}.jobs WHERE id = %(id)s"
 # The live job holding a unique key (at most one: jobs_unique_key_live), read through
 # that index.
 GET_LIVE_JOB_BY_KEY = (
-    "SELECT " + _READ + " FROM {s}.jobs "
-    "WHERE unique_key = %s AND status IN ('pending', 'running')"
+    "SELECT " + _READ + " FROM {s}.jobs WHERE unique_key = %s AND status IN ('pending', 'running')"
 )
 
 GET_FINISHED_JOB = (
