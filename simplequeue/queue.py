@@ -207,6 +207,24 @@ class SimpleQueue:
         stats = runtime.stats()
         return stats if runtime is self._runtime else dataclasses.replace(stats, started=False)
 
+    async def drain(self, timeout: float | None = None) -> dict[str, int]:
+        """Run every due job of this process's handlers until none is due, none runs and
+        every result is written; returns how many attempts ended in each status
+        (`{"completed": 3, "pending": 1}`: one will retry later). For tests: it starts
+        the workers if they are not started, and stops them again after."""
+        limit = None if timeout is None else _seconds("timeout", timeout)
+        started_here = self._runtime is None
+        if started_here:
+            await self.start()
+        runtime = self._runtime
+        assert runtime is not None
+        try:
+            async with asyncio.timeout(limit):
+                return await runtime.drain(self._pool, self._store)
+        finally:
+            if started_here:
+                await self.stop()
+
     # -- maintenance -----------------------------------------------------------------
 
     async def run_janitor(self) -> JanitorReport:

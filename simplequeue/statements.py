@@ -57,6 +57,14 @@ COPY_RUN_AT = "COPY {s}.jobs (" + COPY_COLUMNS + ", run_at, scheduled) FROM STDI
 # Promotes scheduled jobs that have come due, so that the claim finds them: a bounded
 # batch of the queues the poller claims from, read in jobs_scheduled's order (per queue,
 # the earliest first), so it stops after `limit` rows however many have come due.
+# Jobs of these queues a claim could take now, or right after a promotion: what
+# `drain()` waits to see run out.
+COUNT_DUE = """
+SELECT count(*) FROM {s}.jobs
+WHERE status = 'pending' AND queue = ANY(%s::text[]) AND run_at <= now()
+  AND attempt < max_attempts
+"""
+
 PROMOTE = """
 UPDATE {s}.jobs AS j SET scheduled = false
 FROM (

@@ -179,6 +179,7 @@ class Store:
         self._list_dlq = _q(q.LIST_DLQ, schema)
         self._list_dlq_of_queue = _q(q.LIST_DLQ_OF_QUEUE, schema)
         self._promote = _q(q.PROMOTE, schema)
+        self._count_due = _q(q.COUNT_DUE, schema)
         self._requeue_dead_live = _q(q.REQUEUE_DEAD_LIVE, schema)
         self._requeue_from_dlq = _q(q.REQUEUE_FROM_DLQ, schema)
         self._delete_from_dlq = _q(q.DELETE_FROM_DLQ, schema)
@@ -315,6 +316,12 @@ class Store:
         """Make up to `limit` scheduled jobs of `queues` that have come due claimable."""
         cur = await _run(conn, self._promote, {"queues": list(queues), "limit": limit})
         return cur.rowcount
+
+    async def count_due(self, conn: AnyConn, queues: Sequence[str]) -> int:
+        """Pending jobs of `queues` that are due and may still be claimed."""
+        cur = await _run(conn, self._count_due, [list(queues)])
+        row = await cur.fetchone()
+        return int(row[0]) if row else 0
 
     async def write_outcomes(self, conn: AnyConn, outcomes: Sequence[Outcome]) -> set[uuid.UUID]:
         """Apply a batch of results, fenced by lease; returns the ids it changed.

@@ -66,3 +66,37 @@ async def test_a_job_converts_to_json_ready_values(queue: sq.SimpleQueue) -> Non
     assert values["data"] == {"n": [1, 2.5]} and values["timeout"] == 3
     assert datetime.fromisoformat(values["run_at"]) == due
     assert json.dumps(SendEmail.job({"to": "x", "subject": "y"}).to_dict())
+
+
+async def test_drain_runs_every_due_job_and_counts_how_each_attempt_ended(
+    dsn: str,
+) -> None:
+    class Work(sq.Handler):
+        QUEUE = "work"
+
+        async def process(self, queue: sq.SimpleQueue, job: sq.Job) -> sq.JobResult | None:
+            if job.data == "child":
+                return None
+            if job.data == "parent":
+                await queue.insert_job(sq.Job("work", "child"))
+                return None
+            if job.data == "flaky" and job.attempt == 1:
+                return sq.JobResult.failed("once")  # backoff 0: due again at once
+            if job.data == "later":
+                return sq.JobResult.retry_at(datetime.now(UTC) + timedelta(hours=1))
+            if job.data == "bad":
+                return sq.JobResult.critical("no")
+            return None
+
+    async with sq.SimpleQueue.from_url(dsn, backoff=sq.Fixed(0)) as queue:
+        queue.register_handler(Work())
+        await queue.insert_jobs(
+            [sq.Job("work", d) for d in ("parent", "flaky", "later", "bad", "plain")]
+            + [sq.Job("elsewhere", "not handled here")]
+        )
+        ended = await queue.drain(timeout=30)
+        assert not queue.running  # it stopped what it started
+        assert ended == {"completed": 4, "pending": 2, "critical_failure": 1}
+        assert await queue.drain(timeout=30) == {}  # nothing due: nothing ran
+    assert count(dsn, "status = 'completed'") == 4  # parent, child, flaky, plain
+    assert count(dsn, "queue = 'elsewhere' AND status = 'pending' AND attempt = 0") == 1

@@ -98,6 +98,7 @@ class Poller(Service):
         self.tasks: set[asyncio.Task[None]] = set()
         self.claims = 0
         self.claimed = 0
+        self.claiming = False
         self._promoted_at = float("-inf")
         self._unsubscribe = registry.on_change(self.poke)
 
@@ -105,6 +106,9 @@ class Poller(Service):
         """A NOTIFY arrived; wake only if it names a queue this process handles."""
         if queues is None or not queues.isdisjoint(self._registry.handlers):
             self._wake.set()
+
+    def handled_queues(self) -> list[str]:
+        return list(self._registry.handlers)
 
     def poke(self) -> None:
         """Something changed (a handler, a limit): look again now."""
@@ -126,10 +130,12 @@ class Poller(Service):
                 continue
             total = min(self.global_permits.free, sum(limits))
             self._wake.clear()
+            self.claiming = True
             try:
                 async with borrow(self._pool) as conn:
                     jobs = await self._store.claim(conn, queues, limits, total)
             except psycopg.OperationalError as exc:
+                self.claiming = False
                 await self.back_off(exc)
                 continue
             self.outage.recovered()
@@ -137,6 +143,7 @@ class Poller(Service):
             self.claimed += len(jobs)
             for job in jobs:
                 self._start(job)
+            self.claiming = False  # the jobs it claimed are tasks now
             saturated = claim_was_saturated([job.queue for job in jobs], queues, limits, total)
             if self._promotion_due() and await self._promote(queues):
                 continue  # jobs came due: claim them now

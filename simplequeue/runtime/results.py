@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import time
 import uuid
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from psycopg_pool import AsyncConnectionPool
@@ -69,6 +70,8 @@ class ResultWriter(Service):
         self.written = 0
         self.fenced_off = 0
         self.refused = 0
+        self.written_by_status: Counter[str] = Counter()
+        self._writing = 0
 
     async def submit(self, outcome: Outcome) -> None:
         """Queue a result; waits only when too many are already waiting (back-pressure)."""
@@ -84,7 +87,8 @@ class ResultWriter(Service):
 
     @property
     def pending(self) -> int:
-        return len(self._buffer) + len(self._deferred)
+        """Outcomes not written yet: buffered, deferred, or in the batch being written."""
+        return len(self._buffer) + len(self._deferred) + self._writing
 
     async def run(self) -> None:
         """The flush loop; returns once closed and everything is written (or the deadline hit)."""
@@ -108,9 +112,11 @@ class ResultWriter(Service):
             del self._buffer[: self._batch_size]
             self._has_room.set()
             deferred = len(self._deferred)
+            self._writing = len(batch)
             try:
                 written = await self._write(batch)
             finally:
+                self._writing = 0
                 held = {(o.job_id, o.lease) for o in self._deferred[deferred:]}
                 self._release([o for o in batch if (o.job_id, o.lease) not in held])
             if not written:
@@ -193,6 +199,7 @@ class ResultWriter(Service):
                 continue
             self.outage.recovered()
             self.written += len(changed)
+            self.written_by_status.update(o.status for o in batch if o.job_id in changed)
             self.fenced_off += len(batch) - len(changed) - len(locked)
             self._defer(locked)
             return True

@@ -159,6 +159,23 @@ class Runtime:
             stopped.cancel()
         return self.listener.connected.is_set() and not self._stopped.is_set()
 
+    async def drain(self, pool: AsyncConnectionPool[Any], store: Store) -> dict[str, int]:
+        """Wait until no job of the handled queues is due, running or unwritten; how
+        many attempts ended in each status meanwhile."""
+        before = self.results.written_by_status.copy()
+        while True:
+            queues = sorted(self.poller.handled_queues())
+            async with borrow(pool) as conn:
+                await store.promote_due(conn, queues, 1000)
+                due = await store.count_due(conn, queues) if queues else 0
+            idle = not (self.poller.claiming or self.poller.tasks or self.results.pending)
+            if not due and idle:
+                break
+            self.poller.poke()  # claim now, not at the next fallback poll
+            await asyncio.sleep(0.005)
+        ended = self.results.written_by_status - before
+        return dict(ended)
+
     def stats(self) -> QueueStats:
         listener = self.listener
         return QueueStats(
