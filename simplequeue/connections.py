@@ -21,9 +21,16 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
-from simplequeue.errors import QueueStateError
+from simplequeue.errors import InvalidArgumentError, QueueStateError
 
-__all__ = ["APPLICATION_NAME", "borrow", "dedicated_settings", "defaults_for"]
+__all__ = [
+    "APPLICATION_NAME",
+    "borrow",
+    "check_caller_connection",
+    "dedicated_settings",
+    "defaults_for",
+    "driver_connection",
+]
 
 APPLICATION_NAME = "simplequeue"
 """How the library's connections show in pg_stat_activity (dedicated ones add their role)."""
@@ -130,3 +137,54 @@ def _readable(fd: int) -> bool:
         poller.register(fd, select.POLLIN)
         return bool(poller.poll(0))
     return bool(select.select([fd], [], [], 0)[0])
+
+
+_ACCEPTED = (
+    "a psycopg.AsyncConnection, or a SQLAlchemy AsyncSession or AsyncConnection on the "
+    "psycopg driver (postgresql+psycopg://)"
+)
+
+
+def _sqlalchemy_async(conn: object) -> bool:
+    """A SQLAlchemy AsyncSession or AsyncConnection (without importing SQLAlchemy when the
+    application does not use it)."""
+    if not type(conn).__module__.startswith("sqlalchemy."):
+        return False
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+    return isinstance(conn, AsyncSession | AsyncConnection)
+
+
+def check_caller_connection(conn: object) -> None:
+    """Refuse a `conn=` of the wrong kind before any statement runs: a sync connection
+    would execute the INSERT and only then fail on `await`."""
+    if conn is None or isinstance(conn, psycopg.AsyncConnection) or _sqlalchemy_async(conn):
+        return
+    raise InvalidArgumentError(
+        f"conn must be {_ACCEPTED} (the one whose transaction the insert joins), got "
+        f"{type(conn).__name__}; pass none to use the queue's pool"
+    )
+
+
+async def driver_connection(conn: Any) -> psycopg.AsyncConnection[Any]:
+    """The psycopg connection under the caller's `conn=`, in the caller's transaction:
+    SQLAlchemy's, when it is a session or a connection (the session's transaction begins
+    if it had not)."""
+    if isinstance(conn, psycopg.AsyncConnection):
+        return conn
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    connection = await conn.connection() if isinstance(conn, AsyncSession) else conn
+    if not connection.in_transaction():
+        # What a statement run through SQLAlchemy would do ("autobegin"): without it,
+        # SQLAlchemy would not know of the transaction, and its commit() would not commit
+        # the insert (the pool's reset would roll it back).
+        await connection.begin()
+    raw = await connection.get_raw_connection()
+    driver = raw.driver_connection
+    if not isinstance(driver, psycopg.AsyncConnection):
+        raise InvalidArgumentError(
+            f"the SQLAlchemy engine runs on {type(driver).__module__}.{type(driver).__name__}; "
+            f"conn must be {_ACCEPTED}"
+        )
+    return driver

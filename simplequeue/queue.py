@@ -11,14 +11,19 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from simplequeue.backoff import BackoffStrategy
 from simplequeue.config import QueueConfig
-from simplequeue.connections import borrow, defaults_for
+from simplequeue.connections import (
+    borrow,
+    check_caller_connection,
+    defaults_for,
+    driver_connection,
+)
 from simplequeue.errors import (
     InvalidArgumentError,
     InvalidJobError,
@@ -38,7 +43,12 @@ from simplequeue.validation import as_seconds, check_key, check_time
 
 __all__ = ["SimpleQueue"]
 
-AsyncConn = psycopg.AsyncConnection[Any]
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection as SQLAlchemyConnection
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+AsyncConn = Union[psycopg.AsyncConnection[Any], "AsyncSession", "SQLAlchemyConnection"]
+"""What `conn=` takes: the connection (or session) whose transaction an insert joins."""
 
 MAX_LIST = 10_000
 """The most jobs one list_dlq call returns: page through more with the queue filter."""
@@ -262,7 +272,7 @@ class SimpleQueue:
         self, jobs: Sequence[Job], *, conn: AsyncConn | None = None
     ) -> list[uuid.UUID | None]:
         """Insert jobs in one round trip; the result is aligned with `jobs` (None: deduplicated)."""
-        _check_connection(conn)
+        check_caller_connection(conn)
         if isinstance(jobs, Job | str | bytes | Mapping) or not isinstance(jobs, Iterable):
             raise InvalidArgumentError(
                 f"insert_jobs takes a sequence of jobs, got {type(jobs).__name__}"
@@ -277,6 +287,7 @@ class SimpleQueue:
         if conn is not None:
             # Only an insert that commits on its own is known to have stored the jobs: in
             # the caller's transaction, inserting the same objects again is a retry of it.
+            conn = await driver_connection(conn)
             committed = conn_commits_each_statement(conn)
             inserted = await self._store.insert_jobs(conn, jobs, notify=notify, retry=retry)
         else:
@@ -410,16 +421,6 @@ class SimpleQueue:
 def _seconds(name: str, value: object) -> float:
     """A finite, non-negative number of seconds, or InvalidArgumentError before anything runs."""
     return as_seconds(name, value, error=InvalidArgumentError)
-
-
-def _check_connection(conn: object) -> None:
-    """Refuse what is not an async psycopg connection before any statement runs: a sync
-    connection would execute the INSERT and only then fail on `await`."""
-    if conn is not None and not isinstance(conn, psycopg.AsyncConnection):
-        raise InvalidArgumentError(
-            f"conn must be a psycopg.AsyncConnection (the one whose transaction the insert "
-            f"joins), got {type(conn).__name__}; pass none to use the queue's pool"
-        )
 
 
 def _first_attempt_over(job: Job) -> bool:
