@@ -230,7 +230,7 @@ class SimpleQueue:
         assert runtime is not None
         try:
             async with asyncio.timeout(limit):
-                return await runtime.drain(self._pool, self._store)
+                return await runtime.drain()
         finally:
             if started_here:
                 await self.stop()

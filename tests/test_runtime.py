@@ -221,3 +221,24 @@ def test_set_backoff_says_it_was_renamed() -> None:
         queue.set_backoff("q", sq.Fixed(3))
     assert [w.category for w in caught] == [DeprecationWarning]
     assert "set_queue_backoff" in str(caught[0].message)
+
+
+async def test_a_service_that_keeps_crashing_is_restarted_ever_less_often(
+    dsn: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    crashes: list[int] = []
+    real = Reaper.run_once
+
+    async def crash_thrice(self: Reaper) -> sq.ReapReport:
+        if len(crashes) < 3:
+            crashes.append(1)
+            raise RuntimeError("a bug in every sweep")
+        return await real(self)
+
+    monkeypatch.setattr(Reaper, "run_once", crash_thrice)
+    monkeypatch.setattr("simplequeue.runtime.runtime.RESTART_DELAY", 0.05)
+    async with sq.SimpleQueue.from_url(dsn, **FAST) as queue:
+        await queue.start()
+        await eventually(lambda: queue.stats().service_restarts == 3, timeout=5)
+    delays = [r.getMessage() for r in caplog.records if "reaper crashed" in r.getMessage()]
+    assert delays == [f"reaper crashed; restarting it in {d}s" for d in ("0.05", "0.1", "0.2")]

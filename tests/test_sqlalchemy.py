@@ -82,3 +82,21 @@ async def test_a_session_of_the_wrong_kind_is_refused_before_any_statement(
     ):
         await queue.insert_job(sq.Job("q", 1), conn=sync_session)  # type: ignore[arg-type]
     assert count(dsn) == 0
+
+
+async def test_an_engine_on_another_driver_is_refused_and_writes_nothing(
+    queue: sq.SimpleQueue, dsn: str
+) -> None:
+    params = conninfo_to_dict(dsn)
+    engine = create_async_engine(
+        f"postgresql+asyncpg://{params.get('user', 'postgres')}@{params.get('host', '127.0.0.1')}"
+        f":{params.get('port', 5432)}/{params['dbname']}"
+    )
+    try:
+        async with AsyncSession(engine) as session:
+            with pytest.raises(sq.InvalidArgumentError, match="asyncpg"):
+                await queue.insert_job(sq.Job("q", 1), conn=session)
+            await session.commit()
+    finally:
+        await engine.dispose()
+    assert count(dsn) == 0

@@ -107,9 +107,6 @@ class Poller(Service):
         if queues is None or not queues.isdisjoint(self._registry.handlers):
             self._wake.set()
 
-    def handled_queues(self) -> list[str]:
-        return list(self._registry.handlers)
-
     def poke(self) -> None:
         """Something changed (a handler, a limit): look again now."""
         self._wake.set()

@@ -27,7 +27,7 @@ from simplequeue.runtime.executor import Executor
 from simplequeue.runtime.heartbeat import Heartbeater
 from simplequeue.runtime.listener import Listener
 from simplequeue.runtime.outage import DatabaseHealth
-from simplequeue.runtime.poller import Poller
+from simplequeue.runtime.poller import PROMOTE_BATCH, Poller
 from simplequeue.runtime.results import ResultWriter
 from simplequeue.runtime.service import Service
 from simplequeue.stats import QueueStats
@@ -60,6 +60,9 @@ class Runtime:
         config: QueueConfig,
     ) -> None:
         self._config = config
+        self._pool = pool
+        self._store = store
+        self._registry = registry
         self.health = DatabaseHealth()
         health = self.health
         beat_conninfo, beat_settings = dedicated_settings(pool, "heartbeat")
@@ -159,15 +162,15 @@ class Runtime:
             stopped.cancel()
         return self.listener.connected.is_set() and not self._stopped.is_set()
 
-    async def drain(self, pool: AsyncConnectionPool[Any], store: Store) -> dict[str, int]:
+    async def drain(self) -> dict[str, int]:
         """Wait until no job of the handled queues is due, running or unwritten; how
         many attempts ended in each status meanwhile."""
         before = self.results.written_by_status.copy()
         while True:
-            queues = sorted(self.poller.handled_queues())
-            async with borrow(pool) as conn:
-                await store.promote_due(conn, queues, 1000)
-                due = await store.count_due(conn, queues) if queues else 0
+            queues = sorted(self._registry.handlers)
+            async with borrow(self._pool) as conn:
+                await self._store.promote_due(conn, queues, PROMOTE_BATCH)
+                due = await self._store.count_due(conn, queues) if queues else 0
             idle = not (self.poller.claiming or self.poller.tasks or self.results.pending)
             if not due and idle:
                 break
