@@ -111,6 +111,23 @@ def query(dsn: str, statement: str, params: Any = None) -> list[tuple[Any, ...]]
         return cur.fetchall() if cur.description else []
 
 
+def sqlalchemy_url(dsn: str, driver: str) -> str:
+    """The test database as a SQLAlchemy URL on `driver`; host and port go in the query so a
+    socket directory (the embedded server) survives."""
+    from sqlalchemy.engine import URL
+
+    params = conninfo_to_dict(dsn)
+    query = {"host": str(params.get("host", "127.0.0.1")), "port": str(params.get("port", 5432))}
+    url = URL.create(
+        f"postgresql+{driver}",
+        username=str(params.get("user", "postgres")),
+        password=params.get("password") or None,
+        database=str(params["dbname"]),
+        query=query,
+    )
+    return url.render_as_string(hide_password=False)
+
+
 def count(dsn: str, where: str = "true", params: Any = None, table: str = "jobs") -> int:
     return int(query(dsn, f"SELECT count(*) FROM simplequeue.{table} WHERE {where}", params)[0][0])
 

@@ -7,22 +7,16 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from psycopg.conninfo import conninfo_to_dict
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
 import simplequeue as sq
-from tests.conftest import FAST, count, eventually
+from tests.conftest import FAST, count, eventually, sqlalchemy_url
 
 
 @pytest.fixture
 async def engine(dsn: str) -> AsyncIterator[AsyncEngine]:
-    params = conninfo_to_dict(dsn)
-    url = (
-        f"postgresql+psycopg://{params.get('user', 'postgres')}@/{params['dbname']}"
-        f"?host={params.get('host', '127.0.0.1')}&port={params.get('port', 5432)}"
-    )
-    engine = create_async_engine(url)
+    engine = create_async_engine(sqlalchemy_url(dsn, "psycopg"))
     yield engine
     await engine.dispose()
 
@@ -87,11 +81,7 @@ async def test_a_session_of_the_wrong_kind_is_refused_before_any_statement(
 async def test_an_engine_on_another_driver_is_refused_and_writes_nothing(
     queue: sq.SimpleQueue, dsn: str
 ) -> None:
-    params = conninfo_to_dict(dsn)
-    engine = create_async_engine(
-        f"postgresql+asyncpg://{params.get('user', 'postgres')}@{params.get('host', '127.0.0.1')}"
-        f":{params.get('port', 5432)}/{params['dbname']}"
-    )
+    engine = create_async_engine(sqlalchemy_url(dsn, "asyncpg"))
     try:
         async with AsyncSession(engine) as session:
             with pytest.raises(sq.InvalidArgumentError, match="asyncpg"):
