@@ -11,7 +11,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[dev,janitor,embedded,sqlalchemy]"
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[dev,janitor,embedded,sqlalchemy,django]"
 	rm -f $(VENV)/.stamp-* && touch $@
 
 # The guided tour: on $$SIMPLEQUEUE_DSN when set, else on an embedded PostgreSQL.
@@ -30,6 +30,7 @@ lint: install
 	$(BIN)/ruff check simplequeue tests chaos $(wildcard bench)
 	$(BIN)/ruff format --check simplequeue tests chaos $(wildcard bench)
 	$(BIN)/mypy
+	MYPYPATH=. $(BIN)/mypy --strict --follow-imports=silent tests/test_typed_handlers.py
 
 format: install
 	$(BIN)/ruff format simplequeue tests chaos $(wildcard bench)

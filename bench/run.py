@@ -29,6 +29,7 @@ import time
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import psutil
 import psycopg
@@ -829,6 +830,23 @@ async def main_async(args: argparse.Namespace) -> int:
                 f" {outcome.seconds:6.1f}s  {shown}",
                 flush=True,
             )
+    paths: list[Any] = []
+    paths_problem = ""
+    if "sq" in systems and not sq_problem and (not args.workloads or "producers" in args.workloads):
+        from producers import producer_paths
+
+        try:
+            async with fresh_db(args.dsn, f"{DB_PREFIX}producers") as dsn:
+                paths = await producer_paths(dsn, sizes.enqueue_one // 2)
+        except Exception as exc:
+            paths_problem = f"producer paths: ERROR {exc!r}"
+            print(paths_problem, flush=True)
+        for path in paths:
+            print(
+                f"  producers       {path.label:<50} raw {path.raw_us:6.0f} us"
+                f"  sq {path.sq_us:6.0f} us  {path.ratio:.2f}x",
+                flush=True,
+            )
     wall = time.perf_counter() - started
 
     date = dt.date.today().isoformat()
@@ -856,12 +874,20 @@ async def main_async(args: argparse.Namespace) -> int:
         "results": {
             k: {s: dataclasses.asdict(o) for s, o in per.items()} for k, per in results.items()
         },
+        "producer_paths": [dataclasses.asdict(p) | {"ratio": p.ratio} for p in paths],
     }
     (RESULTS_DIR / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n")
     with contextlib.suppress(Exception):
         chart(results, systems, sizes, RESULTS_DIR / f"{stem}.png", f"simplequeue bench {stem}")
     print()
     print(markdown(results, systems, sizes))
+    if paths:
+        from producers import markdown as paths_markdown
+
+        print()
+        print(paths_markdown(paths))
+    elif paths_problem:
+        print(f"\n{paths_problem}")
     print(f"\nwall time: {wall:.0f} s; results: {RESULTS_DIR / (stem + '.json')} and .png")
     return 0
 
@@ -877,7 +903,9 @@ def main() -> int:
         help=f"comma list of systems or aliases: {', '.join(SYSTEMS)}, pgqueuer",
     )
     parser.add_argument(
-        "--workloads", default="", help="comma list of workload keys (default: all)"
+        "--workloads",
+        default="",
+        help="comma list of workload keys, `producers` for the producer paths (default: all)",
     )
     parser.add_argument(
         "--dsn", default=DEFAULT_DSN, help="admin DSN (URL); each case gets its own database"

@@ -13,6 +13,7 @@ from simplequeue.errors import (
     JobNotFoundError,
     MigrationError,
     QueueStateError,
+    SchemaNotFoundError,
     SimpleQueueError,
 )
 from simplequeue.handler import Handler
@@ -34,6 +35,7 @@ from simplequeue.permits import (
 from simplequeue.queue import SimpleQueue
 from simplequeue.stats import QueueStats
 from simplequeue.stopping import StopReason, StopSignal
+from simplequeue.syncqueue import SyncQueue
 
 __version__ = "0.1.0"
 
@@ -65,11 +67,13 @@ __all__ = [
     "QueueStats",
     "ReapReport",
     "RetryJob",
+    "SchemaNotFoundError",
     "SimpleQueue",
     "SimpleQueueError",
     "StopReason",
     "StopSignal",
     "StrategyDecision",
+    "SyncQueue",
     "TryAfter",
     "setup",
 ]

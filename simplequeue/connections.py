@@ -13,23 +13,22 @@ from __future__ import annotations
 
 import asyncio
 import select
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-from simplequeue.errors import InvalidArgumentError, QueueStateError
+from simplequeue.errors import QueueStateError
 
 __all__ = [
     "APPLICATION_NAME",
     "borrow",
-    "check_caller_connection",
+    "borrow_sync",
     "dedicated_settings",
     "defaults_for",
-    "driver_connection",
 ]
 
 APPLICATION_NAME = "simplequeue"
@@ -76,6 +75,43 @@ def dedicated_settings(pool: AsyncConnectionPool[Any], role: str) -> tuple[str, 
     for own_choice in ("row_factory", "cursor_factory"):  # ours: tuples, server-side params
         settings.pop(own_choice, None)
     return conninfo, settings
+
+
+@contextmanager
+def borrow_sync(pool: ConnectionPool[Any]) -> Iterator[psycopg.Connection[Any]]:
+    """`borrow`, for a sync pool."""
+    conn = _live_connection_sync(pool)
+    try:
+        with conn:
+            yield conn
+    finally:
+        pool.putconn(conn)
+
+
+def _live_connection_sync(pool: ConnectionPool[Any]) -> psycopg.Connection[Any]:
+    conn: psycopg.Connection[Any]
+    for _ in range(pool.max_size):
+        conn = pool.getconn()
+        try:
+            stale = conn.closed or (_readable(conn.pgconn.socket) and not _answers(conn))
+        except BaseException:
+            conn.close()
+            pool.putconn(conn)
+            raise
+        if not stale:
+            return conn
+        conn.close()
+        pool.putconn(conn)
+    conn = pool.getconn()
+    return conn
+
+
+def _answers(conn: psycopg.Connection[Any]) -> bool:
+    try:
+        ConnectionPool.check_connection(conn)
+    except psycopg.Error:
+        return False
+    return True
 
 
 @asynccontextmanager
@@ -137,54 +173,3 @@ def _readable(fd: int) -> bool:
         poller.register(fd, select.POLLIN)
         return bool(poller.poll(0))
     return bool(select.select([fd], [], [], 0)[0])
-
-
-_ACCEPTED = (
-    "a psycopg.AsyncConnection, or a SQLAlchemy AsyncSession or AsyncConnection on the "
-    "psycopg driver (postgresql+psycopg://)"
-)
-
-
-def _sqlalchemy_async(conn: object) -> bool:
-    """A SQLAlchemy AsyncSession or AsyncConnection (without importing SQLAlchemy when the
-    application does not use it)."""
-    if not type(conn).__module__.startswith("sqlalchemy."):
-        return False
-    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
-
-    return isinstance(conn, AsyncSession | AsyncConnection)
-
-
-def check_caller_connection(conn: object) -> None:
-    """Refuse a `conn=` of the wrong kind before any statement runs: a sync connection
-    would execute the INSERT and only then fail on `await`."""
-    if conn is None or isinstance(conn, psycopg.AsyncConnection) or _sqlalchemy_async(conn):
-        return
-    raise InvalidArgumentError(
-        f"conn must be {_ACCEPTED} (the one whose transaction the insert joins), got "
-        f"{type(conn).__name__}; pass none to use the queue's pool"
-    )
-
-
-async def driver_connection(conn: Any) -> psycopg.AsyncConnection[Any]:
-    """The psycopg connection under the caller's `conn=`, in the caller's transaction:
-    SQLAlchemy's, when it is a session or a connection (the session's transaction begins
-    if it had not)."""
-    if isinstance(conn, psycopg.AsyncConnection):
-        return conn
-    from sqlalchemy.ext.asyncio import AsyncSession
-
-    connection = await conn.connection() if isinstance(conn, AsyncSession) else conn
-    if not connection.in_transaction():
-        # What a statement run through SQLAlchemy would do ("autobegin"): without it,
-        # SQLAlchemy would not know of the transaction, and its commit() would not commit
-        # the insert (the pool's reset would roll it back).
-        await connection.begin()
-    raw = await connection.get_raw_connection()
-    driver = raw.driver_connection
-    if not isinstance(driver, psycopg.AsyncConnection):
-        raise InvalidArgumentError(
-            f"the SQLAlchemy engine runs on {type(driver).__module__}.{type(driver).__name__}; "
-            f"conn must be {_ACCEPTED}"
-        )
-    return driver

@@ -29,3 +29,8 @@ class JobNotFoundError(SimpleQueueError, LookupError):
 
 class QueueStateError(SimpleQueueError, RuntimeError):
     """The queue is used in a state that does not allow it (not opened, already stopped)."""
+
+
+class SchemaNotFoundError(QueueStateError):
+    """The queue's tables are not in the database the statement ran on: run
+    `simplequeue migrate` there (or pass a connection to the queue's database)."""

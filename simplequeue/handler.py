@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import TYPE_CHECKING, Any, ClassVar
+import typing
+from typing import TYPE_CHECKING, Any, ClassVar, Generic
 
 from pydantic import BaseModel, ValidationError
 
 from simplequeue.errors import ConfigError, InvalidJobError
+from simplequeue.job import PayloadT
 from simplequeue.validation import as_timeout, check_key
 
 if TYPE_CHECKING:
@@ -17,13 +19,15 @@ if TYPE_CHECKING:
 __all__ = ["Handler"]
 
 
-class Handler:
+class Handler(Generic[PayloadT]):
     """Subclass it, set `QUEUE`, and implement `process` (async, or sync to run in a thread).
 
     `process` returns a JobResult, or None for success; an exception counts as a failed
     attempt (retried after backoff) with its text stored in `job.last_error`. Set `Payload`
     to a pydantic model to receive `job.payload` validated; a payload that does not validate
-    ends the job as `unprocessable` without calling `process`.
+    ends the job as `unprocessable` without calling `process`. `Handler[Model]` sets
+    `Payload = Model` and types the jobs: `process(self, queue, job: Job[Model])` sees
+    `job.payload` as a `Model`, and `.job(...)` builds a `Job[Model]`.
     """
 
     QUEUE: ClassVar[str]
@@ -31,8 +35,18 @@ class Handler:
     timeout: ClassVar[float | None] = None
     """Seconds an attempt may take; past it the handler is cancelled and the attempt failed."""
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "Payload" in vars(cls):
+            return  # declared: it wins
+        for base in getattr(cls, "__orig_bases__", ()):
+            if typing.get_origin(base) is Handler:
+                (model,) = typing.get_args(base)
+                if isinstance(model, type) and issubclass(model, BaseModel):
+                    cls.Payload = model
+
     @classmethod
-    def job(cls, payload: Any, **options: Any) -> Job:
+    def job(cls, payload: PayloadT | Any, **options: Any) -> Job[PayloadT]:
         """A job for this handler's queue, its payload checked now: a dict (or model)
         that `Payload` refuses raises InvalidJobError here, in the producer, instead of
         ending the job as unprocessable later. `options` are those of `Job`."""
@@ -49,7 +63,7 @@ class Handler:
                 ) from None
         return Job(str(queue), payload, **options)
 
-    def process(self, queue: Any, job: Job) -> Any:
+    def process(self, queue: Any, job: Job[PayloadT]) -> Any:
         """One attempt of `job`. `queue` is the `SimpleQueue` for an `async def process`,
         and a `BlockingQueue` (the same methods as plain calls) for a sync one; annotate
         it as such in your subclass."""
@@ -62,7 +76,7 @@ class Handler:
         return not inspect.iscoroutinefunction(inspect.unwrap(self.process))
 
     @classmethod
-    def check(cls, handler: object) -> Handler:
+    def check(cls, handler: object) -> Handler[Any]:
         """Refuse at registration what would only fail later, inside a worker."""
         if isinstance(handler, type) and issubclass(handler, Handler):
             raise ConfigError(f"register an instance of {handler.__name__}, not the class itself")

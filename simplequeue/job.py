@@ -11,7 +11,9 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Generic
+
+from typing_extensions import TypeVar
 
 from simplequeue.codec import decode_data, encode_data
 from simplequeue.columns import READ
@@ -108,11 +110,16 @@ def new_job_id() -> uuid.UUID:
     return _ID_CLOCK.next()
 
 
-class Job:
+PayloadT = TypeVar("PayloadT", default=Any)
+"""What `job.payload` holds while a handler runs: its `Payload` model (`Job[SendEmail.Payload]`)."""
+
+
+class Job(Generic[PayloadT]):
     """A unit of work: built by the application to insert, and read back with its state.
 
     `data` is any JSON value. When the queue's handler declares a `Payload` model,
     `payload` holds the validated model while the handler runs; otherwise it is `data`.
+    `Job[Model]` types `payload` as that model, for handlers declared `Handler[Model]`.
     While it runs, `stopping` tells the handler when the job is no longer its to finish
     (cancelled or taken over, the worker stopping, or its timeout passed).
     """
@@ -169,7 +176,7 @@ class Job:
         self._sent = False  # an insert of it was sent: retrying it must not store it twice
         self._stored = False  # an insert committed it: inserting it again is a new job
         self.data = data
-        self.payload: Any = data
+        self.payload: PayloadT = data
         self.status = JobStatus.PENDING
         self.attempt = 0
         self.reprocess_count = 0
@@ -235,7 +242,8 @@ class Job:
         job.stopping = StopSignal()
         data = job.data
         job._encoded = data if encoded else None
-        job.data = job.payload = job._encoded_of = None if encoded else data
+        job.data = job._encoded_of = None if encoded else data
+        job.payload = job.data  # a model only once a handler's Payload validated it
         return job
 
     def to_dict(self) -> dict[str, Any]:

@@ -8,40 +8,40 @@ import asyncio
 import dataclasses
 import uuid
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, TypeVar, Union
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from simplequeue.backoff import BackoffStrategy
 from simplequeue.config import QueueConfig
-from simplequeue.connections import (
-    borrow,
-    check_caller_connection,
-    defaults_for,
-    driver_connection,
-)
-from simplequeue.errors import (
-    InvalidArgumentError,
-    InvalidJobError,
-    JobNotFoundError,
-    QueueStateError,
-)
+from simplequeue.connections import borrow, defaults_for
+from simplequeue.drivers import PsycopgAsync, async_driver_for, check_async_conn, run
+from simplequeue.errors import InvalidArgumentError, JobNotFoundError, QueueStateError
 from simplequeue.handler import Handler
-from simplequeue.job import Job, JobStatus
+from simplequeue.job import Job
 from simplequeue.maintenance.janitor import Janitor, JanitorReport
 from simplequeue.maintenance.reaper import Reaper, ReapReport
+from simplequeue.operations import (
+    WAIT_POLL,
+    Operations,
+    as_uuid,
+    first_attempt_over,
+    seconds,
+    wait_timed_out,
+)
 from simplequeue.permits import JobStrategy
 from simplequeue.registry import QueueRegistry
 from simplequeue.runtime.runtime import Runtime
 from simplequeue.stats import QueueStats
-from simplequeue.store import Store, conn_commits_each_statement
-from simplequeue.validation import as_seconds, check_key, check_time
+from simplequeue.store import Plan, Store
 
 __all__ = ["SimpleQueue"]
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection as SQLAlchemyConnection
@@ -49,9 +49,6 @@ if TYPE_CHECKING:
 
 AsyncConn = Union[psycopg.AsyncConnection[Any], "AsyncSession", "SQLAlchemyConnection"]
 """What `conn=` takes: the connection (or session) whose transaction an insert joins."""
-
-MAX_LIST = 10_000
-"""The most jobs one list_dlq call returns: page through more with the queue filter."""
 
 POOL_CLOSE_TIMEOUT = 1.0
 """Seconds leaving `async with queue` waits for the pool it owns to close."""
@@ -79,6 +76,7 @@ class SimpleQueue:
         self._pool = pool
         self._owns_pool = False
         self._store = Store(self.config.schema_name)
+        self._ops = Operations(self._store, self.config)
         self._registry = QueueRegistry(self.config)
         self._runtime: Runtime | None = None
         self._stopping: Runtime | None = None
@@ -184,7 +182,7 @@ class SimpleQueue:
 
         Called again while a stop is under way, it interrupts the running jobs at once.
         """
-        timeout = _seconds("timeout", timeout)
+        timeout = seconds("timeout", timeout)
         runtime, self._runtime = self._runtime, None
         if runtime is None:
             if self._stopping is not None:
@@ -200,7 +198,7 @@ class SimpleQueue:
         """Wait until the started workers hear inserts at once (their LISTEN is in place;
         at once with `use_notify=False`). Raises QueueStateError when not started and
         TimeoutError after `timeout` seconds; QueueStateError too when stopped meanwhile."""
-        limit = None if timeout is None else _seconds("timeout", timeout)
+        limit = None if timeout is None else seconds("timeout", timeout)
         runtime = self._runtime
         if runtime is None:
             raise QueueStateError("this queue is not started: call start() first")
@@ -222,7 +220,7 @@ class SimpleQueue:
         every result is written; returns how many attempts ended in each status
         (`{"completed": 3, "pending": 1}`: one will retry later). For tests: it starts
         the workers if they are not started, and stops them again after."""
-        limit = None if timeout is None else _seconds("timeout", timeout)
+        limit = None if timeout is None else seconds("timeout", timeout)
         started_here = self._runtime is None
         if started_here:
             await self.start()
@@ -261,69 +259,31 @@ class SimpleQueue:
         stored before is stored again as a new job, under a new id (`job.id` changes);
         retrying an insert that raised never stores a job twice.
         """
-        if not isinstance(job, Job):
-            raise InvalidArgumentError(
-                f"insert_job takes a simplequeue.Job, got {type(job).__name__}"
-                + ("; use insert_jobs for several" if isinstance(job, list | tuple) else "")
-            )
-        return (await self.insert_jobs([job], conn=conn))[0]
+        check_async_conn(conn)
+        return (await self._insert(self._ops.one_job(job), conn))[0]
 
     async def insert_jobs(
         self, jobs: Sequence[Job], *, conn: AsyncConn | None = None
     ) -> list[uuid.UUID | None]:
         """Insert jobs in one round trip; the result is aligned with `jobs` (None: deduplicated)."""
-        check_caller_connection(conn)
-        if isinstance(jobs, Job | str | bytes | Mapping) or not isinstance(jobs, Iterable):
-            raise InvalidArgumentError(
-                f"insert_jobs takes a sequence of jobs, got {type(jobs).__name__}"
-                + ("; use insert_job for one" if isinstance(jobs, Job) else "")
-            )
-        jobs = list(jobs)
-        self._check_jobs(jobs)
+        check_async_conn(conn)
+        return await self._insert(self._ops.jobs(jobs), conn)
+
+    async def _insert(self, jobs: list[Job], conn: AsyncConn | None) -> list[uuid.UUID | None]:
         if not jobs:
             return []
-        retry = any([job._begin_insert() for job in jobs])  # a list: every job is readied
-        notify = self.config.use_notify
         if conn is not None:
-            # Only an insert that commits on its own is known to have stored the jobs: in
-            # the caller's transaction, inserting the same objects again is a retry of it.
-            conn = await driver_connection(conn)
-            committed = conn_commits_each_statement(conn)
-            inserted = await self._store.insert_jobs(conn, jobs, notify=notify, retry=retry)
-        else:
-            committed = True
-            async with borrow(self._pool) as own:
-                inserted = await self._store.insert_jobs(own, jobs, notify=notify, retry=retry)
-        ids: list[uuid.UUID | None] = []
-        for job in jobs:
-            stored = job.id in inserted
-            job._stored = stored and committed
-            ids.append(job.id if stored else None)
-        return ids
-
-    def _check_jobs(self, jobs: list[Job]) -> None:
-        seen: set[uuid.UUID] = set()
-        limit = self.config.max_payload_bytes
-        for index, job in enumerate(jobs):
-            if not isinstance(job, Job):
-                raise InvalidJobError(
-                    f"item {index} is {type(job).__name__}, not a simplequeue.Job"
-                )
-            if job.id in seen:
-                raise InvalidJobError(
-                    f"item {index} is the same job as an earlier item (the same Job object, "
-                    "or a copy of it)"
-                )
-            seen.add(job.id)
-            job._check()  # its attributes may have changed since it was built
-            size = len(job.encoded_data.encode("utf-8"))
-            if size > limit:
-                raise InvalidJobError(
-                    f"item {index}: job data is {size} bytes; the limit is {limit} "
-                    "(max_payload_bytes). Store large blobs elsewhere and pass a reference."
-                )
+            driver = await async_driver_for(conn)
+            return await driver.run(self._ops.insert(jobs, driver))
+        async with borrow(self._pool) as own:
+            driver = PsycopgAsync(own)
+            return await driver.run(self._ops.insert(jobs, driver))
 
     # -- operating -------------------------------------------------------------------
+
+    async def _run(self, plan: Plan[T], *, atomic: bool = False) -> T:
+        async with borrow(self._pool) as conn:
+            return await run(conn, plan, atomic=atomic)
 
     async def get_job(self, job_id: uuid.UUID | str) -> Job | None:
         """The job from the live table, the archive or the DLQ; None if unknown.
@@ -331,42 +291,29 @@ class SimpleQueue:
         Raises JobNotFoundError when the job is not live and this database role may not
         read the archive and the DLQ (the producer role of `simplequeue roles`).
         """
-        job_id = _as_uuid(job_id)
-        async with borrow(self._pool) as conn:
-            return await self._store.get_job(conn, job_id)
+        return await self._run(self._ops.get_job(job_id))
 
     async def get_job_by_unique_key(self, unique_key: str) -> Job | None:
         """The live (pending or running) job holding `unique_key`: the one that made an
         insert with that key return None. None when no live job holds it."""
-        check_key("unique_key", unique_key, required=True, error=InvalidArgumentError)
-        async with borrow(self._pool) as conn:
-            return await self._store.get_live_job_by_key(conn, unique_key)
+        return await self._run(self._ops.get_job_by_unique_key(unique_key))
 
     async def cancel_job(self, job_id: uuid.UUID | str) -> bool:
         """Cancel a pending or running job. A running one ends as cancelled whatever its
         handler returns afterwards."""
-        job_id = _as_uuid(job_id)
-        async with borrow(self._pool) as conn:
-            return await self._store.cancel(conn, "id", job_id) == 1
+        return await self._run(self._ops.cancel_job(job_id))
 
     async def cancel_job_by_unique_key(self, unique_key: str) -> bool:
         """Cancel the live job holding `unique_key`; False if none does."""
-        check_key("unique_key", unique_key, required=True, error=InvalidArgumentError)
-        async with borrow(self._pool) as conn:
-            return await self._store.cancel(conn, "unique_key", unique_key) == 1
+        return await self._run(self._ops.cancel_job_by_unique_key(unique_key))
 
     async def cancel_jobs_by_fingerprint(self, fingerprint: str) -> int:
         """Cancel every pending or running job with this fingerprint; returns how many."""
-        check_key("fingerprint", fingerprint, required=True, error=InvalidArgumentError)
-        async with borrow(self._pool) as conn:
-            return await self._store.cancel(conn, "fingerprint", fingerprint)
+        return await self._run(self._ops.cancel_jobs_by_fingerprint(fingerprint))
 
     async def reschedule_job(self, job_id: uuid.UUID | str, run_at: datetime) -> bool:
         """Move a pending job's due time; False if it is not pending."""
-        check_time("run_at", run_at, error=InvalidArgumentError)
-        job_id = _as_uuid(job_id)
-        async with borrow(self._pool) as conn:
-            return await self._store.reschedule(conn, job_id, run_at)
+        return await self._run(self._ops.reschedule_job(job_id, run_at))
 
     async def wait_for_job(self, job_id: uuid.UUID | str, timeout: float | None = None) -> Job:
         """Wait until the job's first processing attempt has ended (from any process).
@@ -374,67 +321,33 @@ class SimpleQueue:
         Raises JobNotFoundError for an unknown id and TimeoutError after `timeout` seconds,
         however long the database takes to answer.
         """
-        job_id = _as_uuid(job_id)
-        limit = None if timeout is None else _seconds("timeout", timeout)
+        job_id = as_uuid(job_id)
+        limit = None if timeout is None else seconds("timeout", timeout)
         last: Job | None = None
+        delay, factor, longest = WAIT_POLL
         try:
             async with asyncio.timeout(limit):
-                delay = 0.005
                 while True:
                     last = await self.get_job(job_id)
                     if last is None:
                         raise JobNotFoundError(f"no job with id {job_id}")
-                    if _first_attempt_over(last):
+                    if first_attempt_over(last):
                         return last
                     await asyncio.sleep(delay)
-                    delay = min(delay * 1.5, 0.25)
+                    delay = min(delay * factor, longest)
         except TimeoutError:
-            state = "not read yet" if last is None else f"still {last.status.value}"
-            raise TimeoutError(f"job {job_id} is {state} after {timeout}s") from None
+            raise wait_timed_out(job_id, last, timeout) from None
 
     async def list_dlq(self, queue: str | None = None, limit: int = 50) -> list[Job]:
         """Dead jobs, newest first: in the DLQ table or not yet moved there by the janitor."""
-        check_key("queue", queue, required=False, error=InvalidArgumentError)
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIST:
-            raise InvalidArgumentError(
-                f"limit must be an integer from 1 to {MAX_LIST}, got {limit!r}"
-            )
-        async with borrow(self._pool) as conn:
-            return await self._store.list_dlq(conn, queue, limit)
+        return await self._run(self._ops.list_dlq(queue, limit))
 
     async def counts(self) -> dict[str, int]:
         """Jobs per status in the live table, and rows in `archive` and `dlq` (every key
         present, zero included). Counts whole tables: for dashboards, not hot paths."""
-        async with borrow(self._pool) as conn:
-            found = await self._store.counts(conn)
-        keys = [s.value for s in JobStatus] + ["archive", "dlq"]
-        return {key: found.get(key, 0) for key in keys}
+        return await self._run(self._ops.counts())
 
     async def requeue_dlq_job(self, job_id: uuid.UUID | str) -> bool:
         """Put a dead job back to pending with fresh attempts. False if no such dead job, or
         if a live job now holds its unique key."""
-        job_id = _as_uuid(job_id)
-        async with borrow(self._pool) as conn, conn.transaction():
-            return await self._store.requeue_dead(conn, job_id)
-
-
-def _seconds(name: str, value: object) -> float:
-    """A finite, non-negative number of seconds, or InvalidArgumentError before anything runs."""
-    return as_seconds(name, value, error=InvalidArgumentError)
-
-
-def _first_attempt_over(job: Job) -> bool:
-    if job.status is JobStatus.RUNNING:
-        return False
-    if job.status is JobStatus.PENDING:
-        return job.attempt >= 1 or job.reprocess_count >= 1
-    return True
-
-
-def _as_uuid(value: uuid.UUID | str) -> uuid.UUID:
-    if isinstance(value, uuid.UUID):
-        return value
-    try:
-        return uuid.UUID(str(value))
-    except ValueError:
-        raise InvalidArgumentError(f"not a job id: {value!r}") from None
+        return await self._run(self._ops.requeue_dlq_job(job_id), atomic=True)

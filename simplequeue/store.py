@@ -1,24 +1,23 @@
-"""The store: each statement of `statements.py` as a small named method over a connection.
+"""The store: each statement of `statements.py` as a small named operation.
 
 It renders the statements once per schema (`psycopg.sql.Identifier`), binds every value
 as a parameter, and turns rows into jobs and ids. Everything the library asks of the
-database goes through it.
+database goes through it. An operation is a plan (a generator): it yields the statements
+to run and receives their results, and never touches a connection itself, so the same
+operation runs on async and sync psycopg, SQLAlchemy and Django connections alike
+(`drivers.py` runs plans).
 """
 
 from __future__ import annotations
 
 import operator
 import uuid
-from collections.abc import Callable, Collection, Iterable, Sequence
-from contextlib import AbstractAsyncContextManager, nullcontext
+from collections.abc import Callable, Collection, Generator, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
-import psycopg
 from psycopg import sql
-from psycopg.pq import PipelineStatus, TransactionStatus
-from psycopg.rows import TupleRow, tuple_row
 
 from simplequeue import columns
 from simplequeue import statements as q
@@ -27,10 +26,9 @@ from simplequeue.errors import JobNotFoundError
 from simplequeue.job import Job
 from simplequeue.validation import LATEST_TIME
 
-__all__ = ["Outcome", "Store"]
+__all__ = ["Copy", "Outcome", "Plan", "Result", "Run", "Store", "sqlstate"]
 
-
-AnyConn = psycopg.AsyncConnection[Any]
+T = TypeVar("T")
 
 
 @dataclass(slots=True)  # not frozen: built once per job, and frozen init costs
@@ -105,28 +103,60 @@ def storable_error(text: str | None) -> str | None:
     return text
 
 
-async def _run(conn: AnyConn, query: str, params: Any = None) -> psycopg.AsyncCursor[TupleRow]:
-    """Execute with tuple rows and server-side parameters, whatever row factory or cursor
-    class the caller's connection or pool uses."""
-    cur = psycopg.AsyncCursor(conn, row_factory=tuple_row)
-    await cur.execute(query, params)
-    return cur
+# -- plans: what the store asks of a connection, whichever driver runs it ------------------
 
 
-def conn_commits_each_statement(conn: AnyConn) -> bool:
-    """An autocommit connection outside a transaction: each statement commits on its own."""
-    return conn.autocommit and conn.info.transaction_status == TransactionStatus.IDLE
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One statement. With `savepoint`, it runs in a savepoint of its own: its failure
+    leaves the surrounding transaction usable."""
+
+    query: str
+    params: Any = None
+    savepoint: bool = False
 
 
-def atomic(conn: AnyConn) -> AbstractAsyncContextManager[Any]:
-    """Make several statements one unit without touching the caller's transaction.
+@dataclass(frozen=True, slots=True)
+class Copy:
+    """COPY each (statement, rows) in turn, then run `then`: one unit, in the caller's
+    transaction when there is one, else in a transaction of the driver's own."""
 
-    Outside a transaction, a transaction of our own. Anywhere else the statements already
-    run in the caller's transaction, which alone decides: a `conn.transaction()` there
-    would COMMIT a non-autocommit connection that has not run a statement yet (psycopg
-    opens a real transaction when none is open).
-    """
-    return conn.transaction() if conn_commits_each_statement(conn) else nullcontext()
+    parts: tuple[tuple[str, Sequence[tuple[Any, ...]]], ...]
+    then: Run | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What a statement returned: its rows (none for a statement without) and its count."""
+
+    rows: list[tuple[Any, ...]]
+    rowcount: int
+
+    def first(self) -> tuple[Any, ...] | None:
+        return self.rows[0] if self.rows else None
+
+
+Plan = Generator[Run | Copy, Result, T]
+"""The steps of one store operation, written once: each driver (`drivers.py`) executes
+the statements it yields and sends back their results, or throws their errors into it."""
+
+UNIQUE_VIOLATION = "23505"
+INSUFFICIENT_PRIVILEGE = "42501"
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of a database error from any driver: psycopg's, psycopg2's, one that
+    SQLAlchemy or Django wrapped."""
+    for error in (exc, getattr(exc, "orig", None), exc.__cause__):
+        state = getattr(error, "sqlstate", None) or getattr(error, "pgcode", None)
+        if isinstance(state, str):
+            return state
+    return None
+
+
+def _ids(rows: Iterable[tuple[Any, ...]]) -> set[uuid.UUID]:
+    """The first column as job ids, whichever driver read them (psycopg2 reads uuid as text)."""
+    return {r[0] if isinstance(r[0], uuid.UUID) else uuid.UUID(str(r[0])) for r in rows}
 
 
 def _q(template: str, schema: str, **constants: Any) -> str:
@@ -206,9 +236,15 @@ class Store:
 
     # -- producers -------------------------------------------------------------------
 
-    async def insert_jobs(
-        self, conn: AnyConn, jobs: Sequence[Job], *, notify: bool, retry: bool = False
-    ) -> set[uuid.UUID]:
+    def insert_jobs(
+        self,
+        jobs: Sequence[Job],
+        *,
+        notify: bool,
+        retry: bool = False,
+        own_transaction: bool = False,
+        can_copy: bool = False,
+    ) -> Plan[set[uuid.UUID]]:
         """Insert in one statement; returns the ids stored (a live unique key skips a job).
 
         With `notify`, the same statement sends one NOTIFY naming the queues, delivered
@@ -216,26 +252,28 @@ class Store:
         jobs was sent before and may have landed), the ids already stored, in the jobs
         table or, where this role may read them, the archive and the DLQ, count as
         stored and are not inserted again: a retry never stores a job twice.
+        `own_transaction`: the statements commit on their own (no caller's transaction);
+        `can_copy`: the driver can COPY.
         """
         stored: set[uuid.UUID] = set()
         if retry:
-            stored = await self._stored_anywhere(conn, [j.id for j in jobs])
+            stored = yield from self._stored_anywhere([j.id for j in jobs])
             jobs = [j for j in jobs if j.id not in stored]
             if not jobs:
                 return stored
-        elif (
-            len(jobs) >= COPY_THRESHOLD
-            and all(j.unique_key is None for j in jobs)
-            and conn.pgconn.pipeline_status == PipelineStatus.OFF  # COPY is not pipelined
-        ):
-            own_transaction = conn_commits_each_statement(conn)
+        elif can_copy and len(jobs) >= COPY_THRESHOLD and all(j.unique_key is None for j in jobs):
             try:
-                return await self._copy_jobs(conn, jobs, notify=notify)
-            except psycopg.errors.UniqueViolation:
-                if not own_transaction:
-                    raise  # the caller's transaction is aborted: theirs to roll back
+                yield self._copy_jobs(jobs, notify=notify)
+            except Exception as exc:
+                if sqlstate(exc) != UNIQUE_VIOLATION or not own_transaction:
+                    raise  # in the caller's transaction, now aborted: theirs to roll back
                 # Ours was rolled back: another insert of the same jobs got there first.
-                return await self.insert_jobs(conn, jobs, notify=notify, retry=True)
+                return (
+                    yield from self.insert_jobs(
+                        jobs, notify=notify, retry=True, own_transaction=True
+                    )
+                )
+            return {j.id for j in jobs}
         params: list[Any] | dict[str, Any]
         if len(jobs) == 1:  # scalars: adapting nine one-element arrays costs more than the insert
             params = dict(zip(_SOURCE_NAMES, _insert_row(jobs[0]), strict=True))
@@ -248,82 +286,68 @@ class Store:
             insert, insert_notify = self._insert, self._insert_notify
             if notify:
                 params += [self.channel, notify_payload({j.queue for j in jobs})]
-        cur = await _run(conn, insert_notify if notify else insert, params)
-        stored.update(row[0] for row in await cur.fetchall())
+        result = yield Run(insert_notify if notify else insert, params)
+        stored.update(_ids(result.rows))
         # A skipped job without a unique key has its id stored already (the same jobs
         # inserted at the same time elsewhere); on a retry, one with a key may too. A
         # skip by a live unique key, the common case, needs no look.
         missing = [j.id for j in jobs if j.id not in stored and (retry or j.unique_key is None)]
         if missing:
-            cur = await _run(conn, self._stored_ids, [missing])
-            stored.update(row[0] for row in await cur.fetchall())
+            result = yield Run(self._stored_ids, [missing])
+            stored.update(_ids(result.rows))
         return stored
 
-    async def _stored_anywhere(self, conn: AnyConn, ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    def _stored_anywhere(self, ids: list[uuid.UUID]) -> Plan[set[uuid.UUID]]:
         """Which of these ids are stored in jobs, the archive or the DLQ (those this role
         may read: the producer role reads live jobs only)."""
         if self._reads_finished is None:
-            cur = await _run(conn, self._can_read_finished)
-            row = await cur.fetchone()
+            result = yield Run(self._can_read_finished)
+            row = result.first()
             self._reads_finished = bool(row and row[0])
         statement = self._stored_anywhere_ids if self._reads_finished else self._stored_ids
-        cur = await _run(conn, statement, [ids] * (3 if self._reads_finished else 1))
-        return {row[0] for row in await cur.fetchall()}
+        result = yield Run(statement, [ids] * (3 if self._reads_finished else 1))
+        return _ids(result.rows)
 
-    async def _copy_jobs(
-        self, conn: AnyConn, jobs: Sequence[Job], *, notify: bool
-    ) -> set[uuid.UUID]:
-        """Insert a large batch with COPY, several times faster than one INSERT of arrays.
+    def _copy_jobs(self, jobs: Sequence[Job], *, notify: bool) -> Copy:
+        """A large batch as COPY, several times faster than one INSERT of arrays.
 
         Only without unique keys: COPY has no ON CONFLICT, and there is nothing to
         deduplicate then. Jobs without `run_at` take the database's `now()` as the INSERT
         path gives them, so they go in a COPY that leaves the column to its default.
         """
         ordered = sorted(jobs, key=_insert_order)  # nearly free: ids grow as jobs are built
-        timed = [j for j in ordered if j.run_at is not None]
-        untimed = [j for j in ordered if j.run_at is None]
-        async with atomic(conn):
-            cur = psycopg.AsyncCursor(conn)  # not the caller's cursor class: ours has %s
-            for group, statement in ((untimed, self._copy), (timed, self._copy_run_at)):
-                if not group:
-                    continue
-                async with cur.copy(statement) as copy:
-                    for j in group:
-                        row = _copy_row(j)
-                        await copy.write_row(row if j.run_at is None else (*row, j.run_at, True))
-            if notify:
-                await cur.execute(
-                    self._notify, [self.channel, notify_payload({j.queue for j in jobs})]
-                )
-        return {j.id for j in jobs}
+        untimed = [_copy_row(j) for j in ordered if j.run_at is None]
+        timed = [(*_copy_row(j), j.run_at, True) for j in ordered if j.run_at is not None]
+        parts = tuple(
+            (st, rows) for st, rows in ((self._copy, untimed), (self._copy_run_at, timed)) if rows
+        )
+        then = Run(self._notify, [self.channel, notify_payload({j.queue for j in jobs})])
+        return Copy(parts, then if notify else None)
 
     # -- the worker's hot path -------------------------------------------------------
 
-    async def claim(
-        self, conn: AnyConn, queues: Sequence[str], limits: Sequence[int], total: int
-    ) -> list[Job]:
+    def claim(self, queues: Sequence[str], limits: Sequence[int], total: int) -> Plan[list[Job]]:
         """Claim up to `total` due jobs, at most `limits[i]` of `queues[i]`, in one statement.
 
         The data comes back as JSON text, decoded per job by its executor: one payload that
         Python cannot decode must fail its own job, not the whole batch.
         """
-        cur = await _run(
-            conn, self._claim, {"queues": list(queues), "limits": list(limits), "total": total}
-        )
-        return [Job.from_row(row, encoded=True) for row in await cur.fetchall()]
+        params = {"queues": list(queues), "limits": list(limits), "total": total}
+        result = yield Run(self._claim, params)
+        return [Job.from_row(row, encoded=True) for row in result.rows]
 
-    async def promote_due(self, conn: AnyConn, queues: Sequence[str], limit: int) -> int:
+    def promote_due(self, queues: Sequence[str], limit: int) -> Plan[int]:
         """Make up to `limit` scheduled jobs of `queues` that have come due claimable."""
-        cur = await _run(conn, self._promote, {"queues": list(queues), "limit": limit})
-        return cur.rowcount
+        result = yield Run(self._promote, {"queues": list(queues), "limit": limit})
+        return result.rowcount
 
-    async def count_due(self, conn: AnyConn, queues: Sequence[str]) -> int:
+    def count_due(self, queues: Sequence[str]) -> Plan[int]:
         """Pending jobs of `queues` that are due and may still be claimed."""
-        cur = await _run(conn, self._count_due, [list(queues)])
-        row = await cur.fetchone()
+        result = yield Run(self._count_due, [list(queues)])
+        row = result.first()
         return int(row[0]) if row else 0
 
-    async def write_outcomes(self, conn: AnyConn, outcomes: Sequence[Outcome]) -> set[uuid.UUID]:
+    def write_outcomes(self, outcomes: Sequence[Outcome]) -> Plan[set[uuid.UUID]]:
         """Apply a batch of results, fenced by lease; returns the ids it changed.
 
         Plain successes, most of any batch, go in a statement of their own that needs
@@ -335,15 +359,12 @@ class Store:
             (done if outcome.is_plain_success else rest).append(outcome)
         changed: set[uuid.UUID] = set()
         if done:
-            cur = await _run(
-                conn,
-                self._complete,
-                [_array(o.job_id for o in done), _array(o.lease for o in done)],
+            result = yield Run(
+                self._complete, [_array(o.job_id for o in done), _array(o.lease for o in done)]
             )
-            changed.update(row[0] for row in await cur.fetchall())
+            changed.update(row[0] for row in result.rows)
         if rest:
-            cur = await _run(
-                conn,
+            result = yield Run(
                 self._write_outcomes,
                 [
                     [o.job_id for o in rest],
@@ -356,43 +377,39 @@ class Store:
                     [storable_error(o.error) for o in rest],
                 ],
             )
-            changed.update(row[0] for row in await cur.fetchall())
+            changed.update(row[0] for row in result.rows)
         return changed
 
-    def heartbeat(
-        self, conn: psycopg.Connection[Any], beats: Sequence[tuple[uuid.UUID, int]]
-    ) -> set[tuple[uuid.UUID, int]]:
-        """Beat every job a worker runs in one statement (sync: it runs in its own thread).
+    def heartbeat(self, beats: Sequence[tuple[uuid.UUID, int]]) -> Plan[set[tuple[uuid.UUID, int]]]:
+        """Beat every job a worker runs in one statement.
 
         Returns the (id, lease) pairs still running; the others were cancelled or reaped.
         """
-        cur = conn.cursor(row_factory=tuple_row)
-        cur.execute(self._heartbeat, [[b[0] for b in beats], [b[1] for b in beats]])
-        return {(row[0], row[1]) for row in cur.fetchall()}
+        result = yield Run(self._heartbeat, [[b[0] for b in beats], [b[1] for b in beats]])
+        return {(row[0], row[1]) for row in result.rows}
 
-    async def running_runs(
-        self, conn: AnyConn, runs: Sequence[tuple[uuid.UUID, int]]
-    ) -> set[tuple[uuid.UUID, int]]:
+    def running_runs(
+        self, runs: Sequence[tuple[uuid.UUID, int]]
+    ) -> Plan[set[tuple[uuid.UUID, int]]]:
         """Which of these runs (id, lease) are still the running ones."""
-        cur = await _run(conn, self._running_runs, [[r[0] for r in runs], [r[1] for r in runs]])
-        return {(row[0], row[1]) for row in await cur.fetchall()}
+        result = yield Run(self._running_runs, [[r[0] for r in runs], [r[1] for r in runs]])
+        return {(row[0], row[1]) for row in result.rows}
 
-    async def still_running(self, conn: AnyConn, job_id: uuid.UUID, lease: int) -> bool:
+    def still_running(self, job_id: uuid.UUID, lease: int) -> Plan[bool]:
         """Is this run (id, lease) of the job still the running one?"""
-        cur = await _run(conn, self._still_running, [job_id, lease])
-        return await cur.fetchone() is not None
+        result = yield Run(self._still_running, [job_id, lease])
+        return bool(result.rows)
 
     # -- maintenance -----------------------------------------------------------------
 
-    async def reap_stalled(
+    def reap_stalled(
         self,
-        conn: AnyConn,
         stall_after: float,
         max_reprocess: int,
         limit: int = 1000,
         only: uuid.UUID | None = None,
         own: Collection[tuple[uuid.UUID, int]] = (),
-    ) -> list[tuple[uuid.UUID, str]]:
+    ) -> Plan[list[tuple[uuid.UUID, str]]]:
         """Stalled running jobs (or the one job `only`, if stalled) back to pending
         (attempt refunded), or bad_job when poison; never the runs in `own` (id, lease),
         which the calling process knows are still running."""
@@ -404,138 +421,136 @@ class Store:
             "own_ids": [run[0] for run in own],
             "own_leases": [run[1] for run in own],
         }
-        cur = await _run(conn, self._reap_stalled, params)
-        return [(row[0], row[1]) for row in await cur.fetchall()]
+        result = yield Run(self._reap_stalled, params)
+        return [(row[0], row[1]) for row in result.rows]
 
-    async def stalled_ids(self, conn: AnyConn, stall_after: float, limit: int) -> list[uuid.UUID]:
-        cur = await _run(conn, self._stalled_ids, [stall_after, limit])
-        return [row[0] for row in await cur.fetchall()]
+    def stalled_ids(self, stall_after: float, limit: int) -> Plan[list[uuid.UUID]]:
+        return (yield from self._first_column(self._stalled_ids, [stall_after, limit]))
 
-    async def fail_exhausted(
-        self, conn: AnyConn, limit: int = 1000, only: uuid.UUID | None = None
-    ) -> list[uuid.UUID]:
+    def fail_exhausted(
+        self, limit: int = 1000, only: uuid.UUID | None = None
+    ) -> Plan[list[uuid.UUID]]:
         """Pending jobs (or the one job `only`) with no attempt left can never run: end
         them as failed. Returns their ids."""
-        cur = await _run(conn, self._fail_exhausted, {"limit": limit, "only": only})
-        return [row[0] for row in await cur.fetchall()]
+        return (yield from self._first_column(self._fail_exhausted, {"limit": limit, "only": only}))
 
-    async def exhausted_ids(self, conn: AnyConn, limit: int) -> list[uuid.UUID]:
-        cur = await _run(conn, self._exhausted_ids, [limit])
-        return [row[0] for row in await cur.fetchall()]
+    def exhausted_ids(self, limit: int) -> Plan[list[uuid.UUID]]:
+        return (yield from self._first_column(self._exhausted_ids, [limit]))
 
-    async def archive_completed(
-        self, conn: AnyConn, limit: int, only: uuid.UUID | None = None
-    ) -> list[uuid.UUID]:
+    def archive_completed(self, limit: int, only: uuid.UUID | None = None) -> Plan[list[uuid.UUID]]:
         """Completed jobs (or the one job `only`) to the archive; returns their ids."""
-        cur = await _run(conn, self._archive_completed, {"limit": limit, "only": only})
-        return [row[0] for row in await cur.fetchall()]
+        params = {"limit": limit, "only": only}
+        return (yield from self._first_column(self._archive_completed, params))
 
-    async def move_dead(
-        self, conn: AnyConn, limit: int, only: uuid.UUID | None = None
-    ) -> list[uuid.UUID]:
+    def move_dead(self, limit: int, only: uuid.UUID | None = None) -> Plan[list[uuid.UUID]]:
         """Dead jobs (or the one job `only`) to the DLQ; returns their ids."""
-        cur = await _run(conn, self._move_dead, {"limit": limit, "only": only})
-        return [row[0] for row in await cur.fetchall()]
+        return (yield from self._first_column(self._move_dead, {"limit": limit, "only": only}))
 
-    async def completed_ids(self, conn: AnyConn, limit: int) -> list[uuid.UUID]:
-        cur = await _run(conn, self._completed_ids, [limit])
-        return [row[0] for row in await cur.fetchall()]
+    def completed_ids(self, limit: int) -> Plan[list[uuid.UUID]]:
+        return (yield from self._first_column(self._completed_ids, [limit]))
 
-    async def dead_ids(self, conn: AnyConn, limit: int) -> list[uuid.UUID]:
-        cur = await _run(conn, self._dead_ids, [limit])
-        return [row[0] for row in await cur.fetchall()]
+    def dead_ids(self, limit: int) -> Plan[list[uuid.UUID]]:
+        return (yield from self._first_column(self._dead_ids, [limit]))
 
-    async def purge_archive(self, conn: AnyConn, retention: float, limit: int) -> int:
-        cur = await _run(conn, self._purge_archive, [retention, limit])
-        return cur.rowcount
+    def purge_archive(self, retention: float, limit: int) -> Plan[int]:
+        result = yield Run(self._purge_archive, [retention, limit])
+        return result.rowcount
 
-    async def stuck_finished(self, conn: AnyConn) -> int:
+    def stuck_finished(self) -> Plan[int]:
         """Finished jobs the janitor cannot move: the archive or DLQ holds their id already."""
-        cur = await _run(conn, self._stuck_finished)
-        row = await cur.fetchone()
+        result = yield Run(self._stuck_finished)
+        row = result.first()
         return int(row[0]) if row else 0
+
+    def _first_column(self, query: str, params: Any) -> Plan[list[Any]]:
+        result = yield Run(query, params)
+        return [row[0] for row in result.rows]
 
     # -- operators -------------------------------------------------------------------
 
-    async def get_job(self, conn: AnyConn, job_id: uuid.UUID) -> Job | None:
+    def get_job(self, job_id: uuid.UUID) -> Plan[Job | None]:
         """The job from the live table; only when it is not there, from the archive or DLQ.
 
         So a role that may read live jobs only (the producer role) reads them; for a job
         that is not live, such a role gets JobNotFoundError saying why. Live is read again
         last, for a job requeued from the DLQ between the first two reads.
         """
-        cur = await _run(conn, self._get_live_job, {"id": job_id})
-        row = await cur.fetchone()
+        result = yield Run(self._get_live_job, {"id": job_id})
+        row = result.first()
         if row is None:
             try:
-                cur = await _run(conn, self._get_finished_job, {"id": job_id})
-            except psycopg.errors.InsufficientPrivilege as exc:
+                result = yield Run(self._get_finished_job, {"id": job_id})
+            except Exception as exc:
+                if sqlstate(exc) != INSUFFICIENT_PRIVILEGE:
+                    raise
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise JobNotFoundError(
                     f"job {job_id} is not in {self.schema}.jobs, and this database role may "
                     f"not read {self.schema}.archive or {self.schema}.dlq "
-                    f"({exc.diag.message_primary}): producers read live jobs only; finished "
+                    f"({reason}): producers read live jobs only; finished "
                     "jobs need a role with the worker's privileges"
                 ) from exc
-            row = await cur.fetchone()
+            row = result.first()
         if row is None:
-            cur = await _run(conn, self._get_live_job, {"id": job_id})
-            row = await cur.fetchone()
+            result = yield Run(self._get_live_job, {"id": job_id})
+            row = result.first()
         return Job.from_row(row) if row else None
 
-    async def get_live_job_by_key(self, conn: AnyConn, unique_key: str) -> Job | None:
-        cur = await _run(conn, self._get_live_job_by_key, [unique_key])
-        row = await cur.fetchone()
+    def get_live_job_by_key(self, unique_key: str) -> Plan[Job | None]:
+        result = yield Run(self._get_live_job_by_key, [unique_key])
+        row = result.first()
         return Job.from_row(row) if row else None
 
-    async def cancel(self, conn: AnyConn, column: str, value: uuid.UUID | str) -> int:
+    def cancel(self, column: str, value: uuid.UUID | str) -> Plan[int]:
         """Cancel the live jobs whose `column` (id, unique_key or fingerprint) is `value`."""
-        cur = await _run(conn, self._cancel_by[column], [value])
-        return cur.rowcount
+        result = yield Run(self._cancel_by[column], [value])
+        return result.rowcount
 
-    async def reschedule(self, conn: AnyConn, job_id: uuid.UUID, run_at: datetime) -> bool:
-        cur = await _run(conn, self._reschedule, {"run_at": run_at, "id": job_id})
-        return cur.rowcount == 1
+    def reschedule(self, job_id: uuid.UUID, run_at: datetime) -> Plan[bool]:
+        result = yield Run(self._reschedule, {"run_at": run_at, "id": job_id})
+        return result.rowcount == 1
 
-    async def list_dlq(self, conn: AnyConn, queue: str | None, limit: int) -> list[Job]:
+    def list_dlq(self, queue: str | None, limit: int) -> Plan[list[Job]]:
         statement = self._list_dlq if queue is None else self._list_dlq_of_queue
-        cur = await _run(conn, statement, {"queue": queue, "limit": limit})
-        return [Job.from_row(row) for row in await cur.fetchall()]
+        result = yield Run(statement, {"queue": queue, "limit": limit})
+        return [Job.from_row(row) for row in result.rows]
 
-    async def requeue_dead(self, conn: AnyConn, job_id: uuid.UUID) -> bool:
+    def requeue_dead(self, job_id: uuid.UUID) -> Plan[bool]:
         """A dead job (in the DLQ or not yet moved there) back to pending with fresh attempts.
 
-        Runs in the caller's transaction. False when no such dead job exists, or when a live
-        job holds its unique key (the dead one then stays where it is).
+        Runs in one transaction (the driver's). False when no such dead job exists, or when
+        a live job holds its unique key (the dead one then stays where it is).
         """
         try:
             # A savepoint: an insert of the same unique key, committed between this
             # statement's check and its write, makes it fail; that is a False, not an error.
-            async with conn.transaction():
-                cur = await _run(conn, self._requeue_dead_live, [job_id])
-        except psycopg.errors.UniqueViolation:
+            result = yield Run(self._requeue_dead_live, [job_id], savepoint=True)
+        except Exception as exc:
+            if sqlstate(exc) != UNIQUE_VIOLATION:
+                raise
             return False
-        if cur.rowcount:
+        if result.rowcount:
             return True
-        cur = await _run(conn, self._in_dlq, [job_id])
-        if await cur.fetchone() is None:
+        result = yield Run(self._in_dlq, [job_id])
+        if not result.rows:
             return False  # asked first: the worker role may read the DLQ but not requeue from it
-        cur = await _run(conn, self._requeue_from_dlq, [job_id])
-        if not cur.rowcount:
+        result = yield Run(self._requeue_from_dlq, [job_id])
+        if not result.rowcount:
             return False
-        await _run(conn, self._delete_from_dlq, [job_id])
+        yield Run(self._delete_from_dlq, [job_id])
         return True
 
-    async def counts(self, conn: AnyConn) -> dict[str, int]:
+    def counts(self) -> Plan[dict[str, int]]:
         """Jobs per status in the live table, plus the archive and DLQ sizes."""
-        cur = await _run(conn, self._counts)
-        return {str(name): int(n) for name, n in await cur.fetchall()}
+        result = yield Run(self._counts)
+        return {str(name): int(n) for name, n in result.rows}
 
-    async def listen(self, conn: AnyConn) -> None:
-        await _run(conn, self._listen)
+    def listen(self) -> Plan[None]:
+        yield Run(self._listen)
 
-    async def probe(self, conn: AnyConn) -> None:
+    def probe(self) -> Plan[None]:
         """One round trip: fails on a connection whose peer is gone."""
-        await _run(conn, q.PROBE)
+        yield Run(q.PROBE)
 
 
 def notify_payload(queues: set[str]) -> str:

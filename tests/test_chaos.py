@@ -21,6 +21,7 @@ import pytest
 from psycopg_pool import PoolTimeout
 
 import simplequeue as sq
+from simplequeue.drivers import run, run_sync
 from simplequeue.maintenance.reaper import Reaper
 from simplequeue.runtime.heartbeat import Heartbeater
 from simplequeue.runtime.outage import DatabaseHealth, describe
@@ -167,7 +168,7 @@ def test_a_locked_row_does_not_block_the_heartbeats_of_the_others(
         locker.execute("SELECT 1 FROM simplequeue.jobs WHERE id = %s FOR UPDATE", [locked])
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("SET statement_timeout = '2s'")
-            alive = Store(queue.schema).heartbeat(conn, [(locked, 1), (free, 1)])
+            alive = run_sync(conn, Store(queue.schema).heartbeat([(locked, 1), (free, 1)]))
         locker.rollback()
     assert alive == {(locked, 1), (free, 1)}, "both still run under their lease"
     assert beat_age(dsn, free) < 5
@@ -216,7 +217,7 @@ async def test_a_claim_that_waited_on_a_lock_is_not_born_stalled(
     with psycopg.connect(dsn) as locker:
         locker.execute("LOCK TABLE simplequeue.jobs IN EXCLUSIVE MODE")
         async with queue.pool.connection() as conn:
-            claim = asyncio.create_task(Store(queue.schema).claim(conn, ["q"], [1], 1))
+            claim = asyncio.create_task(run(conn, Store(queue.schema).claim(["q"], [1], 1)))
             await asyncio.sleep(1.5)
             assert not claim.done(), "the claim should wait for the table lock"
             locker.commit()

@@ -10,6 +10,7 @@ from typing import Any
 import psycopg
 
 import simplequeue as sq
+from simplequeue.drivers import run, run_sync
 from simplequeue.job import DEAD_STATUSES
 from simplequeue.store import Store
 from tests.conftest import count, eventually, query
@@ -45,13 +46,13 @@ async def test_an_idle_claim_reads_what_is_due_not_what_waits(
         "WHERE id IN (SELECT id FROM simplequeue.jobs ORDER BY id LIMIT 5)",
     )
     async with queue.pool.connection() as conn:
-        assert await store.promote_due(conn, ["q"], 1000) == 5
+        assert await run(conn, store.promote_due(["q"], 1000)) == 5
     query(dsn, "VACUUM ANALYZE simplequeue.jobs")
     assert (
         buffers(dsn, store.statements()["claim"], claim) < 20 * 5
     )  # the rows it updates, and their indexes
     async with queue.pool.connection() as conn:
-        claimed = await store.claim(conn, ["q"], [100], 100)
+        claimed = await run(conn, store.claim(["q"], [100], 100))
     assert len(claimed) == 5
 
 
@@ -98,7 +99,8 @@ async def test_heartbeats_are_hot_updates(queue: sq.SimpleQueue, dsn: str) -> No
     updated, hot = await eventually(lambda: stats()[0] >= 30 and stats())
     with psycopg.connect(dsn, autocommit=True) as conn:
         for _ in range(20):
-            assert len(Store(queue.schema).heartbeat(conn, [(i, 1) for i in ids if i])) == 30
+            beats = Store(queue.schema).heartbeat([(i, 1) for i in ids if i])
+            assert len(run_sync(conn, beats)) == 30
     after = await eventually(lambda: stats()[0] >= updated + 600 and stats())
     beats, hot_beats = after[0] - updated, after[1] - hot
     assert beats == 600

@@ -60,6 +60,7 @@ async def test_cancel_by_fingerprint_against_the_result_writer(
     fingerprint index) against id order. A cancel by fingerprint slowed on its first row
     (a trigger sleeps) meets the result writer's write of both: whatever order the plans
     visit the rows in, both statements lock them in id order, so neither deadlocks."""
+    from simplequeue.drivers import run
     from simplequeue.store import Outcome, Store
 
     a, b = sorted(
@@ -92,7 +93,7 @@ async def test_cancel_by_fingerprint_against_the_result_writer(
         await asyncio.sleep(0.2)  # the cancel holds its first row by now
         async with queue.pool.connection() as conn:
             outcomes = [Outcome(a.id, 1, "completed"), Outcome(b.id, 1, "completed")]
-            return await Store(queue.schema).write_outcomes(conn, outcomes)
+            return await run(conn, Store(queue.schema).write_outcomes(outcomes))
 
     cancelled, written = await asyncio.gather(queue.cancel_jobs_by_fingerprint("fp"), write())
     assert (cancelled, written) in ((2, set()), (0, {a.id, b.id}))

@@ -156,11 +156,11 @@ async def test_a_failed_ownership_check_spends_no_attempt(
     real = Store.still_running
     failures: list[int] = []
 
-    async def flaky(self: Store, conn: Any, job_id: Any, lease: int) -> bool:
+    def flaky(self: Store, job_id: Any, lease: int) -> Any:
         if not failures:
             failures.append(1)
             raise psycopg.OperationalError("server closed the connection unexpectedly")
-        return await real(self, conn, job_id, lease)
+        return real(self, job_id, lease)
 
     monkeypatch.setattr(Store, "still_running", flaky)
     ran: list[int] = []

@@ -16,8 +16,9 @@ from datetime import UTC, datetime
 import psycopg
 
 from simplequeue.connections import borrow
+from simplequeue.drivers import run
 from simplequeue.maintenance.steps import Sweeper, batch_or_each
-from simplequeue.store import AnyConn
+from simplequeue.store import Plan
 
 __all__ = ["Janitor", "JanitorReport"]
 
@@ -64,15 +65,15 @@ class Janitor(Sweeper):
 
         async def moved(
             what: str,
-            move: Callable[[AnyConn, int, uuid.UUID | None], Awaitable[list[uuid.UUID]]],
-            candidates: Callable[[AnyConn, int], Awaitable[list[uuid.UUID]]],
+            move: Callable[[int, uuid.UUID | None], Plan[list[uuid.UUID]]],
+            candidates: Callable[[int], Plan[list[uuid.UUID]]],
         ) -> int:
             changed = await batch_or_each(
                 self._pool,
                 self.log,
                 f"janitor: {what}",
-                lambda conn, only: move(conn, batch, only),
-                lambda conn: candidates(conn, batch),
+                lambda only: move(batch, only),
+                lambda: candidates(batch),
             )
             return len(changed)
 
@@ -80,7 +81,7 @@ class Janitor(Sweeper):
             "archive": lambda: moved("archiving", store.archive_completed, store.completed_ids),
             "dead-letter": lambda: moved("dead-lettering", store.move_dead, store.dead_ids),
             "purge": lambda: self._in_own_transaction(
-                lambda conn: store.purge_archive(conn, retention, batch)
+                lambda: store.purge_archive(retention, batch)
             ),
         }
         counts: dict[str, int] = {}
@@ -129,6 +130,6 @@ class Janitor(Sweeper):
                 break
         return total
 
-    async def _in_own_transaction(self, step: Callable[[AnyConn], Awaitable[int]]) -> int:
+    async def _in_own_transaction(self, step: Callable[[], Plan[int]]) -> int:
         async with borrow(self._pool) as conn:
-            return await step(conn)
+            return await run(conn, step())

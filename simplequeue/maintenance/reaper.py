@@ -14,7 +14,7 @@ from simplequeue.config import QueueConfig
 from simplequeue.job import JobStatus
 from simplequeue.maintenance.steps import Sweeper, batch_or_each
 from simplequeue.runtime.outage import DatabaseHealth
-from simplequeue.store import AnyConn, Store
+from simplequeue.store import Store
 
 __all__ = ["ReapReport", "Reaper"]
 
@@ -87,21 +87,16 @@ class Reaper(Sweeper):
         """One sweep now."""
         stall, max_reprocess = self._config.stall_after, self._config.max_reprocess_count
 
-        async def reap(conn: AnyConn, only: uuid.UUID | None) -> list[tuple[uuid.UUID, str]]:
-            return await self._store.reap_stalled(
-                conn, stall, max_reprocess, only=only, own=self._own_runs()
-            )
-
-        async def fail(conn: AnyConn, only: uuid.UUID | None) -> list[uuid.UUID]:
-            return await self._store.fail_exhausted(conn, only=only)
-
+        store = self._store
         reaped = await batch_or_each(
-            self._pool, self.log, "reaper: returning stalled jobs", reap,
-            lambda conn: self._store.stalled_ids(conn, stall, 1000),
+            self._pool, self.log, "reaper: returning stalled jobs",
+            lambda only: store.reap_stalled(stall, max_reprocess, only=only, own=self._own_runs()),
+            lambda: store.stalled_ids(stall, 1000),
         )  # fmt: skip
         failed = await batch_or_each(
-            self._pool, self.log, "reaper: failing jobs out of attempts", fail,
-            lambda conn: self._store.exhausted_ids(conn, 1000),
+            self._pool, self.log, "reaper: failing jobs out of attempts",
+            lambda only: store.fail_exhausted(only=only),
+            lambda: store.exhausted_ids(1000),
         )  # fmt: skip
         exhausted = len(failed)
         poisoned = sum(1 for _, status in reaped if status == JobStatus.BAD_JOB)

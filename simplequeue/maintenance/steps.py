@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import psycopg
@@ -15,9 +15,10 @@ from psycopg_pool import AsyncConnectionPool
 
 from simplequeue.config import QueueConfig
 from simplequeue.connections import borrow
+from simplequeue.drivers import run
 from simplequeue.runtime.outage import DatabaseHealth
 from simplequeue.runtime.service import PeriodicService
-from simplequeue.store import AnyConn, Store
+from simplequeue.store import Plan, Store
 
 __all__ = ["Sweeper", "batch_or_each"]
 
@@ -46,25 +47,25 @@ async def batch_or_each(
     pool: AsyncConnectionPool[Any],
     log: logging.Logger,
     what: str,
-    change: Callable[[AnyConn, uuid.UUID | None], Awaitable[list[T]]],
-    candidates: Callable[[AnyConn], Awaitable[list[uuid.UUID]]],
+    change: Callable[[uuid.UUID | None], Plan[list[T]]],
+    candidates: Callable[[], Plan[list[uuid.UUID]]],
 ) -> list[T]:
-    """`change(conn, None)` changes a batch; `change(conn, job_id)` that one job, taken
-    from `candidates`. Returns what the changes return."""
+    """`change(None)` changes a batch; `change(job_id)` that one job, taken from
+    `candidates()`. Returns what the changes return."""
     try:
         async with borrow(pool) as conn:
-            return await change(conn, None)
+            return await run(conn, change(None))
     except psycopg.OperationalError:
         raise
     except psycopg.Error as exc:
         log.error("%s: refused (%s); going job by job", what, exc)
     async with borrow(pool) as conn:
-        ids = await candidates(conn)
+        ids = await run(conn, candidates())
     changed: list[T] = []
     for job_id in ids:
         try:
             async with borrow(pool) as conn:
-                changed += await change(conn, job_id)
+                changed += await run(conn, change(job_id))
         except psycopg.OperationalError:
             raise
         except psycopg.Error as exc:

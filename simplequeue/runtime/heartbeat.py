@@ -20,6 +20,7 @@ from typing import Any
 
 import psycopg
 
+from simplequeue.drivers import run_sync
 from simplequeue.job import Job
 from simplequeue.runtime.outage import DatabaseHealth, Outage
 from simplequeue.stopping import StopReason
@@ -169,7 +170,7 @@ class Heartbeater:
         conn = self._conn
         if conn is not None and not conn.closed:
             try:
-                return self._store.heartbeat(conn, beats)
+                return run_sync(conn, self._store.heartbeat(beats))
             except psycopg.OperationalError:
                 if not conn.closed:
                     raise  # the statement failed, not the connection
@@ -177,7 +178,7 @@ class Heartbeater:
                 # fresh try now rather than a missed beat, which brings a job closer to stalled.
                 self._close()
         self._conn = self._connect()
-        return self._store.heartbeat(self._conn, beats)
+        return run_sync(self._conn, self._store.heartbeat(beats))
 
     def _run(self) -> None:
         try:

@@ -13,6 +13,7 @@ from typing import Any
 
 import psycopg
 
+from simplequeue.drivers import run
 from simplequeue.runtime.outage import DatabaseHealth
 from simplequeue.runtime.service import Service
 from simplequeue.store import Store
@@ -46,7 +47,7 @@ class Listener(Service):
             try:
                 conn = await self._connect()
                 try:
-                    await self._store.listen(conn)
+                    await run(conn, self._store.listen())
                     self.connections += 1
                     self.connected.set()
                     self.outage.recovered()
@@ -62,4 +63,4 @@ class Listener(Service):
         while True:
             async for notify in conn.notifies(timeout=PROBE_EVERY):
                 self._wake(set(notify.payload.split("\n")) if notify.payload else None)
-            await self._store.probe(conn)
+            await run(conn, self._store.probe())

@@ -19,6 +19,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from simplequeue.config import QueueConfig
 from simplequeue.connections import borrow
+from simplequeue.drivers import run
 from simplequeue.job import Job
 from simplequeue.registry import QueueRegistry
 from simplequeue.runtime.executor import Executor
@@ -130,7 +131,7 @@ class Poller(Service):
             self.claiming = True
             try:
                 async with borrow(self._pool) as conn:
-                    jobs = await self._store.claim(conn, queues, limits, total)
+                    jobs = await run(conn, self._store.claim(queues, limits, total))
             except psycopg.OperationalError as exc:
                 self.claiming = False
                 await self.back_off(exc)
@@ -158,7 +159,7 @@ class Poller(Service):
         self._promoted_at = time.monotonic()
         try:
             async with borrow(self._pool) as conn:
-                return await self._store.promote_due(conn, queues, PROMOTE_BATCH)
+                return await run(conn, self._store.promote_due(queues, PROMOTE_BATCH))
         except psycopg.OperationalError as exc:
             self.outage.failed(exc)  # the claim's retry loop waits; the next poll retries
             return 0

@@ -15,13 +15,15 @@ import uuid
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from simplequeue.connections import borrow
+from simplequeue.drivers import run
 from simplequeue.job import JobStatus
 from simplequeue.runtime.outage import DatabaseHealth, is_transient
 from simplequeue.runtime.service import Service
-from simplequeue.store import AnyConn, Outcome, Store
+from simplequeue.store import Outcome, Store
 
 if TYPE_CHECKING:
     from simplequeue.runtime.heartbeat import Heartbeater
@@ -146,14 +148,16 @@ class ResultWriter(Service):
             outcomes.clear()
 
     async def _held_elsewhere(
-        self, conn: AnyConn, batch: list[Outcome], changed: set[uuid.UUID]
+        self, conn: psycopg.AsyncConnection[Any], batch: list[Outcome], changed: set[uuid.UUID]
     ) -> list[Outcome]:
         """The results not written because another transaction held their rows: those
         still running under their lease (the others were fenced off)."""
         unwritten = [o for o in batch if o.job_id not in changed]
         if not unwritten:
             return []
-        running = await self._store.running_runs(conn, [(o.job_id, o.lease) for o in unwritten])
+        running = await run(
+            conn, self._store.running_runs([(o.job_id, o.lease) for o in unwritten])
+        )
         return [o for o in unwritten if (o.job_id, o.lease) in running]
 
     def close(self, deadline: float) -> None:
@@ -173,7 +177,7 @@ class ResultWriter(Service):
         while True:
             try:
                 async with borrow(self._pool) as conn:
-                    changed = await self._store.write_outcomes(conn, batch)
+                    changed = await run(conn, self._store.write_outcomes(batch))
                     locked = await self._held_elsewhere(conn, batch, changed)
             except Exception as exc:
                 if not is_transient(exc):

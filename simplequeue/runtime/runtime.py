@@ -18,6 +18,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from simplequeue.config import QueueConfig
 from simplequeue.connections import borrow, dedicated_settings
+from simplequeue.drivers import run
 from simplequeue.job import Job
 from simplequeue.maintenance import janitor_enabled, warn_no_janitor
 from simplequeue.maintenance.janitor import Janitor
@@ -89,7 +90,7 @@ class Runtime:
 
         async def still_ours(job: Job) -> bool:
             async with borrow(pool) as conn:
-                return await store.still_running(conn, job.id, job.lease)
+                return await run(conn, store.still_running(job.id, job.lease))
 
         self.executor = Executor(
             queue,
@@ -169,8 +170,8 @@ class Runtime:
         while True:
             queues = sorted(self._registry.handlers)
             async with borrow(self._pool) as conn:
-                await self._store.promote_due(conn, queues, PROMOTE_BATCH)
-                due = await self._store.count_due(conn, queues) if queues else 0
+                await run(conn, self._store.promote_due(queues, PROMOTE_BATCH))
+                due = await run(conn, self._store.count_due(queues)) if queues else 0
             idle = not (self.poller.claiming or self.poller.tasks or self.results.pending)
             if not due and idle:
                 break
