@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Iterable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from simplequeue.job import Job
+from simplequeue.job import Job, JobStatus
 from simplequeue.stats import QueueStats
 
 if TYPE_CHECKING:
@@ -88,6 +88,14 @@ class BlockingQueue:
 
     def wait_for_job(self, job_id: uuid.UUID | str, timeout: float | None = None) -> Job:
         return self._run(self.queue.wait_for_job(job_id, timeout))
+
+    def list_jobs(
+        self,
+        queue: str | None = None,
+        status: JobStatus | str | Iterable[JobStatus | str] | None = None,
+        limit: int = 50,
+    ) -> list[Job]:
+        return self._run(self.queue.list_jobs(queue, status, limit))
 
     def list_dlq(self, queue: str | None = None, limit: int = 50) -> list[Job]:
         return self._run(self.queue.list_dlq(queue, limit))

@@ -86,12 +86,19 @@ class AsyncDriver(ABC):
     @abstractmethod
     async def _execute(self, query: str, params: Any) -> Result: ...
 
-    @abstractmethod
-    def _own_transaction(self) -> Any:
-        """An async context manager: a transaction of the driver's own (when none is open)."""
-
     async def _copy(self, step: Copy) -> None:
         raise NotImplementedError
+
+    @asynccontextmanager
+    async def _own_transaction(self) -> AsyncIterator[None]:
+        """A transaction of the driver's own, where none is open."""
+        await self._execute("BEGIN", None)
+        try:
+            yield
+        except BaseException:
+            await self._execute("ROLLBACK", None)
+            raise
+        await self._execute("COMMIT", None)
 
     async def run(self, plan: Plan[T]) -> T:
         """Execute a plan to its end and return what it returns."""
@@ -113,34 +120,32 @@ class AsyncDriver(ABC):
             raise explained from exc
 
     async def _step(self, step: Run | Copy) -> Result:
-        if isinstance(step, Copy):
-            async with self._unit():
-                await self._copy(step)
-                if step.then is not None:
-                    await self._execute(step.then.query, step.then.params)
-            return Result([], 0)
-        if not step.savepoint:
+        if isinstance(step, Run) and not step.savepoint:
             return await self._execute(step.query, step.params)
-        if self.commits_each_statement():
-            async with self._own_transaction():
+        async with self._unit():
+            if isinstance(step, Run):
                 return await self._execute(step.query, step.params)
-        await self._execute(f"SAVEPOINT {_SAVEPOINT}", None)
-        try:
-            result = await self._execute(step.query, step.params)
-        except Exception:
-            await self._execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}", None)
-            raise
-        await self._execute(f"RELEASE SAVEPOINT {_SAVEPOINT}", None)
-        return result
+            await self._copy(step)
+            if step.then is not None:
+                await self._execute(step.then.query, step.then.params)
+            return Result([], 0)
 
     @asynccontextmanager
     async def _unit(self) -> AsyncIterator[None]:
-        """Several statements as one: the caller's transaction, or one of our own."""
+        """Statements that succeed or fail together, and whose failure leaves the caller's
+        transaction usable: a transaction of our own where none is open, else a savepoint
+        in the caller's (a statement there starts it, if it had not)."""
         if self.commits_each_statement():
             async with self._own_transaction():
                 yield
-        else:
+            return
+        await self._execute(f"SAVEPOINT {_SAVEPOINT}", None)
+        try:
             yield
+        except BaseException:
+            await self._execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}", None)
+            raise
+        await self._execute(f"RELEASE SAVEPOINT {_SAVEPOINT}", None)
 
 
 class PsycopgAsync(AsyncDriver):
@@ -188,14 +193,13 @@ class SQLAlchemyAsync(AsyncDriver):
     SQLAlchemy's first statement, so running on the bare driver connection would run
     outside it)."""
 
-    def __init__(self, conn: Any) -> None:
-        self.conn = conn  # sqlalchemy.ext.asyncio.AsyncConnection, in a transaction
+    def __init__(self, conn: Any, adapted: Any) -> None:
+        self.conn = conn  # sqlalchemy.ext.asyncio.AsyncConnection, begun
+        self.adapted = adapted  # its DBAPI connection (SQLAlchemy's adapter of asyncpg's)
 
     def commits_each_statement(self) -> bool:
-        return False  # always in SQLAlchemy's transaction: it was begun if it had not
-
-    def _own_transaction(self) -> Any:
-        raise AssertionError("a SQLAlchemy connection is always in a transaction")
+        # Begun, it is in a transaction, unless the engine runs in AUTOCOMMIT.
+        return bool(getattr(self.adapted, "autocommit", False))
 
     async def _execute(self, query: str, params: Any) -> Result:
         numbered, names = _numbered(query)
@@ -243,11 +247,18 @@ class SyncDriver(ABC):
     @abstractmethod
     def _execute(self, query: str, params: Any) -> Result: ...
 
-    @abstractmethod
-    def _own_transaction(self) -> Any: ...
-
     def _copy(self, step: Copy) -> None:
         raise NotImplementedError
+
+    @contextmanager
+    def _own_transaction(self) -> Iterator[None]:
+        self._execute("BEGIN", None)
+        try:
+            yield
+        except BaseException:
+            self._execute("ROLLBACK", None)
+            raise
+        self._execute("COMMIT", None)
 
     def run(self, plan: Plan[T]) -> T:
         """Execute a plan to its end and return what it returns."""
@@ -269,33 +280,29 @@ class SyncDriver(ABC):
             raise explained from exc
 
     def _step(self, step: Run | Copy) -> Result:
-        if isinstance(step, Copy):
-            with self._unit():
-                self._copy(step)
-                if step.then is not None:
-                    self._execute(step.then.query, step.then.params)
-            return Result([], 0)
-        if not step.savepoint:
+        if isinstance(step, Run) and not step.savepoint:
             return self._execute(step.query, step.params)
-        if self.commits_each_statement():
-            with self._own_transaction():
+        with self._unit():
+            if isinstance(step, Run):
                 return self._execute(step.query, step.params)
-        self._execute(f"SAVEPOINT {_SAVEPOINT}", None)
-        try:
-            result = self._execute(step.query, step.params)
-        except Exception:
-            self._execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}", None)
-            raise
-        self._execute(f"RELEASE SAVEPOINT {_SAVEPOINT}", None)
-        return result
+            self._copy(step)
+            if step.then is not None:
+                self._execute(step.then.query, step.then.params)
+            return Result([], 0)
 
     @contextmanager
     def _unit(self) -> Iterator[None]:
         if self.commits_each_statement():
             with self._own_transaction():
                 yield
-        else:
+            return
+        self._execute(f"SAVEPOINT {_SAVEPOINT}", None)
+        try:
             yield
+        except BaseException:
+            self._execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}", None)
+            raise
+        self._execute(f"RELEASE SAVEPOINT {_SAVEPOINT}", None)
 
 
 class PsycopgSync(SyncDriver):
@@ -346,16 +353,6 @@ class Psycopg2Sync(SyncDriver):
     def commits_each_statement(self) -> bool:
         idle = self.conn.get_transaction_status() == 0  # psycopg2's TRANSACTION_STATUS_IDLE
         return bool(self.conn.autocommit) and idle
-
-    @contextmanager
-    def _own_transaction(self) -> Iterator[None]:
-        self._execute("BEGIN", None)
-        try:
-            yield
-        except BaseException:
-            self._execute("ROLLBACK", None)
-            raise
-        self._execute("COMMIT", None)
 
     def _execute(self, query: str, params: Any) -> Result:
         with self.conn.cursor() as cur:
@@ -409,9 +406,24 @@ def run_sync(conn: psycopg.Connection[Any], plan: Plan[T], *, atomic: bool = Fal
 
 # -- a caller's connection (conn=) -----------------------------------------------------
 
+ASYNC_DRIVERS = ("psycopg", "asyncpg")
+SYNC_DRIVERS = ("psycopg", "psycopg2")
+
 
 def _from(conn: object, package: str) -> bool:
     return type(conn).__module__.split(".")[0] == package
+
+
+def _unscoped(conn: Any) -> Any:
+    """The session behind a SQLAlchemy scoped_session or async_scoped_session (what
+    Flask-SQLAlchemy's `db.session` is): this thread's or task's."""
+    if _from(conn, "sqlalchemy"):
+        from sqlalchemy.ext.asyncio import async_scoped_session
+        from sqlalchemy.orm import scoped_session
+
+        if isinstance(conn, scoped_session | async_scoped_session):
+            return conn()
+    return conn
 
 
 def _sqlalchemy_async(conn: object) -> bool:
@@ -436,10 +448,35 @@ def _django(conn: object) -> bool:
     return _from(conn, "django") and hasattr(conn, "ensure_connection") and hasattr(conn, "vendor")
 
 
+def _check_dialect(conn: Any, drivers: tuple[str, ...], accepted: str) -> None:
+    """A SQLAlchemy session or connection whose engine is not PostgreSQL on one of
+    `drivers` is refused from its engine's dialect, before a connection is taken or a
+    transaction begun. (A session without one default engine is checked on its
+    connection, later.)"""
+    from sqlalchemy.exc import UnboundExecutionError
+
+    target = getattr(conn, "sync_session", None) or getattr(conn, "sync_engine", None) or conn
+    try:
+        bind = target.get_bind() if hasattr(target, "get_bind") else target
+    except UnboundExecutionError:
+        return
+    dialect = getattr(bind, "dialect", None)
+    if dialect is None:
+        return
+    if dialect.name != "postgresql" or dialect.driver not in drivers:
+        raise InvalidArgumentError(
+            f"the SQLAlchemy engine is {dialect.name}+{dialect.driver}://; conn must be {accepted}"
+        )
+
+
 def check_async_conn(conn: object) -> None:
     """Refuse a `conn=` of the wrong kind before any statement runs (a sync connection
     would run the INSERT and only then fail on `await`)."""
-    if conn is None or isinstance(conn, psycopg.AsyncConnection) or _sqlalchemy_async(conn):
+    conn = _unscoped(conn)
+    if conn is None or isinstance(conn, psycopg.AsyncConnection):
+        return
+    if _sqlalchemy_async(conn):
+        _check_dialect(conn, ASYNC_DRIVERS, ASYNC_ACCEPTED)
         return
     hint = (
         "; with a sync connection use simplequeue.SyncQueue"
@@ -455,7 +492,11 @@ def check_async_conn(conn: object) -> None:
 
 def check_sync_conn(conn: object) -> None:
     """`check_async_conn` for SyncQueue."""
-    if conn is None or isinstance(conn, psycopg.Connection) or _sqlalchemy_sync(conn):
+    conn = _unscoped(conn)
+    if conn is None or isinstance(conn, psycopg.Connection):
+        return
+    if _sqlalchemy_sync(conn):
+        _check_dialect(conn, SYNC_DRIVERS, SYNC_ACCEPTED)
         return
     if _django(conn):
         if getattr(conn, "vendor", None) != "postgresql":
@@ -487,18 +528,19 @@ async def async_driver_for(conn: Any) -> AsyncDriver:
     """The driver for a caller's async `conn=` (checked by `check_async_conn`), in the
     caller's transaction: SQLAlchemy's begins if it had not (what a statement run through
     SQLAlchemy would do: otherwise its commit() would not commit the insert)."""
+    conn = _unscoped(conn)
     if isinstance(conn, psycopg.AsyncConnection):
         return PsycopgAsync(conn)
     from sqlalchemy.ext.asyncio import AsyncSession
 
     connection = await conn.connection() if isinstance(conn, AsyncSession) else conn
-    raw = (await connection.get_raw_connection()).driver_connection
-    if isinstance(raw, psycopg.AsyncConnection):
-        driver: AsyncDriver = PsycopgAsync(raw)
-    elif _from(raw, "asyncpg"):
-        driver = SQLAlchemyAsync(connection)
+    raw = await connection.get_raw_connection()
+    if isinstance(raw.driver_connection, psycopg.AsyncConnection):
+        driver: AsyncDriver = PsycopgAsync(raw.driver_connection)
+    elif _from(raw.driver_connection, "asyncpg"):
+        driver = SQLAlchemyAsync(connection, raw.dbapi_connection)
     else:
-        raise _wrong_driver(raw, ASYNC_ACCEPTED)
+        raise _wrong_driver(raw.driver_connection, ASYNC_ACCEPTED)
     if not connection.in_transaction():
         await connection.begin()
     return driver
@@ -507,6 +549,7 @@ async def async_driver_for(conn: Any) -> AsyncDriver:
 def sync_driver_for(conn: Any) -> SyncDriver:
     """The driver for a caller's sync `conn=` (checked by `check_sync_conn`), in the
     caller's transaction (SQLAlchemy's begins if it had not)."""
+    conn = _unscoped(conn)
     if isinstance(conn, psycopg.Connection):
         return PsycopgSync(conn)
     if _django(conn):

@@ -264,6 +264,19 @@ class Job(Generic[PayloadT]):
             values["id" if column.name == "id" else (column.attribute or column.name)] = value
         return values
 
+    def _as_claimed(self) -> Job[PayloadT]:
+        """This job as a claim hands it to a worker: running, its attempt and lease
+        counted, its data JSON text still to decode (what a stored job gives a handler)."""
+        row = [
+            self.encoded_data if name == "data" else getattr(self, name)
+            for name in _READ_ATTRIBUTES
+        ]
+        claimed: Job[PayloadT] = Job.from_row(row, encoded=True)
+        claimed.status = JobStatus.RUNNING
+        claimed.attempt += 1
+        claimed.lease += 1
+        return claimed
+
     def decode_data(self) -> None:
         """Decode data claimed as JSON text; InvalidJobError if Python cannot read it."""
         if self._encoded is None or self.data is not None:

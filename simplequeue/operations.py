@@ -100,7 +100,6 @@ class Operations:
             jobs,
             notify=self.config.use_notify,
             retry=retry,
-            own_transaction=committed,
             can_copy=conn.can_copy,
         )
         ids: list[uuid.UUID | None] = []
@@ -134,13 +133,18 @@ class Operations:
         check_time("run_at", run_at, error=InvalidArgumentError)
         return self.store.reschedule(as_uuid(job_id), run_at)
 
+    def list_jobs(
+        self,
+        queue: str | None,
+        status: JobStatus | str | Iterable[JobStatus | str] | None,
+        limit: int,
+    ) -> Plan[list[Job]]:
+        check_key("queue", queue, required=False, error=InvalidArgumentError)
+        return self.store.list_jobs(queue, _statuses(status), _limit(limit))
+
     def list_dlq(self, queue: str | None, limit: int) -> Plan[list[Job]]:
         check_key("queue", queue, required=False, error=InvalidArgumentError)
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIST:
-            raise InvalidArgumentError(
-                f"limit must be an integer from 1 to {MAX_LIST}, got {limit!r}"
-            )
-        return self.store.list_dlq(queue, limit)
+        return self.store.list_dlq(queue, _limit(limit))
 
     def requeue_dlq_job(self, job_id: uuid.UUID | str) -> Plan[bool]:
         """Run it atomically: its statements are one change."""
@@ -149,6 +153,26 @@ class Operations:
     def counts(self) -> Plan[dict[str, int]]:
         keys = [s.value for s in JobStatus] + ["archive", "dlq"]
         return _then(self.store.counts(), lambda found: {k: found.get(k, 0) for k in keys})
+
+
+def _limit(limit: object) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIST:
+        raise InvalidArgumentError(f"limit must be an integer from 1 to {MAX_LIST}, got {limit!r}")
+    return limit
+
+
+def _statuses(status: object) -> list[str] | None:
+    """None (every status), or the statuses named, each checked."""
+    if status is None:
+        return None
+    many: Iterable[Any] = (
+        status if isinstance(status, Iterable) and not isinstance(status, str) else [status]
+    )
+    try:
+        return [JobStatus(s).value for s in many]
+    except ValueError:
+        known = ", ".join(s.value for s in JobStatus)
+        raise InvalidArgumentError(f"status must be one of {known}, got {status!r}") from None
 
 
 def _then(plan: Plan[T], after: Callable[[T], U]) -> Plan[U]:

@@ -8,7 +8,7 @@ import asyncio
 import dataclasses
 import uuid
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, Union
@@ -22,7 +22,7 @@ from simplequeue.connections import borrow, defaults_for
 from simplequeue.drivers import PsycopgAsync, async_driver_for, check_async_conn, run
 from simplequeue.errors import InvalidArgumentError, JobNotFoundError, QueueStateError
 from simplequeue.handler import Handler
-from simplequeue.job import Job
+from simplequeue.job import Job, JobStatus
 from simplequeue.maintenance.janitor import Janitor, JanitorReport
 from simplequeue.maintenance.reaper import Reaper, ReapReport
 from simplequeue.operations import (
@@ -337,6 +337,16 @@ class SimpleQueue:
                     delay = min(delay * factor, longest)
         except TimeoutError:
             raise wait_timed_out(job_id, last, timeout) from None
+
+    async def list_jobs(
+        self,
+        queue: str | None = None,
+        status: JobStatus | str | Iterable[JobStatus | str] | None = None,
+        limit: int = 50,
+    ) -> list[Job]:
+        """Jobs of the live table (pending, running, and finished ones the janitor has not
+        moved yet) in the order they were inserted; `queue` and `status` filter them."""
+        return await self._run(self._ops.list_jobs(queue, status, limit))
 
     async def list_dlq(self, queue: str | None = None, limit: int = 50) -> list[Job]:
         """Dead jobs, newest first: in the DLQ table or not yet moved there by the janitor."""

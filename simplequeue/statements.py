@@ -267,6 +267,15 @@ _LIST_DLQ_NEWEST = (
     "   ORDER BY updated_at DESC, id DESC LIMIT %(limit)s)"
     ") AS dead ORDER BY updated_at DESC, id DESC LIMIT %(limit)s"
 )
+# Live jobs in insertion order (ids grow as jobs are built), for operators and tests of
+# producers; every filter optional. Read along the primary key, bounded by the limit.
+LIST_JOBS = (
+    "SELECT " + _READ + " FROM {s}.jobs "
+    "WHERE (%(queue)s::text IS NULL OR queue = %(queue)s) "
+    "AND (%(statuses)s::text[] IS NULL OR status = ANY(%(statuses)s)) "
+    "ORDER BY id LIMIT %(limit)s"
+)
+
 LIST_DLQ = _LIST_DLQ_NEWEST.format(s="{s}", where="", also="")
 LIST_DLQ_OF_QUEUE = _LIST_DLQ_NEWEST.format(
     s="{s}", where="WHERE queue = %(queue)s", also="AND queue = %(queue)s"

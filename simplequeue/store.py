@@ -184,7 +184,6 @@ class Store:
             schema,
             **{t: sql.Identifier(schema, t).as_string(None) for t in ("archive", "dlq")},
         )
-        self._reads_finished: bool | None = None
         self._copy = _q(q.COPY, schema)
         self._copy_run_at = _q(q.COPY_RUN_AT, schema)
         self._notify = q.NOTIFY
@@ -206,6 +205,7 @@ class Store:
             for column in ("id", "unique_key", "fingerprint")
         }
         self._reschedule = _q(q.RESCHEDULE, schema)
+        self._list_jobs = _q(q.LIST_JOBS, schema)
         self._list_dlq = _q(q.LIST_DLQ, schema)
         self._list_dlq_of_queue = _q(q.LIST_DLQ_OF_QUEUE, schema)
         self._promote = _q(q.PROMOTE, schema)
@@ -242,7 +242,6 @@ class Store:
         *,
         notify: bool,
         retry: bool = False,
-        own_transaction: bool = False,
         can_copy: bool = False,
     ) -> Plan[set[uuid.UUID]]:
         """Insert in one statement; returns the ids stored (a live unique key skips a job).
@@ -252,8 +251,8 @@ class Store:
         jobs was sent before and may have landed), the ids already stored, in the jobs
         table or, where this role may read them, the archive and the DLQ, count as
         stored and are not inserted again: a retry never stores a job twice.
-        `own_transaction`: the statements commit on their own (no caller's transaction);
-        `can_copy`: the driver can COPY.
+        `can_copy`: the driver can COPY (which runs as one unit: a failed COPY leaves a
+        caller's transaction usable).
         """
         stored: set[uuid.UUID] = set()
         if retry:
@@ -265,14 +264,11 @@ class Store:
             try:
                 yield self._copy_jobs(jobs, notify=notify)
             except Exception as exc:
-                if sqlstate(exc) != UNIQUE_VIOLATION or not own_transaction:
-                    raise  # in the caller's transaction, now aborted: theirs to roll back
-                # Ours was rolled back: another insert of the same jobs got there first.
-                return (
-                    yield from self.insert_jobs(
-                        jobs, notify=notify, retry=True, own_transaction=True
-                    )
-                )
+                if sqlstate(exc) != UNIQUE_VIOLATION:
+                    raise
+                # Some of these ids are stored already (the same jobs inserted elsewhere,
+                # or before): the COPY was undone as a whole; the INSERT skips those.
+                return (yield from self.insert_jobs(jobs, notify=notify, retry=True))
             return {j.id for j in jobs}
         params: list[Any] | dict[str, Any]
         if len(jobs) == 1:  # scalars: adapting nine one-element arrays costs more than the insert
@@ -300,12 +296,12 @@ class Store:
     def _stored_anywhere(self, ids: list[uuid.UUID]) -> Plan[set[uuid.UUID]]:
         """Which of these ids are stored in jobs, the archive or the DLQ (those this role
         may read: the producer role reads live jobs only)."""
-        if self._reads_finished is None:
-            result = yield Run(self._can_read_finished)
-            row = result.first()
-            self._reads_finished = bool(row and row[0])
-        statement = self._stored_anywhere_ids if self._reads_finished else self._stored_ids
-        result = yield Run(statement, [ids] * (3 if self._reads_finished else 1))
+        # Asked each time, not cached: callers' connections may log in as other roles.
+        result = yield Run(self._can_read_finished)
+        row = result.first()
+        reads_finished = bool(row and row[0])
+        statement = self._stored_anywhere_ids if reads_finished else self._stored_ids
+        result = yield Run(statement, [ids] * (3 if reads_finished else 1))
         return _ids(result.rows)
 
     def _copy_jobs(self, jobs: Sequence[Job], *, notify: bool) -> Copy:
@@ -509,6 +505,13 @@ class Store:
     def reschedule(self, job_id: uuid.UUID, run_at: datetime) -> Plan[bool]:
         result = yield Run(self._reschedule, {"run_at": run_at, "id": job_id})
         return result.rowcount == 1
+
+    def list_jobs(
+        self, queue: str | None, statuses: list[str] | None, limit: int
+    ) -> Plan[list[Job]]:
+        params = {"queue": queue, "statuses": statuses, "limit": limit}
+        result = yield Run(self._list_jobs, params)
+        return [Job.from_row(row) for row in result.rows]
 
     def list_dlq(self, queue: str | None, limit: int) -> Plan[list[Job]]:
         statement = self._list_dlq if queue is None else self._list_dlq_of_queue

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, Union
@@ -22,7 +22,7 @@ from simplequeue.config import QueueConfig
 from simplequeue.connections import borrow_sync, defaults_for
 from simplequeue.drivers import PsycopgSync, check_sync_conn, run_sync, sync_driver_for
 from simplequeue.errors import InvalidArgumentError, JobNotFoundError
-from simplequeue.job import Job
+from simplequeue.job import Job, JobStatus
 from simplequeue.operations import (
     WAIT_POLL,
     Operations,
@@ -207,6 +207,15 @@ class SyncQueue:
             time.sleep(max(pause, 0.0))
             delay = min(delay * factor, longest)
         raise wait_timed_out(job_id, last, timeout)
+
+    def list_jobs(
+        self,
+        queue: str | None = None,
+        status: JobStatus | str | Iterable[JobStatus | str] | None = None,
+        limit: int = 50,
+    ) -> list[Job]:
+        """Jobs of the live table in the order they were inserted (see SimpleQueue)."""
+        return self._run(self._ops.list_jobs(queue, status, limit))
 
     def list_dlq(self, queue: str | None = None, limit: int = 50) -> list[Job]:
         """Dead jobs, newest first: in the DLQ table or not yet moved there by the janitor."""

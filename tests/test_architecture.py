@@ -15,7 +15,7 @@ LIBRARY = ROOT / "simplequeue"
 SQL_MODULES = {"statements.py", "columns.py", "migrate.py", "roles.py"}
 """Where SQL may be written: the statements, the column list, migrations, role grants."""
 
-SHELL = {"cli.py", "demo.py", "embedded.py", "__main__.py"}
+SHELL = {"cli.py", "demo.py", "embedded.py", "__main__.py", "testing.py"}
 """Around the library, not in it: what `import simplequeue` must never load."""
 
 _STATEMENT = re.compile(

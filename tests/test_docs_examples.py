@@ -13,11 +13,13 @@ from psycopg.conninfo import conninfo_to_dict
 
 from tests.conftest import count, query
 
-PAGE = Path(__file__).resolve().parent.parent / "docs" / "producers.md"
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+PAGE = DOCS / "producers.md"
 
 
-def examples() -> dict[str, str]:
-    found = re.findall(r"<!-- example: (\w+) -->\n```python\n(.*?)```", PAGE.read_text(), re.S)
+def examples(page: Path = PAGE) -> dict[str, str]:
+    """The code blocks of a docs page marked `<!-- example: name -->`, by name."""
+    found = re.findall(r"<!-- example: (\w+) -->\n```python\n(.*?)```", page.read_text(), re.S)
     return dict(found)
 
 
@@ -30,14 +32,15 @@ def url(dsn: str) -> str:
     )
 
 
-def run(names: list[str]) -> dict[str, Any]:
-    """The examples in one module, as a script runs (SQLAlchemy reads its annotations
-    through the module)."""
+def run(names: list[str], page: Path = PAGE) -> dict[str, Any]:
+    """The examples in one module, as a script runs (SQLAlchemy, pydantic and Flask look
+    the module up while it runs)."""
     module = types.ModuleType("docs_example")
+    module.__file__ = str(page)
     sys.modules[module.__name__] = module
     try:
         for name in names:
-            exec(compile(examples()[name], f"{PAGE}:{name}", "exec"), module.__dict__)
+            exec(compile(examples(page)[name], f"{page}:{name}", "exec"), module.__dict__)
     finally:
         del sys.modules[module.__name__]
     return module.__dict__

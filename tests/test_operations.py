@@ -202,3 +202,11 @@ async def test_bad_arguments_to_operations_are_refused_and_change_nothing(
         await call(queue)
     assert not isinstance(refused.value, sq.InvalidJobError)  # an argument, not a job
     assert count(dsn, "id = %s AND status = 'pending'", [job_id]) == 1
+
+
+async def test_list_jobs_reads_live_jobs_in_insertion_order(queue: sq.SimpleQueue) -> None:
+    ids = await queue.insert_jobs([sq.Job("q", n, unique_key=f"k{n}") for n in range(3)])
+    assert [j.id for j in await queue.list_jobs("q", sq.JobStatus.PENDING)] == ids
+    assert await queue.list_jobs("other") == []
+    with pytest.raises(sq.InvalidArgumentError, match="status"):
+        await queue.list_jobs(status=["pending", "nope"])

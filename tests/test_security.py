@@ -600,3 +600,37 @@ async def test_no_raw_row_can_stop_the_claims(
     queue.register_handler(Work())
     await queue.start()
     await eventually(lambda: ran == [2], timeout=5)
+
+
+def test_a_retry_reads_with_the_privileges_of_its_own_connection(dsn: str, roles: Roles) -> None:
+    """Whether a retry may look in the archive and the DLQ depends on the role of the
+    connection it runs on, asked each time: here the queue's pool is the producer role,
+    the application's connection the owner. (Once cached per queue, a retry on the pool
+    failed after one on the owner's connection, and one on the owner's connection stored
+    an archived job a second time after one on the pool.)"""
+    from simplequeue.columns import MOVED_COLUMNS
+
+    with sq.SyncQueue.from_url(roles.producer_dsn) as queue, psycopg.connect(dsn) as app:
+        earlier = sq.Job("q", 1)
+        queue.insert_job(earlier, conn=app)
+        app.rollback()
+        assert queue.insert_job(earlier) == earlier.id  # a retry on the pool: live table only
+        done = sq.Job("q", 2)
+        queue.insert_job(done, conn=app)
+        app.commit()  # ... and the application never heard back
+        query(dsn, "UPDATE simplequeue.jobs SET status = 'completed' WHERE id = %s", [done.id])
+        query(
+            dsn,
+            f"WITH moved AS (DELETE FROM simplequeue.jobs WHERE id = %s RETURNING "
+            f"{MOVED_COLUMNS}) INSERT INTO simplequeue.archive ({MOVED_COLUMNS}) "
+            "SELECT * FROM moved",
+            [done.id],
+        )
+        assert queue.insert_job(done, conn=app) == done.id  # found in the archive
+        app.commit()
+        later = sq.Job("q", 3)
+        queue.insert_job(later, conn=app)
+        app.rollback()
+        assert queue.insert_job(later) == later.id  # the pool's role again: no archive read
+    assert count(dsn, "id = %s", [done.id]) == 0 and count(dsn, table="archive") == 1
+    assert count(dsn) == 2

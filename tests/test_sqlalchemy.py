@@ -76,7 +76,7 @@ async def test_a_connection_of_another_kind_is_refused_before_any_statement(
                         sync_queue.insert_job(sq.Job("q", 1), conn=conn)
             # a session of another database: refused, naming what is accepted
             with pytest.raises(
-                TypeError, match=r"sqlite3\.Connection; conn must be a psycopg\.Connection"
+                TypeError, match=r"sqlite\+pysqlite://; conn must be a psycopg\.Connection"
             ):
                 sync_queue.insert_job(sq.Job("q", 1), conn=session)
             session.commit()

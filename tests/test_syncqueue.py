@@ -167,3 +167,18 @@ def test_get_job_finds_a_job_in_the_archive(dsn: str, sync_queue: sq.SyncQueue) 
     found = sync_queue.get_job(str(job_id))
     assert found is not None and found.status is sq.JobStatus.COMPLETED
     assert count(dsn) == 0 and count(dsn, table="archive") == 1
+
+
+def test_list_jobs_in_insertion_order(sync_queue: sq.SyncQueue, dsn: str) -> None:
+    ids = sync_queue.insert_jobs([sq.Job("a" if n % 2 else "b", n) for n in range(6)])
+    query(dsn, "UPDATE simplequeue.jobs SET status = 'running' WHERE id = %s", [ids[0]])
+    assert [j.id for j in sync_queue.list_jobs()] == ids
+    assert [j.data for j in sync_queue.list_jobs("a")] == [1, 3, 5]
+    assert [j.data for j in sync_queue.list_jobs("b", status="pending")] == [2, 4]
+    running = sync_queue.list_jobs(status=[sq.JobStatus.RUNNING, "failed"], limit=1)
+    assert [j.id for j in running] == [ids[0]]
+    assert [j.data for j in sync_queue.list_jobs(limit=2)] == [0, 1]
+    with pytest.raises(sq.InvalidArgumentError, match="status must be one of"):
+        sync_queue.list_jobs(status="done")
+    with pytest.raises(sq.InvalidArgumentError, match="limit"):
+        sync_queue.list_jobs(limit=10_001)

@@ -83,7 +83,7 @@ class Executor:
         self._heartbeats.track(job)  # not a context manager: this is the per-job hot path
         try:
             try:
-                outcome, leftover = await self._attempt(job)
+                outcome, leftover = await self.attempt(job)
             except asyncio.CancelledError:
                 await self._results.submit(outcome_for_shutdown(job))
                 log.info(
@@ -104,7 +104,7 @@ class Executor:
     def shutdown(self) -> None:
         self._threads.shutdown(wait=False, cancel_futures=True)
 
-    async def _attempt(self, job: Job) -> tuple[Outcome | None, Leftover | None]:
+    async def attempt(self, job: Job) -> tuple[Outcome | None, Leftover | None]:
         """The outcome of this attempt (None: the job is no longer ours, nothing to write),
         and the handler's work if it outlived its timeout."""
         handler = self._registry.handlers[job.queue]
