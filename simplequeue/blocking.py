@@ -94,8 +94,10 @@ class BlockingQueue:
         queue: str | None = None,
         status: JobStatus | str | Iterable[JobStatus | str] | None = None,
         limit: int = 50,
+        *,
+        after: uuid.UUID | str | None = None,
     ) -> list[Job]:
-        return self._run(self.queue.list_jobs(queue, status, limit))
+        return self._run(self.queue.list_jobs(queue, status, limit, after=after))
 
     def list_dlq(self, queue: str | None = None, limit: int = 50) -> list[Job]:
         return self._run(self.queue.list_dlq(queue, limit))

@@ -21,7 +21,8 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-from simplequeue.errors import QueueStateError
+from simplequeue.config import QueueConfig
+from simplequeue.errors import InvalidArgumentError, QueueStateError
 
 __all__ = [
     "APPLICATION_NAME",
@@ -29,6 +30,7 @@ __all__ = [
     "borrow_sync",
     "dedicated_settings",
     "defaults_for",
+    "owned_pool_settings",
 ]
 
 APPLICATION_NAME = "simplequeue"
@@ -60,6 +62,23 @@ def defaults_for(
     elif "application_name" not in given:
         settings["application_name"] = name
     return settings
+
+
+def owned_pool_settings(dsn: object, config: QueueConfig) -> dict[str, Any]:
+    """The settings of a pool a queue owns (`from_url`): its size from the config; its
+    connections named, watching their peer, in autocommit (a statement of ours is its own
+    transaction). Raises InvalidArgumentError for what is not a connection string."""
+    if not isinstance(dsn, str):
+        raise InvalidArgumentError(f"from_url needs a connection string, got {type(dsn).__name__}")
+    try:
+        defaults = defaults_for(dsn, None)
+    except psycopg.ProgrammingError as exc:
+        raise InvalidArgumentError(f"not a valid connection string: {exc}") from None
+    return {
+        "min_size": config.pool_min_size,
+        "max_size": config.pool_max_size,
+        "kwargs": {**defaults, "autocommit": True},
+    }
 
 
 def dedicated_settings(pool: AsyncConnectionPool[Any], role: str) -> tuple[str, dict[str, Any]]:

@@ -137,10 +137,12 @@ class Operations:
         self,
         queue: str | None,
         status: JobStatus | str | Iterable[JobStatus | str] | None,
+        after: uuid.UUID | str | None,
         limit: int,
     ) -> Plan[list[Job]]:
         check_key("queue", queue, required=False, error=InvalidArgumentError)
-        return self.store.list_jobs(queue, _statuses(status), _limit(limit))
+        since = None if after is None else as_uuid(after)
+        return self.store.list_jobs(queue, _statuses(status), since, _limit(limit))
 
     def list_dlq(self, queue: str | None, limit: int) -> Plan[list[Job]]:
         check_key("queue", queue, required=False, error=InvalidArgumentError)

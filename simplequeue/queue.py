@@ -18,7 +18,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from simplequeue.backoff import BackoffStrategy
 from simplequeue.config import QueueConfig
-from simplequeue.connections import borrow, defaults_for
+from simplequeue.connections import borrow, owned_pool_settings
 from simplequeue.drivers import PsycopgAsync, async_driver_for, check_async_conn, run
 from simplequeue.errors import InvalidArgumentError, JobNotFoundError, QueueStateError
 from simplequeue.handler import Handler
@@ -84,23 +84,9 @@ class SimpleQueue:
     @classmethod
     def from_url(cls, dsn: str, **config: Any) -> SimpleQueue:
         """A queue that owns its pool: `async with` opens and closes it."""
-        if not isinstance(dsn, str):
-            raise InvalidArgumentError(
-                f"from_url needs a connection string, got {type(dsn).__name__}"
-            )
-        settings = QueueConfig.build(**config)
-        try:
-            defaults = defaults_for(dsn, None)
-        except psycopg.ProgrammingError as exc:
-            raise InvalidArgumentError(f"not a valid connection string: {exc}") from None
+        settings = owned_pool_settings(dsn, QueueConfig.build(**config))
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-            dsn,
-            open=False,
-            min_size=settings.pool_min_size,
-            max_size=settings.pool_max_size,
-            # Named, watching its peer, autocommit: a statement of ours is its own transaction.
-            kwargs={**defaults, "autocommit": True},
-            name="simplequeue",
+            dsn, open=False, name="simplequeue", **settings
         )
         queue = cls(pool, **config)
         queue._owns_pool = True
@@ -343,10 +329,13 @@ class SimpleQueue:
         queue: str | None = None,
         status: JobStatus | str | Iterable[JobStatus | str] | None = None,
         limit: int = 50,
+        *,
+        after: uuid.UUID | str | None = None,
     ) -> list[Job]:
         """Jobs of the live table (pending, running, and finished ones the janitor has not
-        moved yet) in the order they were inserted; `queue` and `status` filter them."""
-        return await self._run(self._ops.list_jobs(queue, status, limit))
+        moved yet) by id, the order they were built in; `queue` and `status` filter them,
+        `after` (the last id of a page) pages through them."""
+        return await self._run(self._ops.list_jobs(queue, status, after, limit))
 
     async def list_dlq(self, queue: str | None = None, limit: int = 50) -> list[Job]:
         """Dead jobs, newest first: in the DLQ table or not yet moved there by the janitor."""

@@ -267,12 +267,14 @@ _LIST_DLQ_NEWEST = (
     "   ORDER BY updated_at DESC, id DESC LIMIT %(limit)s)"
     ") AS dead ORDER BY updated_at DESC, id DESC LIMIT %(limit)s"
 )
-# Live jobs in insertion order (ids grow as jobs are built), for operators and tests of
-# producers; every filter optional. Read along the primary key, bounded by the limit.
+# Live jobs by id (the order they were built: ids are time-ordered), for operators and
+# tests of producers; every filter optional. Read along the primary key from `after` (a
+# page's last id), bounded by the limit.
 LIST_JOBS = (
     "SELECT " + _READ + " FROM {s}.jobs "
     "WHERE (%(queue)s::text IS NULL OR queue = %(queue)s) "
     "AND (%(statuses)s::text[] IS NULL OR status = ANY(%(statuses)s)) "
+    "AND (%(after)s::uuid IS NULL OR id > %(after)s) "
     "ORDER BY id LIMIT %(limit)s"
 )
 

@@ -507,9 +507,9 @@ class Store:
         return result.rowcount == 1
 
     def list_jobs(
-        self, queue: str | None, statuses: list[str] | None, limit: int
+        self, queue: str | None, statuses: list[str] | None, after: uuid.UUID | None, limit: int
     ) -> Plan[list[Job]]:
-        params = {"queue": queue, "statuses": statuses, "limit": limit}
+        params = {"queue": queue, "statuses": statuses, "after": after, "limit": limit}
         result = yield Run(self._list_jobs, params)
         return [Job.from_row(row) for row in result.rows]
 

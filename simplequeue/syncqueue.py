@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, Union
@@ -19,8 +20,8 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from simplequeue.config import QueueConfig
-from simplequeue.connections import borrow_sync, defaults_for
-from simplequeue.drivers import PsycopgSync, check_sync_conn, run_sync, sync_driver_for
+from simplequeue.connections import borrow_sync, owned_pool_settings
+from simplequeue.drivers import PsycopgSync, SyncDriver, check_sync_conn, sync_driver_for
 from simplequeue.errors import InvalidArgumentError, JobNotFoundError
 from simplequeue.job import Job, JobStatus
 from simplequeue.operations import (
@@ -75,22 +76,9 @@ class SyncQueue:
     @classmethod
     def from_url(cls, dsn: str, **config: Any) -> SyncQueue:
         """A queue that owns its pool: `with queue:` (or `open()`) opens it."""
-        if not isinstance(dsn, str):
-            raise InvalidArgumentError(
-                f"from_url needs a connection string, got {type(dsn).__name__}"
-            )
-        settings = QueueConfig.build(**config)
-        try:
-            defaults = defaults_for(dsn, None)
-        except psycopg.ProgrammingError as exc:
-            raise InvalidArgumentError(f"not a valid connection string: {exc}") from None
+        settings = owned_pool_settings(dsn, QueueConfig.build(**config))
         pool: ConnectionPool[Any] = ConnectionPool(
-            dsn,
-            open=False,
-            min_size=settings.pool_min_size,
-            max_size=settings.pool_max_size,
-            kwargs={**defaults, "autocommit": True},  # a statement of ours commits alone
-            name="simplequeue-sync",
+            dsn, open=False, name="simplequeue-sync", **settings
         )
         queue = cls(pool, **config)
         queue._owns_pool = True
@@ -152,15 +140,20 @@ class SyncQueue:
         if conn is not None:
             driver = sync_driver_for(conn)
             return driver.run(self._ops.insert(jobs, driver))
-        with borrow_sync(self._pool) as own:
-            own_driver = PsycopgSync(own)
-            return own_driver.run(self._ops.insert(jobs, own_driver))
+        with self._driver() as own:
+            return own.run(self._ops.insert(jobs, own))
+
+    @contextmanager
+    def _driver(self, *, atomic: bool = False) -> Iterator[SyncDriver]:
+        """A driver on a connection of the queue's own; with `atomic`, in one transaction."""
+        with borrow_sync(self._pool) as conn, conn.transaction() if atomic else nullcontext():
+            yield PsycopgSync(conn)
 
     # -- operating -------------------------------------------------------------------
 
     def _run(self, plan: Plan[T], *, atomic: bool = False) -> T:
-        with borrow_sync(self._pool) as conn:
-            return run_sync(conn, plan, atomic=atomic)
+        with self._driver(atomic=atomic) as driver:
+            return driver.run(plan)
 
     def get_job(self, job_id: uuid.UUID | str) -> Job | None:
         """The job from the live table, the archive or the DLQ; None if unknown."""
@@ -213,9 +206,11 @@ class SyncQueue:
         queue: str | None = None,
         status: JobStatus | str | Iterable[JobStatus | str] | None = None,
         limit: int = 50,
+        *,
+        after: uuid.UUID | str | None = None,
     ) -> list[Job]:
-        """Jobs of the live table in the order they were inserted (see SimpleQueue)."""
-        return self._run(self._ops.list_jobs(queue, status, limit))
+        """Jobs of the live table by id (see SimpleQueue)."""
+        return self._run(self._ops.list_jobs(queue, status, after, limit))
 
     def list_dlq(self, queue: str | None = None, limit: int = 50) -> list[Job]:
         """Dead jobs, newest first: in the DLQ table or not yet moved there by the janitor."""

@@ -27,13 +27,16 @@ import dataclasses
 import glob
 import os
 import shutil
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from simplequeue.codec import decode_data, encode_data
+from simplequeue.columns import READ
 from simplequeue.job import Job, JobStatus
 from simplequeue.queue import SimpleQueue
 from simplequeue.syncqueue import SyncQueue
@@ -149,7 +152,9 @@ def simplequeue_server(request: pytest.FixtureRequest) -> Iterator[Server]:
 
 
 if _MISSING is None:
-    _TEMPLATE = f"simplequeue_test_{os.getpid()}"  # concurrent sessions on one server
+    # Unique per session: sessions at once on one server (CI containers whose pytest is
+    # PID 1 in each), or the leftovers of a killed one, never meet.
+    _TEMPLATE = f"simplequeue_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     simplequeue_postgresql_proc = factories.postgresql_proc(
         executable=_pg_ctl() or "pg_ctl", port=None, dbname=_TEMPLATE
     )
@@ -202,32 +207,69 @@ def simplequeue_sync_queue(
 
 # -- what was enqueued -----------------------------------------------------------------
 
-MAX_LISTED = 10_000
+PAGE = 10_000
+"""Pending jobs read per round trip; all of them are checked, page after page."""
+
+MATCHABLE = frozenset(c.attribute.lstrip("_") for c in READ if c.attribute) - {"data"}
+"""The attributes `assert_enqueued` can match, besides the data."""
 
 
-def _matching(jobs: list[Job], data: Any, attributes: dict[str, Any]) -> list[Job]:
+def _matcher(data: Any, attributes: dict[str, Any]) -> Callable[[Job], bool]:
+    """A test of one job; the expected values go through what a stored job goes through
+    (data through JSON, so a pydantic model matches its dump; a timedelta as seconds)."""
+    unknown = sorted(set(attributes) - MATCHABLE)
+    if unknown:
+        raise TypeError(
+            f"no job attribute {', '.join(unknown)}; match data, or any of "
+            f"{', '.join(sorted(MATCHABLE))}"
+        )
+    if data is not ANY and not callable(data):
+        data = decode_data(encode_data(data))
+    wanted = {
+        name: value.total_seconds() if isinstance(value, timedelta) else value
+        for name, value in attributes.items()
+    }
+
     def matches(job: Job) -> bool:
         if data is not ANY and not (data(job.data) if callable(data) else job.data == data):
             return False
-        return all(getattr(job, name) == value for name, value in attributes.items())
+        return all(getattr(job, name) == value for name, value in wanted.items())
 
-    return [job for job in jobs if matches(job)]
+    return matches
 
 
-def _check(
-    jobs: list[Job], queue: str, data: Any, count: int | None, attributes: dict[str, Any]
-) -> list[Job]:
-    found = _matching(jobs, data, attributes)
-    if (count is None and found) or (count is not None and len(found) == count):
-        return found
-    wanted = "" if data is ANY else f" with data {data!r}"
-    wanted += "".join(f", {name}={value!r}" for name, value in attributes.items())
-    seen = "\n".join(f"  {job.data!r} {_summary(job)}" for job in jobs[:20]) or "  (none)"
-    expected = "at least one" if count is None else str(count)
-    raise AssertionError(
-        f"expected {expected} pending job(s) in {queue!r}{wanted}, found {len(found)}; "
-        f"pending in {queue!r}:\n{seen}"
-    )
+class _Scan:
+    """The pending jobs of one queue, read page by page, and those that match."""
+
+    def __init__(self, queue: str, data: Any, count: int | None, attributes: dict[str, Any]):
+        self.queue, self.data, self.count, self.attributes = queue, data, count, attributes
+        self.matches = _matcher(data, attributes)
+        self.jobs: list[Job] = []
+        self.found: list[Job] = []
+
+    @property
+    def after(self) -> uuid.UUID | None:
+        return self.jobs[-1].id if self.jobs else None
+
+    def read(self, page: list[Job]) -> bool:
+        """Take one page; True once it was the last."""
+        self.jobs += page
+        self.found += filter(self.matches, page)
+        return len(page) < PAGE
+
+    def verdict(self) -> list[Job]:
+        found, count = self.found, self.count
+        if (count is None and found) or (count is not None and len(found) == count):
+            return found
+        wanted = "" if self.data is ANY else f" with data {self.data!r}"
+        wanted += "".join(f", {name}={value!r}" for name, value in self.attributes.items())
+        seen = "\n".join(f"  {job.data!r} {_summary(job)}".rstrip() for job in self.jobs[:20])
+        more = f"\n  ... and {len(self.jobs) - 20} more" if len(self.jobs) > 20 else ""
+        expected = "at least one" if count is None else str(count)
+        raise AssertionError(
+            f"expected {expected} pending job(s) in {self.queue!r}{wanted}, found "
+            f"{len(found)}; pending in {self.queue!r}:\n{seen or '  (none)'}{more}"
+        )
 
 
 def _summary(job: Job) -> str:
@@ -242,8 +284,10 @@ async def assert_enqueued(
     is a callable) and whose attributes (`unique_key=`, `priority=`, ...) equal those
     given; AssertionError, listing what is pending, unless there are `count` of them (at
     least one when `count` is None)."""
-    jobs = await queue.list_jobs(name, JobStatus.PENDING, MAX_LISTED)
-    return _check(jobs, name, data, count, attributes)
+    scan = _Scan(name, data, count, attributes)
+    while not scan.read(await queue.list_jobs(name, JobStatus.PENDING, PAGE, after=scan.after)):
+        pass
+    return scan.verdict()
 
 
 async def refute_enqueued(
@@ -257,8 +301,10 @@ def assert_enqueued_sync(
     queue: SyncQueue, name: str, data: Any = ANY, *, count: int | None = None, **attributes: Any
 ) -> list[Job]:
     """`assert_enqueued`, for a SyncQueue."""
-    jobs = queue.list_jobs(name, JobStatus.PENDING, MAX_LISTED)
-    return _check(jobs, name, data, count, attributes)
+    scan = _Scan(name, data, count, attributes)
+    while not scan.read(queue.list_jobs(name, JobStatus.PENDING, PAGE, after=scan.after)):
+        pass
+    return scan.verdict()
 
 
 def refute_enqueued_sync(queue: SyncQueue, name: str, data: Any = ANY, **attributes: Any) -> None:
@@ -280,7 +326,8 @@ class Performed:
     delay: float
     """When pending: seconds until it is due again (the backoff, a snooze)."""
     run_at: datetime | None
-    """When pending until a given time (`retry_at`, `reschedule_at`): that time."""
+    """The time a `retry_at` or `reschedule_at` asked for; the job is due at the later of
+    it and now + `delay` (a retry's backoff may come later)."""
     attempt_spent: bool
     """False when the attempt is given back (a reschedule, a snooze, a strategy delay)."""
     job: Job

@@ -47,7 +47,7 @@ def run(names: list[str], page: Path = PAGE) -> dict[str, Any]:
 
 
 def test_the_page_has_its_examples() -> None:
-    assert set(examples()) == {"handler", "sync", "sqlalchemy"}
+    assert set(examples()) == {"handler", "sync", "sqlalchemy", "django_views"}
 
 
 def test_the_sync_producer(dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:

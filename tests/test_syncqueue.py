@@ -182,3 +182,13 @@ def test_list_jobs_in_insertion_order(sync_queue: sq.SyncQueue, dsn: str) -> Non
         sync_queue.list_jobs(status="done")
     with pytest.raises(sq.InvalidArgumentError, match="limit"):
         sync_queue.list_jobs(limit=10_001)
+
+
+def test_list_jobs_pages_by_id(sync_queue: sq.SyncQueue) -> None:
+    ids = sync_queue.insert_jobs([sq.Job("q", n) for n in range(5)])
+    first = sync_queue.list_jobs("q", limit=2)
+    rest = sync_queue.list_jobs("q", after=first[-1].id)
+    assert [j.id for j in first + rest] == ids
+    assert sync_queue.list_jobs(after=str(ids[-1])) == []
+    with pytest.raises(sq.InvalidArgumentError, match="not a job id"):
+        sync_queue.list_jobs(after="nope")

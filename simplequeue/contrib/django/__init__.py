@@ -3,15 +3,15 @@
 - `manage.py migrate` creates the queue's schema (in the database `SIMPLEQUEUE["DATABASE"]`);
 - `manage.py simplequeue_worker myapp.jobs:SendEmail` runs workers;
 - the admin shows jobs, the archive and the DLQ, read-only;
-- `get_queue()` is this process's `SyncQueue`, and `connection` joins its inserts to the
-  view's transaction: `get_queue().insert_job(job, conn=connection)`.
+- `get_queue()` is the project's queue, on Django's own connection: inside
+  `transaction.atomic()` its inserts join the transaction.
 
-Settings (all optional), in `settings.SIMPLEQUEUE`: `DATABASE` (the alias whose database
-holds the queue, default "default"), `DSN` (a connection string, default: that
-database's settings), `SCHEMA` (default "simplequeue"), `OPTIONS` (QueueConfig settings
-for `get_queue()`).
+Settings (all optional), in `settings.SIMPLEQUEUE`: `DATABASE` (the alias of the database
+that holds the queue, default "default"), `SCHEMA` (default "simplequeue"), `DSN` (where
+workers connect, default: that database), `OPTIONS` (QueueConfig settings for
+`get_queue()`).
 """
 
-from simplequeue.contrib.django.conf import dsn, get_queue, schema
+from simplequeue.contrib.django.conf import DjangoQueue, dsn, get_queue, schema
 
-__all__ = ["dsn", "get_queue", "schema"]
+__all__ = ["DjangoQueue", "dsn", "get_queue", "schema"]

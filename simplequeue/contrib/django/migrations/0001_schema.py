@@ -1,5 +1,6 @@
 """`manage.py migrate` brings the queue's schema up to date (simplequeue's own migrations,
-idempotent, under an advisory lock), in the database SIMPLEQUEUE["DATABASE"] names."""
+idempotent, under an advisory lock), in the database SIMPLEQUEUE["DATABASE"] names: the
+one migrate runs on (the test database, under `manage.py test`)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ from django.db import migrations
 
 
 def apply(apps: Any, schema_editor: Any) -> None:
-    from simplequeue.contrib.django.conf import database, dsn, schema
+    from simplequeue.contrib.django.conf import conninfo, database, schema
     from simplequeue.migrate import setup
 
     if schema_editor.connection.alias == database():
-        asyncio.run(setup(dsn(), schema=schema()))
+        target = conninfo(schema_editor.connection.settings_dict)
+        asyncio.run(setup(target, schema=schema()))
 
 
 class Migration(migrations.Migration):

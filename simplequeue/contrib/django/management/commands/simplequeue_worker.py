@@ -21,7 +21,12 @@ class Command(BaseCommand):
         from simplequeue.cli import main
         from simplequeue.contrib.django.conf import dsn, schema
 
-        argv = ["worker", options["target"], "--dsn", dsn(), "--schema", schema()]
-        code = main([*argv, *options["worker_options"]])
+        rest = list(options["worker_options"])
+        top: list[str] = []  # the command's own options come before `worker`
+        if "--log-level" in rest:
+            at = rest.index("--log-level")
+            top, rest = rest[at : at + 2], rest[:at] + rest[at + 2 :]
+        argv = [*top, "worker", options["target"], "--dsn", dsn(), "--schema", schema()]
+        code = main([*argv, *rest])
         if code:
             raise CommandError(f"simplequeue worker exited with {code}")
