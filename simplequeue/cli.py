@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from simplequeue import logs
 from simplequeue.config import QueueConfig
 from simplequeue.errors import ConfigError, SimpleQueueError
 from simplequeue.handler import Handler
@@ -38,10 +39,7 @@ SETTINGS_OPTIONS: dict[str, type] = {
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(args.log_level, args.log_format)
     try:
         return int(args.func(args) or 0)
     except SimpleQueueError as exc:
@@ -49,11 +47,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def log_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """--log-level and --log-format, before the subcommand (with the defaults) or after
+    it (overriding only when given)."""
+    parser.add_argument(
+        "--log-level",
+        choices=logs.LEVELS,
+        default="info" if defaults else argparse.SUPPRESS,
+        help="simplequeue's log level; other libraries log warnings only (default: info)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=logs.FORMATS,
+        default="text" if defaults else argparse.SUPPRESS,
+        help="text lines with the job's context, or JSON lines (default: text)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="simplequeue", description=__doc__)
-    parser.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
-    )
+    log_options(parser, defaults=True)
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     def dsn_options(command: argparse.ArgumentParser, required: bool = True) -> None:
@@ -65,11 +78,17 @@ def _parser() -> argparse.ArgumentParser:
         )
         command.add_argument("--schema", default=QueueConfig.model_fields["schema_name"].default)
 
-    migrate = commands.add_parser("migrate", help="create or upgrade the schema")
+    def command(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        """A subcommand; the logging options may come after it too."""
+        sub = commands.add_parser(name, **kwargs)
+        log_options(sub, defaults=False)
+        return sub
+
+    migrate = command("migrate", help="create or upgrade the schema")
     dsn_options(migrate)
     migrate.set_defaults(func=_migrate)
 
-    worker = commands.add_parser("worker", help="run workers for the handlers in module:attr")
+    worker = command("worker", help="run workers for the handlers in module:attr")
     worker.add_argument(
         "target",
         help="module:attr naming a Handler (class or instance), a list of them, or a function "
@@ -89,7 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--shutdown-timeout", type=float, default=30.0)
     worker.set_defaults(func=_worker)
 
-    roles = commands.add_parser(
+    roles = command(
         "roles",
         help="create least-privilege producer and worker roles and grant them their privileges",
         description="Create (if missing) a producer role that may insert and read live jobs "
@@ -108,7 +127,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     roles.set_defaults(func=_roles)
 
-    demo = commands.add_parser("demo", help="a guided tour on a throwaway database")
+    demo = command("demo", help="a guided tour on a throwaway database")
     dsn_options(demo, required=False)
     demo.set_defaults(func=_demo)
     return parser

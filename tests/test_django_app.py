@@ -201,7 +201,7 @@ def test_a_django_project_end_to_end(project: Path, dsn: str) -> None:
 
     worker = subprocess.Popen(
         [sys.executable, "manage.py", "simplequeue_worker", "shop.jobs:SendConfirmation", "--",
-         "--empty-poll-sleep", "0.2", "--log-level", "debug"],
+         "--empty-poll-sleep", "0.2", "--log-format", "json"],
         cwd=project, env=environment(project), stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
@@ -214,7 +214,7 @@ def test_a_django_project_end_to_end(project: Path, dsn: str) -> None:
     finally:
         worker.kill()
     assert worker.returncode == 0, output
-    assert "DEBUG" in output, "--log-level reached the worker"
+    assert '"message": "worker stopped"' in output, "--log-format reached the worker"
     assert (project / "confirmed.txt").read_text() == f"{order}\n"
     assert query(dsn, "SELECT status FROM shopq.jobs") == [("completed",)]
 

@@ -50,7 +50,8 @@ async def record(job: sq.Job, *, end: bool) -> None:
 
 
 class Work(sq.Handler):
-    """`sleep`: seconds to work; `crash`: exit the process abruptly mid-job."""
+    """`sleep`: seconds to work; `crash`: exit the process abruptly mid-job; `fail`: raise
+    ValueError with that text."""
 
     QUEUE = "work"
 
@@ -58,6 +59,8 @@ class Work(sq.Handler):
         await record(job, end=False)
         if job.data.get("crash"):
             os._exit(17)
+        if job.data.get("fail"):
+            raise ValueError(job.data["fail"])
         await asyncio.sleep(float(job.data.get("sleep", 0)))
         await record(job, end=True)
         return None

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -96,6 +98,8 @@ class Executor:
                     job, f"internal error: {describe_error(exc)}", Fixed(FALLBACK_DELAY)
                 )
             if outcome is not None:
+                if outcome.error is not None:
+                    _log_failure(job, outcome)
                 await self._results.submit(outcome)
         finally:
             self._heartbeats.untrack(job)
@@ -151,7 +155,6 @@ class Executor:
                 return outcome_for_failure(job, str(exc), backoff), leftover
             except BaseException as exc:  # sys.exit() in a handler must not end the worker
                 _reraise_if_stopping(exc)
-                log.warning("job %s raised %s", job.id, type(exc).__name__, extra=_extra(job))
                 return outcome_for_failure(job, describe_error(exc), backoff), None
         finally:
             if leftover is None or leftover.done():
@@ -259,6 +262,28 @@ class HandlerTimeout(Exception):
     def __init__(self, message: str, leftover: Leftover) -> None:
         super().__init__(message)
         self.leftover = leftover
+
+
+LOGGED_ERROR_CHARS = 1000
+"""A log line keeps this much of an error's text; the job's row keeps more."""
+
+
+def _log_failure(job: Job, outcome: Outcome) -> None:
+    """A failed attempt, with its error and what comes next: the next run, or the end."""
+    error = (outcome.error or "")[:LOGGED_ERROR_CHARS]
+    tried = f"attempt {job.attempt}/{job.max_attempts}"
+    if outcome.status == JobStatus.PENDING:
+        when = f"in {outcome.delay:g}s"
+        if outcome.not_before is not None:  # due at the later of the two, as the row says
+            due = outcome.not_before
+            with contextlib.suppress(OverflowError):  # a delay past year 9999: clamped later
+                due = max(due, datetime.now(UTC) + timedelta(seconds=outcome.delay))
+            when = f"at {due.isoformat(timespec='seconds')}"
+        log.warning("job %s %s failed: %s; runs again %s", job.id, tried, error, when,
+                    extra=_extra(job))  # fmt: skip
+    else:
+        log.warning("job %s ended %s after %s: %s", job.id, outcome.status, tried, error,
+                    extra=_extra(job))  # fmt: skip
 
 
 def _extra(job: Job) -> dict[str, Any]:
