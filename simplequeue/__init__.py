@@ -33,7 +33,7 @@ from simplequeue.permits import (
     TryAfter,
 )
 from simplequeue.queue import SimpleQueue
-from simplequeue.stats import QueueStats
+from simplequeue.stats import QueueStats, QueueSummary
 from simplequeue.stopping import StopReason, StopSignal
 from simplequeue.syncqueue import SyncQueue
 
@@ -65,6 +65,7 @@ __all__ = [
     "QueueConfig",
     "QueueStateError",
     "QueueStats",
+    "QueueSummary",
     "ReapReport",
     "RetryJob",
     "SchemaNotFoundError",

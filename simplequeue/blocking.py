@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from simplequeue.job import Job, JobStatus
-from simplequeue.stats import QueueStats
+from simplequeue.stats import QueueStats, QueueSummary
 
 if TYPE_CHECKING:
     from simplequeue.config import QueueConfig
@@ -104,6 +104,9 @@ class BlockingQueue:
 
     def requeue_dlq_job(self, job_id: uuid.UUID | str) -> bool:
         return self._run(self.queue.requeue_dlq_job(job_id))
+
+    def queue_summaries(self, window: float = 300.0) -> list[QueueSummary]:
+        return self._run(self.queue.queue_summaries(window))
 
     def counts(self) -> dict[str, int]:
         return self._run(self.queue.counts())

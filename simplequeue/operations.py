@@ -15,6 +15,7 @@ from typing import Any, Protocol, TypeVar
 from simplequeue.config import QueueConfig
 from simplequeue.errors import InvalidArgumentError, InvalidJobError
 from simplequeue.job import Job, JobStatus
+from simplequeue.stats import QueueSummary
 from simplequeue.store import Plan, Store
 from simplequeue.validation import as_seconds, check_key, check_time
 
@@ -151,6 +152,10 @@ class Operations:
     def requeue_dlq_job(self, job_id: uuid.UUID | str) -> Plan[bool]:
         """Run it atomically: its statements are one change."""
         return self.store.requeue_dead(as_uuid(job_id))
+
+    def queue_summaries(self, window: float) -> Plan[list[QueueSummary]]:
+        seconds_ = as_seconds("window", window, allow_zero=False, error=InvalidArgumentError)
+        return self.store.queue_summaries(seconds_)
 
     def counts(self) -> Plan[dict[str, int]]:
         keys = [s.value for s in JobStatus] + ["archive", "dlq"]

@@ -36,7 +36,7 @@ from simplequeue.operations import (
 from simplequeue.permits import JobStrategy
 from simplequeue.registry import QueueRegistry
 from simplequeue.runtime.runtime import Runtime
-from simplequeue.stats import QueueStats
+from simplequeue.stats import QueueStats, QueueSummary
 from simplequeue.store import Plan, Store
 
 __all__ = ["SimpleQueue"]
@@ -340,6 +340,13 @@ class SimpleQueue:
     async def list_dlq(self, queue: str | None = None, limit: int = 50) -> list[Job]:
         """Dead jobs, newest first: in the DLQ table or not yet moved there by the janitor."""
         return await self._run(self._ops.list_dlq(queue, limit))
+
+    async def queue_summaries(self, window: float = 300.0) -> list[QueueSummary]:
+        """Every queue with jobs, as the tables show it now (all processes): due,
+        scheduled, running, dead (still in jobs) and DLQ counts, jobs completed within the
+        last `window` seconds, and the wait of the oldest due job. Reads whole tables: for
+        operators and dashboards, not hot paths; needs the worker role's privileges."""
+        return await self._run(self._ops.queue_summaries(window))
 
     async def counts(self) -> dict[str, int]:
         """Jobs per status in the live table, and rows in `archive` and `dlq` (every key

@@ -267,6 +267,47 @@ _LIST_DLQ_NEWEST = (
     "   ORDER BY updated_at DESC, id DESC LIMIT %(limit)s)"
     ") AS dead ORDER BY updated_at DESC, id DESC LIMIT %(limit)s"
 )
+# Per queue, what an operator looks at first: how many wait (due now, or scheduled), run,
+# ended badly (still in jobs, and in the DLQ), completed within the window (live, or
+# archived within it: found by the archive's moved_at index), and how long the oldest due
+# job has waited. Whole-table counts of jobs and dlq: for dashboards, not hot paths.
+QUEUE_SUMMARIES = (
+    """
+WITH live AS (
+    SELECT queue,
+        count(*) FILTER (WHERE status = 'pending' AND NOT scheduled AND run_at <= now()) AS due,
+        count(*) FILTER (WHERE status = 'pending' AND (scheduled OR run_at > now()))
+            AS scheduled,
+        count(*) FILTER (WHERE status = 'running') AS running,
+        count(*) FILTER (WHERE status IN """
+    + _DEAD
+    + """) AS dead,
+        count(*) FILTER (WHERE status = 'completed'
+            AND completed_at > now() - make_interval(secs => %(window)s)) AS completed,
+        min(run_at) FILTER (WHERE status = 'pending' AND NOT scheduled AND run_at <= now())
+            AS oldest_due
+    FROM {s}.jobs GROUP BY queue
+), archived AS (
+    SELECT queue, count(*) AS completed FROM {s}.archive
+    WHERE moved_at > now() - make_interval(secs => %(window)s)
+      AND completed_at > now() - make_interval(secs => %(window)s)
+    GROUP BY queue
+), dead_letters AS (
+    SELECT queue, count(*) AS dlq FROM {s}.dlq GROUP BY queue
+)
+SELECT q.queue, coalesce(l.due, 0), coalesce(l.scheduled, 0), coalesce(l.running, 0),
+       coalesce(l.dead, 0), coalesce(d.dlq, 0),
+       coalesce(l.completed, 0) + coalesce(a.completed, 0),
+       extract(epoch FROM now() - l.oldest_due)::float8
+FROM (SELECT queue FROM live UNION SELECT queue FROM archived UNION
+      SELECT queue FROM dead_letters) AS q
+LEFT JOIN live AS l USING (queue)
+LEFT JOIN archived AS a USING (queue)
+LEFT JOIN dead_letters AS d USING (queue)
+ORDER BY q.queue
+"""
+)
+
 # Live jobs by id (the order they were built: ids are time-ordered), for operators and
 # tests of producers; every filter optional. Read along the primary key from `after` (a
 # page's last id), bounded by the limit.

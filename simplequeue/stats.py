@@ -4,7 +4,33 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["QueueStats"]
+__all__ = ["QueueStats", "QueueSummary"]
+
+
+@dataclass(frozen=True)
+class QueueSummary:
+    """One queue as the tables show it now, for every process (`queue_summaries()`)."""
+
+    queue: str
+    due: int
+    """Pending jobs due now: what workers would claim next."""
+    scheduled: int
+    """Pending jobs due later."""
+    running: int
+    dead: int
+    """Jobs ended without success, still in the jobs table (the janitor moves them)."""
+    dlq: int
+    """Jobs in the dead-letter queue."""
+    completed: int
+    """Jobs completed within the last `window` seconds (live or archived)."""
+    oldest_due_seconds: float | None
+    """How long the longest-waiting due job has been due; None when none is."""
+    window: float
+    """The seconds `completed` counts over."""
+
+    @property
+    def completed_per_minute(self) -> float:
+        return self.completed * 60 / self.window
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from simplequeue import statements as q
 from simplequeue.config import notify_channel
 from simplequeue.errors import JobNotFoundError
 from simplequeue.job import Job
+from simplequeue.stats import QueueSummary
 from simplequeue.validation import LATEST_TIME
 
 __all__ = ["Copy", "Outcome", "Plan", "Result", "Run", "Store", "sqlstate"]
@@ -221,6 +222,7 @@ class Store:
         self._purge_archive = _q(q.PURGE_ARCHIVE, schema, purge_lock=f"simplequeue.purge.{schema}")
         self._stuck_finished = _q(q.STUCK_FINISHED, schema)
         self._counts = _q(q.COUNTS, schema)
+        self._queue_summaries = _q(q.QUEUE_SUMMARIES, schema)
         self._listen = sql.SQL(q.LISTEN).format(sql.Identifier(self.channel)).as_string(None)
 
     def statements(self) -> dict[str, str]:
@@ -547,6 +549,24 @@ class Store:
         """Jobs per status in the live table, plus the archive and DLQ sizes."""
         result = yield Run(self._counts)
         return {str(name): int(n) for name, n in result.rows}
+
+    def queue_summaries(self, window: float) -> Plan[list[QueueSummary]]:
+        """Per queue: waiting, running, ended badly, completed within `window` seconds."""
+        result = yield Run(self._queue_summaries, {"window": window})
+        return [
+            QueueSummary(
+                queue=str(r[0]),
+                due=int(r[1]),
+                scheduled=int(r[2]),
+                running=int(r[3]),
+                dead=int(r[4]),
+                dlq=int(r[5]),
+                completed=int(r[6]),
+                oldest_due_seconds=r[7],
+                window=window,
+            )
+            for r in result.rows
+        ]
 
     def listen(self) -> Plan[None]:
         yield Run(self._listen)

@@ -32,6 +32,7 @@ from simplequeue.operations import (
     seconds,
     wait_timed_out,
 )
+from simplequeue.stats import QueueSummary
 from simplequeue.store import Plan, Store
 
 if TYPE_CHECKING:
@@ -215,6 +216,10 @@ class SyncQueue:
     def list_dlq(self, queue: str | None = None, limit: int = 50) -> list[Job]:
         """Dead jobs, newest first: in the DLQ table or not yet moved there by the janitor."""
         return self._run(self._ops.list_dlq(queue, limit))
+
+    def queue_summaries(self, window: float = 300.0) -> list[QueueSummary]:
+        """Every queue with jobs, as the tables show it now (see SimpleQueue)."""
+        return self._run(self._ops.queue_summaries(window))
 
     def counts(self) -> dict[str, int]:
         """Jobs per status in the live table, and rows in `archive` and `dlq`."""

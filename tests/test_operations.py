@@ -210,3 +210,54 @@ async def test_list_jobs_reads_live_jobs_in_insertion_order(queue: sq.SimpleQueu
     assert await queue.list_jobs("other") == []
     with pytest.raises(sq.InvalidArgumentError, match="status"):
         await queue.list_jobs(status=["pending", "nope"])
+
+
+async def test_queue_summaries_show_every_queue_as_the_tables_do(
+    queue: sq.SimpleQueue, dsn: str
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from simplequeue.columns import MOVED_COLUMNS
+
+    later = datetime.now(UTC) + timedelta(hours=1)
+    a = await queue.insert_jobs([sq.Job("a", n) for n in range(6)])
+    await queue.insert_jobs(
+        [sq.Job("a", "later", run_at=later), sq.Job("b", "later", run_at=later)]
+    )
+    query(
+        dsn,
+        "UPDATE simplequeue.jobs SET run_at = now() - interval '90 seconds' WHERE id = %s",
+        [a[0]],
+    )
+    query(dsn, "UPDATE simplequeue.jobs SET status = 'running' WHERE id = %s", [a[1]])
+    query(dsn, "UPDATE simplequeue.jobs SET status = 'failed' WHERE id = %s", [a[2]])
+    done = "status = 'completed', completed_at = now() WHERE id = %s"
+    query(dsn, f"UPDATE simplequeue.jobs SET {done}", [a[3]])
+    query(dsn, f"UPDATE simplequeue.jobs SET {done}", [a[4]])
+    moved = (
+        f"WITH moved AS (DELETE FROM simplequeue.jobs WHERE id = %s RETURNING {MOVED_COLUMNS}) "
+        f"INSERT INTO simplequeue.{{}} ({MOVED_COLUMNS}) SELECT * FROM moved"
+    )
+    query(dsn, moved.format("archive"), [a[4]])  # completed, then archived: still counted
+    c = await queue.insert_job(sq.Job("c", 1))
+    query(dsn, "UPDATE simplequeue.jobs SET status = 'bad_job' WHERE id = %s", [c])
+    query(dsn, moved.format("dlq"), [c])
+    summaries = {s.queue: s for s in await queue.queue_summaries(window=60)}
+    assert sorted(summaries) == ["a", "b", "c"]
+    first = summaries["a"]
+    assert (first.due, first.scheduled, first.running, first.dead, first.dlq, first.completed) == (
+        2, 1, 1, 1, 0, 2,
+    )  # fmt: skip
+    assert first.oldest_due_seconds is not None and 89 < first.oldest_due_seconds < 120
+    assert first.completed_per_minute == 2.0
+    assert (summaries["b"].due, summaries["b"].scheduled, summaries["b"].oldest_due_seconds) == (
+        0, 1, None,
+    )  # fmt: skip
+    assert (summaries["c"].dlq, summaries["c"].due) == (1, 0)
+    with sq.SyncQueue.from_url(dsn) as sync_queue:
+        again = sync_queue.queue_summaries(window=60)
+        assert [(s.queue, s.due, s.completed) for s in again] == [
+            (s.queue, s.due, s.completed) for s in summaries.values()
+        ]
+        with pytest.raises(sq.InvalidArgumentError, match="window"):
+            sync_queue.queue_summaries(window=0)
