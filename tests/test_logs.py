@@ -16,6 +16,27 @@ import simplequeue as sq
 from tests.conftest import FAST, WorkerProcess, count, eventually
 
 
+async def test_a_many_line_error_is_logged_on_one_line(
+    dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="simplequeue")
+
+    class Multiline(sq.Handler):
+        QUEUE = "lines"
+
+        async def process(self, queue: sq.SimpleQueue, job: sq.Job) -> None:
+            raise ValueError("first line\n  second line")
+
+    async with sq.SimpleQueue.from_url(dsn, **FAST) as queue:
+        queue.register_handler(Multiline())
+        job_id = await queue.insert_job(sq.Job("lines", {}, max_attempts=1))
+        await queue.drain(timeout=30)
+        stored = await queue.get_job(job_id)  # type: ignore[arg-type]
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "simplequeue.executor"]
+    assert "ValueError: first line second line" in line and "\n" not in line
+    assert stored is not None and "first line\n  second line" in (stored.last_error or "")
+
+
 async def test_failed_attempts_say_why_and_what_comes_next(
     dsn: str, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -265,12 +265,13 @@ class HandlerTimeout(Exception):
 
 
 LOGGED_ERROR_CHARS = 1000
-"""A log line keeps this much of an error's text; the job's row keeps more."""
+"""A log line keeps this much of an error's text, on one line; the job's row keeps it all
+(up to MAX_ERROR_CHARS), line breaks included."""
 
 
 def _log_failure(job: Job, outcome: Outcome) -> None:
     """A failed attempt, with its error and what comes next: the next run, or the end."""
-    error = (outcome.error or "")[:LOGGED_ERROR_CHARS]
+    error = " ".join((outcome.error or "")[:LOGGED_ERROR_CHARS].split())  # one line
     tried = f"attempt {job.attempt}/{job.max_attempts}"
     if outcome.status == JobStatus.PENDING:
         when = f"in {outcome.delay:g}s"
