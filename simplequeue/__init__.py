@@ -15,9 +15,11 @@ from simplequeue.errors import (
     QueueStateError,
     SchemaNotFoundError,
     SimpleQueueError,
+    UnknownQueueError,
 )
+from simplequeue.fleet import QueueInfo, WorkerInfo
 from simplequeue.handler import Handler
-from simplequeue.job import Job, JobResult, JobStatus
+from simplequeue.job import AttemptError, Job, JobResult, JobStatus
 from simplequeue.maintenance.janitor import JanitorReport
 from simplequeue.maintenance.reaper import ReapReport
 from simplequeue.migrate import setup
@@ -40,6 +42,7 @@ from simplequeue.syncqueue import SyncQueue
 __version__ = "0.1.0"
 
 __all__ = [
+    "AttemptError",
     "BackoffStrategy",
     "BlockingQueue",
     "CancelJob",
@@ -63,6 +66,7 @@ __all__ = [
     "MigrationError",
     "Permit",
     "QueueConfig",
+    "QueueInfo",
     "QueueStateError",
     "QueueStats",
     "QueueSummary",
@@ -76,5 +80,7 @@ __all__ = [
     "StrategyDecision",
     "SyncQueue",
     "TryAfter",
+    "UnknownQueueError",
+    "WorkerInfo",
     "setup",
 ]

@@ -102,6 +102,11 @@ class QueueConfig(BaseModel):
     archive_retention: Seconds = Field(7 * 86400.0, gt=0)
     reaper_interval: Seconds | None = Field(None, gt=0, description="default: heartbeat_interval")
     use_notify: bool = Field(True, description="wake on LISTEN/NOTIFY; off behind PgBouncer")
+    strict_queues: bool = Field(
+        False,
+        description="refuse inserts into a queue no worker and no operator declared "
+        "(otherwise: a warning, once per queue and process)",
+    )
     result_batch_size: int = Field(200, ge=1)
     result_flush_interval: Seconds = Field(0.002, ge=0)
     max_payload_bytes: int = Field(1024 * 1024, ge=1)

@@ -50,28 +50,34 @@ them."""
 
 
 def defaults_for(
-    conninfo: str, kwargs: dict[str, Any] | None, role: str | None = None
+    conninfo: str,
+    kwargs: dict[str, Any] | None,
+    role: str | None = None,
+    ours: str = APPLICATION_NAME,
 ) -> dict[str, Any]:
-    """PEER_WATCH and an application_name, less whatever the connection string or kwargs
-    already set. A `role` (heartbeat, listener) is appended to the name, given or ours."""
+    """PEER_WATCH and an application_name (`ours` unless the connection string or kwargs
+    name it), less whatever they already set. A `role` (heartbeat, listener) is appended
+    to the name, given or ours."""
     given = {**conninfo_to_dict(conninfo), **(kwargs or {})}
-    name = given.get("application_name") or APPLICATION_NAME
+    name = given.get("application_name") or ours
     settings = {key: value for key, value in PEER_WATCH.items() if key not in given}
     if role is not None:
-        settings["application_name"] = f"{name}-{role}"
+        settings["application_name"] = f"{name} {role}"
     elif "application_name" not in given:
-        settings["application_name"] = name
+        settings["application_name"] = ours
     return settings
 
 
-def owned_pool_settings(dsn: object, config: QueueConfig) -> dict[str, Any]:
+def owned_pool_settings(
+    dsn: object, config: QueueConfig, name: str = APPLICATION_NAME
+) -> dict[str, Any]:
     """The settings of a pool a queue owns (`from_url`): its size from the config; its
     connections named, watching their peer, in autocommit (a statement of ours is its own
     transaction). Raises InvalidArgumentError for what is not a connection string."""
     if not isinstance(dsn, str):
         raise InvalidArgumentError(f"from_url needs a connection string, got {type(dsn).__name__}")
     try:
-        defaults = defaults_for(dsn, None)
+        defaults = defaults_for(dsn, None, ours=name)
     except psycopg.ProgrammingError as exc:
         raise InvalidArgumentError(f"not a valid connection string: {exc}") from None
     return {
@@ -81,7 +87,9 @@ def owned_pool_settings(dsn: object, config: QueueConfig) -> dict[str, Any]:
     }
 
 
-def dedicated_settings(pool: AsyncConnectionPool[Any], role: str) -> tuple[str, dict[str, Any]]:
+def dedicated_settings(
+    pool: AsyncConnectionPool[Any], role: str, name: str = APPLICATION_NAME
+) -> tuple[str, dict[str, Any]]:
     """How to open a connection of the worker's own (the heartbeat's, the listener's):
     like the pool's, in autocommit, named after its role, watching its peer."""
     conninfo, kwargs = pool.conninfo, pool.kwargs
@@ -90,7 +98,11 @@ def dedicated_settings(pool: AsyncConnectionPool[Any], role: str) -> tuple[str, 
             "workers need a pool built from a conninfo string and a kwargs dict "
             "(callable conninfo/kwargs are not supported)"
         )
-    settings = {**(kwargs or {}), **defaults_for(conninfo, kwargs, role), "autocommit": True}
+    settings = {
+        **(kwargs or {}),
+        **defaults_for(conninfo, kwargs, role, ours=name),
+        "autocommit": True,
+    }
     for own_choice in ("row_factory", "cursor_factory"):  # ours: tuples, server-side params
         settings.pop(own_choice, None)
     return conninfo, settings

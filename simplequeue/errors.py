@@ -15,6 +15,11 @@ class InvalidJobError(SimpleQueueError, ValueError):
     """A job cannot be stored as given; raised before anything is written."""
 
 
+class UnknownQueueError(InvalidJobError):
+    """A job names a queue no worker handles and no operator declared, and the queue is
+    built with `strict_queues=True`; nothing is written."""
+
+
 class InvalidArgumentError(SimpleQueueError, TypeError, ValueError):
     """An argument other than a job is of the wrong kind; raised before any statement runs."""
 

@@ -4,6 +4,7 @@ handler returns). The JSON codec is `codec.py`; the checks of its fields, `valid
 from __future__ import annotations
 
 import enum
+import json
 import os
 import threading
 import time
@@ -28,7 +29,15 @@ from simplequeue.validation import (
     check_time,
 )
 
-__all__ = ["DEAD_STATUSES", "Job", "JobResult", "JobStatus", "ResultKind", "new_job_id"]
+__all__ = [
+    "DEAD_STATUSES",
+    "AttemptError",
+    "Job",
+    "JobResult",
+    "JobStatus",
+    "ResultKind",
+    "new_job_id",
+]
 
 
 class JobStatus(enum.StrEnum):
@@ -98,6 +107,52 @@ class _IdClock:
         return uuid.UUID(int=value)
 
 
+@dataclass(frozen=True)
+class AttemptError:
+    """Why one attempt of a job did not succeed: a job keeps one per failed attempt (the
+    newest MAX_ATTEMPT_ERRORS), so its detail shows why attempts 1 and 2 failed, not only
+    the last error."""
+
+    attempt: int
+    at: datetime
+    error: str
+    status: str
+    """What the attempt led to: `pending` (runs again), or how the job ended."""
+    worker_id: uuid.UUID | None = None
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> AttemptError:
+        worker = value.get("worker_id")
+        return cls(
+            attempt=int(value.get("attempt", 0)),
+            at=datetime.fromisoformat(value["at"]),
+            error=str(value.get("error", "")),
+            status=str(value.get("status", "")),
+            worker_id=uuid.UUID(worker) if worker else None,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "attempt": self.attempt,
+            "at": self.at.isoformat(),
+            "error": self.error,
+            "status": self.status,
+            "worker_id": None if self.worker_id is None else str(self.worker_id),
+        }
+
+
+MAX_ATTEMPT_ERRORS = 20
+"""The most attempt errors a job keeps (the newest): reaped and retried without end, a
+poison job must not grow its row without bound."""
+
+
+def _attempt_errors(value: Any) -> tuple[AttemptError, ...]:
+    """The errors column as read: JSON text (claims, asyncpg) or a decoded list."""
+    if isinstance(value, str | bytes):
+        value = json.loads(value)
+    return tuple(AttemptError.from_json(item) for item in value or ())
+
+
 _READ_ATTRIBUTES = tuple(c.attribute for c in READ if c.attribute)
 
 _ID_CLOCK = _IdClock()
@@ -134,6 +189,7 @@ class Job(Generic[PayloadT]):
         "completed_at",
         "created_at",
         "data",
+        "errors",
         "fingerprint",
         "last_error",
         "lease",
@@ -148,6 +204,7 @@ class Job(Generic[PayloadT]):
         "timeout",
         "unique_key",
         "updated_at",
+        "worker_id",
     )
 
     def __init__(
@@ -185,6 +242,8 @@ class Job(Generic[PayloadT]):
         self.updated_at: datetime | None = None
         self.completed_at: datetime | None = None
         self.last_error: str | None = None
+        self.worker_id: uuid.UUID | None = None
+        self.errors: tuple[AttemptError, ...] = ()
         self.stopping = StopSignal()
 
     @property
@@ -238,6 +297,7 @@ class Job(Generic[PayloadT]):
         for attribute, value in zip(_READ_ATTRIBUTES, row, strict=True):
             setattr(job, attribute, value)
         job.status = JobStatus(job.status)
+        job.errors = _attempt_errors(job.errors)
         job._sent = job._stored = True
         job.stopping = StopSignal()
         data = job.data
@@ -254,6 +314,9 @@ class Job(Generic[PayloadT]):
             if column.name == "data":  # as JSON reads it back, a pydantic model included
                 values["data"] = decode_data(self.encoded_data)
                 continue
+            if column.name == "errors":
+                values["errors"] = [error.to_dict() for error in self.errors]
+                continue
             value = getattr(self, column.attribute or column.name)
             if isinstance(value, uuid.UUID):
                 value = str(value)
@@ -267,10 +330,8 @@ class Job(Generic[PayloadT]):
     def _as_claimed(self) -> Job[PayloadT]:
         """This job as a claim hands it to a worker: running, its attempt and lease
         counted, its data JSON text still to decode (what a stored job gives a handler)."""
-        row = [
-            self.encoded_data if name == "data" else getattr(self, name)
-            for name in _READ_ATTRIBUTES
-        ]
+        as_stored = {"data": self.encoded_data, "errors": [e.to_dict() for e in self.errors]}
+        row = [as_stored.get(name, getattr(self, name)) for name in _READ_ATTRIBUTES]
         claimed: Job[PayloadT] = Job.from_row(row, encoded=True)
         claimed.status = JobStatus.RUNNING
         claimed.attempt += 1

@@ -7,25 +7,32 @@ a connection of its pool, or on the caller's (`conn=`), with its driver.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 from simplequeue.config import QueueConfig
-from simplequeue.errors import InvalidArgumentError, InvalidJobError
+from simplequeue.errors import InvalidArgumentError, InvalidJobError, UnknownQueueError
+from simplequeue.fleet import QueueInfo, WorkerInfo
 from simplequeue.job import Job, JobStatus
 from simplequeue.stats import QueueSummary
-from simplequeue.store import Plan, Store
+from simplequeue.store import INSUFFICIENT_PRIVILEGE, UNDEFINED_TABLE, Plan, Store, sqlstate
 from simplequeue.validation import as_seconds, check_key, check_time
 
 __all__ = ["MAX_LIST", "WAIT_POLL", "Operations"]
+
+log = logging.getLogger("simplequeue.producer")
 
 T = TypeVar("T")
 U = TypeVar("U")
 
 MAX_LIST = 10_000
-"""The most jobs one list_dlq call returns: page through more with the queue filter."""
+"""The most jobs one list call returns: page through more."""
+
+MAX_BULK = 1_000_000
+"""The most dead jobs one bulk DLQ call changes."""
 
 WAIT_POLL = (0.005, 1.5, 0.25)
 """wait_for_job reads the job again after 5 ms, then 1.5 times later each time, up to
@@ -47,6 +54,8 @@ class Operations:
     def __init__(self, store: Store, config: QueueConfig) -> None:
         self.store = store
         self.config = config
+        self._declared: set[str] = set()
+        """Queues known to be declared (or warned about): checked once per process."""
 
     # -- producing -------------------------------------------------------------------
 
@@ -95,6 +104,7 @@ class Operations:
         Only an insert that commits on its own is known to have stored the jobs: in a
         caller's transaction, inserting the same objects again is a retry of it.
         """
+        yield from self._check_queues({job.queue for job in jobs})
         retry = any([job._begin_insert() for job in jobs])  # a list: every job is readied
         committed = conn.commits_each_statement()
         inserted = yield from self.store.insert_jobs(
@@ -109,6 +119,44 @@ class Operations:
             job._stored = stored and committed
             ids.append(job.id if stored else None)
         return ids
+
+    def handled_here(self, queue: str) -> None:
+        """This process handles the queue: its worker declares it when it starts."""
+        self._declared.add(queue)
+
+    def _check_queues(self, queues: set[str]) -> Plan[None]:
+        """Warn once per queue and process about an insert into a queue no worker and no
+        operator ever declared (a typo would otherwise wait forever); refuse it with
+        `strict_queues`. One read per queue and process, in a savepoint of the caller's
+        transaction; a role that may not read the queues table skips the check."""
+        unknown = queues - self._declared
+        if not unknown:
+            return
+        try:
+            declared = yield from self.store.declared_queues(sorted(unknown))
+        except Exception as exc:
+            if sqlstate(exc) not in (INSUFFICIENT_PRIVILEGE, UNDEFINED_TABLE):
+                raise
+            self._declared |= unknown
+            return
+        self._declared |= declared
+        undeclared = sorted(unknown - declared)
+        if not undeclared:
+            return
+        if self.config.strict_queues:
+            raise UnknownQueueError(
+                f"no worker handles queue(s) {', '.join(map(repr, undeclared))} and no operator "
+                "declared them (strict_queues): a typo? Start a worker for them, or declare "
+                "them with declare_queues() or `simplequeue queues declare`"
+            )
+        self._declared.update(undeclared)
+        for name in undeclared:
+            log.warning(
+                "queue %r has no worker and was never declared: its jobs wait until a worker "
+                "handles it (a typo?). Declare it with declare_queues() or `simplequeue queues "
+                "declare` to silence this; strict_queues=True refuses such inserts",
+                name,
+            )
 
     # -- operating -------------------------------------------------------------------
 
@@ -140,18 +188,103 @@ class Operations:
         status: JobStatus | str | Iterable[JobStatus | str] | None,
         after: uuid.UUID | str | None,
         limit: int,
+        *,
+        unique_key: str | None = None,
+        fingerprint: str | None = None,
+        since: datetime | None = None,
+        worker: uuid.UUID | str | None = None,
     ) -> Plan[list[Job]]:
         check_key("queue", queue, required=False, error=InvalidArgumentError)
-        since = None if after is None else as_uuid(after)
-        return self.store.list_jobs(queue, _statuses(status), since, _limit(limit))
+        check_key("unique_key", unique_key, required=False, error=InvalidArgumentError)
+        check_key("fingerprint", fingerprint, required=False, error=InvalidArgumentError)
+        if since is not None:
+            check_time("since", since, error=InvalidArgumentError)
+        filters = {
+            "queue": queue,
+            "statuses": _statuses(status),
+            "unique_key": unique_key,
+            "fingerprint": fingerprint,
+            "since": since,
+            "worker": None if worker is None else as_uuid(worker, "worker id"),
+        }
+        start = None if after is None else as_uuid(after)
+        return self.store.list_jobs(filters, start, _limit(limit))
 
-    def list_dlq(self, queue: str | None, limit: int) -> Plan[list[Job]]:
+    def list_dlq(
+        self,
+        queue: str | None,
+        limit: int,
+        status: JobStatus | str | Iterable[JobStatus | str] | None = None,
+    ) -> Plan[list[Job]]:
         check_key("queue", queue, required=False, error=InvalidArgumentError)
-        return self.store.list_dlq(queue, _limit(limit))
+        return self.store.list_dlq(queue, _limit(limit), _statuses(status, dead=True))
 
     def requeue_dlq_job(self, job_id: uuid.UUID | str) -> Plan[bool]:
         """Run it atomically: its statements are one change."""
         return self.store.requeue_dead(as_uuid(job_id))
+
+    def retry_job(self, job_id: uuid.UUID | str) -> Plan[bool]:
+        """A pending job due now, or a dead one back to pending with fresh attempts. Run it
+        atomically: its statements are one change."""
+        job = as_uuid(job_id)
+
+        def plan() -> Plan[bool]:
+            return (yield from self.store.run_now(job)) or (yield from self.store.requeue_dead(job))
+
+        return plan()
+
+    def dead_filters(
+        self,
+        queue: str | None,
+        status: JobStatus | str | Iterable[JobStatus | str] | None,
+        before: datetime | None,
+    ) -> dict[str, Any]:
+        """The dead jobs a bulk DLQ call picks: of `queue`, of `status`, ended before."""
+        check_key("queue", queue, required=False, error=InvalidArgumentError)
+        if before is not None:
+            check_time("before", before, error=InvalidArgumentError)
+        return self.store.dead_filter(queue, _statuses(status, dead=True), before)
+
+    def count_dlq(self, filters: dict[str, Any]) -> Plan[int]:
+        return self.store.count_dead(filters)
+
+    def requeue_dlq(self, filters: dict[str, Any], limit: int) -> Plan[int]:
+        return self.store.requeue_dead_bulk(filters, _limit(limit, bulk=True))
+
+    def purge_dlq(self, filters: dict[str, Any], limit: int) -> Plan[int]:
+        return self.store.purge_dead(filters, _limit(limit, bulk=True))
+
+    def purge_dlq_job(self, job_id: uuid.UUID | str) -> Plan[bool]:
+        return self.store.purge_dead_job(as_uuid(job_id))
+
+    # -- queues and workers ----------------------------------------------------------
+
+    def pause_queue(
+        self, name: str, until: datetime | None, by: str | None, reason: str | None
+    ) -> Plan[QueueInfo]:
+        check_key("queue", name, required=True, error=InvalidArgumentError)
+        if until is not None:
+            check_time("until", until, error=InvalidArgumentError)
+        check_text("by", by)
+        check_text("reason", reason)
+        return self.store.pause_queue(name, until, by, reason)
+
+    def resume_queue(self, name: str) -> Plan[bool]:
+        check_key("queue", name, required=True, error=InvalidArgumentError)
+        return self.store.resume_queue(name)
+
+    def declare_queues(self, names: Iterable[str]) -> Plan[None]:
+        names = list(names) if not isinstance(names, str) else [names]
+        for name in names:
+            check_key("queue", name, required=True, error=InvalidArgumentError)
+        self._declared.update(names)
+        return self.store.declare_queues(names)
+
+    def list_queues(self) -> Plan[list[QueueInfo]]:
+        return self.store.list_queues()
+
+    def list_workers(self) -> Plan[list[WorkerInfo]]:
+        return self.store.list_workers()
 
     def queue_summaries(self, window: float) -> Plan[list[QueueSummary]]:
         seconds_ = as_seconds("window", window, allow_zero=False, error=InvalidArgumentError)
@@ -162,24 +295,39 @@ class Operations:
         return _then(self.store.counts(), lambda found: {k: found.get(k, 0) for k in keys})
 
 
-def _limit(limit: object) -> int:
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIST:
-        raise InvalidArgumentError(f"limit must be an integer from 1 to {MAX_LIST}, got {limit!r}")
+def _limit(limit: object, *, bulk: bool = False) -> int:
+    most = MAX_BULK if bulk else MAX_LIST
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= most:
+        raise InvalidArgumentError(f"limit must be an integer from 1 to {most}, got {limit!r}")
     return limit
 
 
-def _statuses(status: object) -> list[str] | None:
-    """None (every status), or the statuses named, each checked."""
+def _statuses(status: object, *, dead: bool = False) -> list[str] | None:
+    """None (every status), or the statuses named, each checked (`dead`: dead ones only)."""
     if status is None:
         return None
     many: Iterable[Any] = (
         status if isinstance(status, Iterable) and not isinstance(status, str) else [status]
     )
+    allowed = [s for s in JobStatus if s.is_dead or not dead]
     try:
-        return [JobStatus(s).value for s in many]
+        found = [JobStatus(s) for s in many]
     except ValueError:
-        known = ", ".join(s.value for s in JobStatus)
-        raise InvalidArgumentError(f"status must be one of {known}, got {status!r}") from None
+        found = []
+    if not found or any(s not in allowed for s in found):
+        known = ", ".join(s.value for s in allowed)
+        raise InvalidArgumentError(f"status must be one of {known}, got {status!r}")
+    return [s.value for s in found]
+
+
+def check_text(name: str, value: object, most: int = 1000) -> None:
+    """An optional short text (who paused a queue, and why)."""
+    if value is None:
+        return
+    if not isinstance(value, str) or "\x00" in value or len(value) > most:
+        raise InvalidArgumentError(
+            f"{name} must be a text of at most {most} characters without NUL, got {value!r:.80}"
+        )
 
 
 def _then(plan: Plan[T], after: Callable[[T], U]) -> Plan[U]:
@@ -209,10 +357,10 @@ def wait_timed_out(job_id: uuid.UUID, last: Job | None, timeout: Any) -> Timeout
     return TimeoutError(f"job {job_id} is {state} after {timeout}s")
 
 
-def as_uuid(value: uuid.UUID | str) -> uuid.UUID:
+def as_uuid(value: uuid.UUID | str, what: str = "job id") -> uuid.UUID:
     if isinstance(value, uuid.UUID):
         return value
     try:
         return uuid.UUID(str(value))
     except ValueError:
-        raise InvalidArgumentError(f"not a job id: {value!r}") from None
+        raise InvalidArgumentError(f"not a {what}: {value!r}") from None

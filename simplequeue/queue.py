@@ -21,11 +21,13 @@ from simplequeue.config import QueueConfig
 from simplequeue.connections import borrow, owned_pool_settings
 from simplequeue.drivers import PsycopgAsync, async_driver_for, check_async_conn, run
 from simplequeue.errors import InvalidArgumentError, JobNotFoundError, QueueStateError
+from simplequeue.fleet import QueueInfo, WorkerIdentity, WorkerInfo
 from simplequeue.handler import Handler
 from simplequeue.job import Job, JobStatus
 from simplequeue.maintenance.janitor import Janitor, JanitorReport
 from simplequeue.maintenance.reaper import Reaper, ReapReport
 from simplequeue.operations import (
+    MAX_BULK,
     WAIT_POLL,
     Operations,
     as_uuid,
@@ -78,18 +80,21 @@ class SimpleQueue:
         self._store = Store(self.config.schema_name)
         self._ops = Operations(self._store, self.config)
         self._registry = QueueRegistry(self.config)
+        self._worker = WorkerIdentity()
         self._runtime: Runtime | None = None
         self._stopping: Runtime | None = None
 
     @classmethod
     def from_url(cls, dsn: str, **config: Any) -> SimpleQueue:
         """A queue that owns its pool: `async with` opens and closes it."""
-        settings = owned_pool_settings(dsn, QueueConfig.build(**config))
+        worker = WorkerIdentity()
+        settings = owned_pool_settings(dsn, QueueConfig.build(**config), worker.application_name)
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
             dsn, open=False, name="simplequeue", **settings
         )
         queue = cls(pool, **config)
         queue._owns_pool = True
+        queue._worker = worker
         return queue
 
     @property
@@ -125,6 +130,7 @@ class SimpleQueue:
     def register_handler(self, handler: Handler) -> None:
         """Handle `handler.QUEUE` in this process; works before or after `start()`."""
         self._registry.register(handler)
+        self._ops.handled_here(handler.QUEUE)
 
     @property
     def handled_queues(self) -> list[str]:
@@ -160,7 +166,9 @@ class SimpleQueue:
             raise QueueStateError(
                 "the connection pool is closed: use `async with queue:` or open your pool first"
             )
-        self._runtime = Runtime(self, self._pool, self._store, self._registry, self.config)
+        self._runtime = Runtime(
+            self, self._pool, self._store, self._registry, self.config, self._worker
+        )
         await self._runtime.start()
 
     async def stop(self, timeout: float = 30.0) -> None:
@@ -331,15 +339,123 @@ class SimpleQueue:
         limit: int = 50,
         *,
         after: uuid.UUID | str | None = None,
+        unique_key: str | None = None,
+        fingerprint: str | None = None,
+        since: datetime | None = None,
+        worker: uuid.UUID | str | None = None,
     ) -> list[Job]:
         """Jobs of the live table (pending, running, and finished ones the janitor has not
-        moved yet) by id, the order they were built in; `queue` and `status` filter them,
-        `after` (the last id of a page) pages through them."""
-        return await self._run(self._ops.list_jobs(queue, status, after, limit))
+        moved yet) by id, the order they were built in. Each filter is optional: `queue`,
+        `status` (one or several), `unique_key`, `fingerprint`, created `since`, claimed
+        by `worker`; `after` (the last id of a page) pages through them."""
+        plan = self._ops.list_jobs(
+            queue,
+            status,
+            after,
+            limit,
+            unique_key=unique_key,
+            fingerprint=fingerprint,
+            since=since,
+            worker=worker,
+        )
+        return await self._run(plan)
 
-    async def list_dlq(self, queue: str | None = None, limit: int = 50) -> list[Job]:
-        """Dead jobs, newest first: in the DLQ table or not yet moved there by the janitor."""
-        return await self._run(self._ops.list_dlq(queue, limit))
+    async def list_dlq(
+        self,
+        queue: str | None = None,
+        limit: int = 50,
+        *,
+        status: JobStatus | str | Iterable[JobStatus | str] | None = None,
+    ) -> list[Job]:
+        """Dead jobs, newest first: in the DLQ table or not yet moved there by the janitor;
+        of one queue, of some dead statuses."""
+        return await self._run(self._ops.list_dlq(queue, limit, status))
+
+    async def retry_job(self, job_id: uuid.UUID | str) -> bool:
+        """Run a job again now: a pending one (scheduled, or waiting out a backoff) becomes
+        due; a dead one goes back to pending with fresh attempts. False when it is
+        neither (running, completed, unknown), or a live job holds its unique key."""
+        return await self._run(self._ops.retry_job(job_id), atomic=True)
+
+    async def count_dlq(
+        self,
+        queue: str | None = None,
+        *,
+        status: JobStatus | str | Iterable[JobStatus | str] | None = None,
+        before: datetime | None = None,
+    ) -> int:
+        """Dead jobs (in the DLQ or not moved there yet) of `queue`, with a dead `status`,
+        ended `before` a time: what requeue_dlq and purge_dlq with the same filters take."""
+        return await self._run(self._ops.count_dlq(self._ops.dead_filters(queue, status, before)))
+
+    async def requeue_dlq(
+        self,
+        queue: str | None = None,
+        *,
+        status: JobStatus | str | Iterable[JobStatus | str] | None = None,
+        before: datetime | None = None,
+        limit: int = MAX_BULK,
+    ) -> int:
+        """Dead jobs that match (see count_dlq) back to pending with fresh attempts, at most
+        `limit`; returns how many. One whose unique key a live job holds stays dead."""
+        filters = self._ops.dead_filters(queue, status, before)
+        return await self._run(self._ops.requeue_dlq(filters, limit), atomic=True)
+
+    async def purge_dlq(
+        self,
+        queue: str | None = None,
+        *,
+        status: JobStatus | str | Iterable[JobStatus | str] | None = None,
+        before: datetime | None = None,
+        limit: int = MAX_BULK,
+    ) -> int:
+        """Delete dead jobs that match (see count_dlq), at most `limit`; returns how many."""
+        filters = self._ops.dead_filters(queue, status, before)
+        return await self._run(self._ops.purge_dlq(filters, limit), atomic=True)
+
+    async def purge_dlq_job(self, job_id: uuid.UUID | str) -> bool:
+        """Delete one dead job; False when no dead job has this id."""
+        return await self._run(self._ops.purge_dlq_job(job_id), atomic=True)
+
+    # -- queues and workers ----------------------------------------------------------
+
+    async def pause_queue(
+        self,
+        name: str,
+        *,
+        until: datetime | None = None,
+        by: str | None = None,
+        reason: str | None = None,
+    ) -> QueueInfo:
+        """Stop every worker of the fleet from claiming the queue's jobs, until
+        `resume_queue()` (or `until`); jobs already running finish. Inserts still work.
+        Effective for every claim that starts after it returns."""
+        return await self._run(self._ops.pause_queue(name, until, by, reason))
+
+    async def resume_queue(self, name: str) -> bool:
+        """Lift a pause; idle workers of the queue hear of it at once (NOTIFY). False when
+        the queue was not paused."""
+        return await self._run(self._ops.resume_queue(name))
+
+    async def declare_queues(self, names: Iterable[str]) -> None:
+        """Make queues known without a worker (inserts into them do not warn)."""
+        await self._run(self._ops.declare_queues(names))
+
+    async def list_queues(self) -> list[QueueInfo]:
+        """Every declared queue: paused or not (who, since when, until when, why), when a
+        worker or an operator last declared it, how many live workers handle it."""
+        return await self._run(self._ops.list_queues())
+
+    async def list_workers(self) -> list[WorkerInfo]:
+        """Every worker of the fleet: host, pid, version, queues, last beat, alive or not,
+        stopping or not, and how many jobs it runs now."""
+        return await self._run(self._ops.list_workers())
+
+    @property
+    def worker_id(self) -> uuid.UUID:
+        """This queue's worker id (new for each SimpleQueue): in `list_workers()`, in the
+        `worker_id` of the jobs it claims, and in its connections' application_name."""
+        return self._worker.id
 
     async def queue_summaries(self, window: float = 300.0) -> list[QueueSummary]:
         """Every queue with jobs, as the tables show it now (all processes): due,

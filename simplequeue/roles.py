@@ -28,7 +28,7 @@ __all__ = [
     "validate_role_name",
 ]
 
-TABLES = ("jobs", "archive", "dlq", "schema_migrations")
+TABLES = ("jobs", "archive", "dlq", "queues", "workers", "schema_migrations")
 """Every table simplequeue creates; a role holds on each exactly what the maps below say."""
 
 TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
@@ -45,6 +45,8 @@ WORKER_UPDATE_COLUMNS = (
     "updated_at",
     "completed_at",
     "last_error",
+    "worker_id",
+    "errors",
 )
 """What claims, results, heartbeats, the reaper, cancel and reschedule change: never a
 job's id, queue, data, priority, attempts allowed, keys or creation time."""
@@ -60,8 +62,10 @@ class TablePrivileges:
 
 PRODUCER_PRIVILEGES: dict[str, TablePrivileges] = {
     "jobs": TablePrivileges(frozenset({"SELECT"}), {"INSERT": INSERT_COLUMNS}),
+    "queues": TablePrivileges(frozenset({"SELECT"})),
 }
-"""insert_job(s) (with NOTIFY) and get_job / wait_for_job on live jobs; nothing else."""
+"""insert_job(s) (with NOTIFY, and the check that their queues are declared) and get_job /
+wait_for_job on live jobs; nothing else."""
 
 WORKER_PRIVILEGES: dict[str, TablePrivileges] = {
     "jobs": TablePrivileges(
@@ -70,10 +74,16 @@ WORKER_PRIVILEGES: dict[str, TablePrivileges] = {
     ),
     "archive": TablePrivileges(frozenset({"SELECT", "INSERT", "DELETE"})),
     "dlq": TablePrivileges(frozenset({"SELECT", "INSERT"})),
+    "queues": TablePrivileges(
+        frozenset({"SELECT"}), {"INSERT": ("name",), "UPDATE": ("last_seen",)}
+    ),
+    "workers": TablePrivileges(frozenset({"SELECT", "INSERT", "UPDATE", "DELETE"})),
 }
 """Claim, results, heartbeats, reaper; janitor (jobs → archive and DLQ, archive purge);
 handlers inserting follow-up jobs; get_job, wait_for_job, cancel, reschedule, list_dlq,
-counts. Not: deleting from the DLQ, so not requeue_dlq_job for rows already moved there."""
+counts; declaring its queues, its own row in workers (and forgetting dead workers'). Not:
+deleting from the DLQ, so not requeue_dlq_job for rows already moved there; not pausing
+or resuming queues, which is for the schema's owner (operators)."""
 
 
 def validate_role_name(name: object) -> str:

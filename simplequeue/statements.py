@@ -10,11 +10,12 @@ job changes nothing. Column lists come from `columns.JOB_ROW`.
 from __future__ import annotations
 
 from simplequeue import columns
-from simplequeue.job import DEAD_STATUSES
+from simplequeue.job import DEAD_STATUSES, MAX_ATTEMPT_ERRORS
 
 _READ = columns.read_list()
 """What `Job.from_row` reads, in its order."""
 _DEAD = "(" + ", ".join(f"'{s}'" for s in DEAD_STATUSES) + ")"
+_STATUS_IN = "(%(statuses)s::text[] IS NULL OR status = ANY(%(statuses)s))"
 
 # Both inserts skip a job on any conflict: a live job holding its unique key
 # (jobs_unique_key_live), or its own id already stored by an earlier try of the same insert.
@@ -54,6 +55,38 @@ COPY = "COPY {s}.jobs (" + COPY_COLUMNS + ") FROM STDIN"
 COPY_RUN_AT = "COPY {s}.jobs (" + COPY_COLUMNS + ", run_at, scheduled) FROM STDIN"
 
 
+def paused_now(row: str) -> str:
+    """True when the queues row (`row` is its alias and a dot, or empty) is paused now."""
+    return (
+        f"({row}paused_at IS NOT NULL AND ({row}paused_until IS NULL OR {row}paused_until > now()))"
+    )
+
+
+def paused(queue: str) -> str:
+    """True when the queue named by the SQL `queue` is paused now: every claim skips it
+    (one primary-key probe of the small queues table per queue claimed)."""
+    return (
+        "EXISTS (SELECT 1 FROM {s}.queues AS paused WHERE paused.name = "
+        + queue
+        + " AND "
+        + paused_now("paused.")
+        + ")"
+    )
+
+
+def with_error(error: str, status: str, *, nullable: bool = True) -> str:
+    """The errors column of a row `j` with one more attempt's error (when `error` is not
+    NULL): its attempt, time, text, outcome and worker, the oldest dropped past the most
+    a job keeps."""
+    appended = (
+        f"(CASE WHEN jsonb_array_length(j.errors) >= {MAX_ATTEMPT_ERRORS} "
+        "THEN j.errors - 0 ELSE j.errors END) || jsonb_build_array(jsonb_build_object("
+        f"'attempt', j.attempt, 'at', now(), 'error', {error}, 'status', {status}, "
+        "'worker_id', j.worker_id))"
+    )
+    return f"CASE WHEN {error} IS NULL THEN j.errors ELSE {appended} END" if nullable else appended
+
+
 # Promotes scheduled jobs that have come due, so that the claim finds them: a bounded
 # batch of the queues the poller claims from, read in jobs_scheduled's order (per queue,
 # the earliest first), so it stops after `limit` rows however many have come due.
@@ -62,8 +95,7 @@ COPY_RUN_AT = "COPY {s}.jobs (" + COPY_COLUMNS + ", run_at, scheduled) FROM STDI
 COUNT_DUE = """
 SELECT count(*) FROM {s}.jobs
 WHERE status = 'pending' AND queue = ANY(%s::text[]) AND run_at <= now()
-  AND attempt < max_attempts
-"""
+  AND attempt < max_attempts AND NOT """ + paused("jobs.queue")
 
 PROMOTE = """
 UPDATE {s}.jobs AS j SET scheduled = false
@@ -79,10 +111,14 @@ WHERE j.id = due.id
 
 # heartbeat_at takes clock_timestamp(), not now(): a claim (or a beat) that waited on a lock
 # would otherwise stamp the time it started waiting, and the reaper would take the job at once.
-CLAIM = """
+CLAIM = (
+    """
 WITH candidates AS (
     SELECT j.id
-    FROM unnest(%(queues)s::text[], %(limits)s::int[]) AS q(name, lim)
+    FROM (SELECT name, lim FROM unnest(%(queues)s::text[], %(limits)s::int[]) AS u(name, lim)
+          WHERE NOT """
+    + paused("u.name")
+    + """) AS q
     CROSS JOIN LATERAL (
         SELECT id, priority, run_at
         FROM {s}.jobs
@@ -97,10 +133,12 @@ WITH candidates AS (
 )
 UPDATE {s}.jobs AS jobs
 SET status = 'running', attempt = jobs.attempt + 1, lease = jobs.lease + 1,
-    heartbeat_at = clock_timestamp(), updated_at = now()
+    heartbeat_at = clock_timestamp(), updated_at = now(), worker_id = %(worker)s::uuid
 FROM candidates
 WHERE jobs.id = candidates.id
-RETURNING """ + columns.read_list("jobs.", claimed=True)
+RETURNING """
+    + columns.read_list("jobs.", claimed=True)
+)
 
 # Result writes lock their rows in a sub-select that skips rows another transaction holds
 # (a heartbeat, a cancel, a user's long transaction): the writer never waits, so one held
@@ -122,7 +160,8 @@ WHERE j.id = locked.id
 RETURNING j.id
 """
 
-WRITE_OUTCOMES = """
+WRITE_OUTCOMES = (
+    """
 UPDATE {s}.jobs AS j
 SET status = r.status,
     attempt = j.attempt - r.refund,
@@ -130,6 +169,9 @@ SET status = r.status,
     run_at = CASE WHEN r.status = 'pending' THEN r.next_run_at ELSE j.run_at END,
     scheduled = r.status = 'pending' AND r.next_run_at > now(),
     last_error = COALESCE(r.error, j.last_error),
+    errors = """
+    + with_error("r.error", "r.status")
+    + """,
     completed_at = CASE WHEN r.status = 'pending' THEN NULL ELSE now() END,
     heartbeat_at = NULL,
     updated_at = now()
@@ -148,6 +190,7 @@ FROM (
 WHERE j.id = r.id
 RETURNING j.id
 """
+)
 
 # SKIP LOCKED: a row held by another transaction (a result write, a cancel, a user's long
 # transaction) must not block the beats of all the others; it is beaten next interval.
@@ -177,15 +220,27 @@ WHERE j.status = 'running'
 
 STILL_RUNNING = "SELECT 1 FROM {s}.jobs WHERE id = %s AND lease = %s AND status = 'running'"
 
-REAP_STALLED = """
-UPDATE {s}.jobs AS j
-SET status = CASE WHEN j.reprocess_count + 1 >= %(max_reprocess)s THEN 'bad_job' ELSE 'pending' END,
-    attempt = GREATEST(j.attempt - 1, 0),
-    reprocess_count = j.reprocess_count + 1,
-    last_error = CASE WHEN j.reprocess_count + 1 >= %(max_reprocess)s
+_REAPED_STATUS = (
+    "CASE WHEN j.reprocess_count + 1 >= %(max_reprocess)s THEN 'bad_job' ELSE 'pending' END"
+)
+_REAPED_ERROR = """CASE WHEN j.reprocess_count + 1 >= %(max_reprocess)s
                       THEN 'poison job: stalled or rescheduled ' || (j.reprocess_count + 1)
                            || ' times (max_reprocess_count)'
-                      ELSE 'stalled: no heartbeat, its worker is presumed dead' END,
+                      ELSE 'stalled: no heartbeat, its worker is presumed dead' END"""
+REAP_STALLED = (
+    """
+UPDATE {s}.jobs AS j
+SET status = """
+    + _REAPED_STATUS
+    + """,
+    attempt = GREATEST(j.attempt - 1, 0),
+    reprocess_count = j.reprocess_count + 1,
+    last_error = """
+    + _REAPED_ERROR
+    + """,
+    errors = """
+    + with_error(_REAPED_ERROR, _REAPED_STATUS, nullable=False)
+    + """,
     completed_at = CASE WHEN j.reprocess_count + 1 >= %(max_reprocess)s THEN now() END,
     heartbeat_at = NULL,
     updated_at = now()
@@ -202,6 +257,7 @@ FROM (
 WHERE j.id = stalled.id
 RETURNING j.id, j.status
 """
+)
 
 STALLED_IDS = """
 SELECT id FROM {s}.jobs
@@ -260,10 +316,16 @@ WHERE id = %(id)s AND status = 'pending'
 # twins), then the newest of both: reads about 2 × limit rows, whatever the DLQ's size.
 _LIST_DLQ_NEWEST = (
     "SELECT * FROM ("
-    "  (SELECT " + _READ + " FROM {s}.dlq {where}"
+    "  (SELECT " + _READ + " FROM {s}.dlq WHERE " + _STATUS_IN + " {also}"
     "   ORDER BY updated_at DESC, id DESC LIMIT %(limit)s)"
     "  UNION ALL"
-    "  (SELECT " + _READ + " FROM {s}.jobs WHERE status IN " + _DEAD + " {also}"
+    "  (SELECT "
+    + _READ
+    + " FROM {s}.jobs WHERE status IN "
+    + _DEAD
+    + " AND "
+    + _STATUS_IN
+    + " {also}"
     "   ORDER BY updated_at DESC, id DESC LIMIT %(limit)s)"
     ") AS dead ORDER BY updated_at DESC, id DESC LIMIT %(limit)s"
 )
@@ -279,6 +341,7 @@ WITH live AS (
         count(*) FILTER (WHERE status = 'pending' AND (scheduled OR run_at > now()))
             AS scheduled,
         count(*) FILTER (WHERE status = 'running') AS running,
+        count(*) FILTER (WHERE status = 'pending' AND attempt > 0) AS retrying,
         count(*) FILTER (WHERE status IN """
     + _DEAD
     + """) AS dead,
@@ -298,9 +361,13 @@ WITH live AS (
 SELECT q.queue, coalesce(l.due, 0), coalesce(l.scheduled, 0), coalesce(l.running, 0),
        coalesce(l.dead, 0), coalesce(d.dlq, 0),
        coalesce(l.completed, 0) + coalesce(a.completed, 0),
-       extract(epoch FROM now() - l.oldest_due)::float8
+       extract(epoch FROM now() - l.oldest_due)::float8, coalesce(l.retrying, 0),
+       coalesce(p.paused, false)
 FROM (SELECT queue FROM live UNION SELECT queue FROM archived UNION
-      SELECT queue FROM dead_letters) AS q
+      SELECT queue FROM dead_letters UNION SELECT name FROM {s}.queues) AS q
+LEFT JOIN (SELECT name AS queue, """
+    + paused_now("")
+    + """ AS paused FROM {s}.queues) AS p USING (queue)
 LEFT JOIN live AS l USING (queue)
 LEFT JOIN archived AS a USING (queue)
 LEFT JOIN dead_letters AS d USING (queue)
@@ -311,17 +378,50 @@ ORDER BY q.queue
 # Live jobs by id (the order they were built: ids are time-ordered), for operators and
 # tests of producers; every filter optional. Read along the primary key from `after` (a
 # page's last id), bounded by the limit.
+JOB_FILTERS = ("queue", "statuses", "unique_key", "fingerprint", "since", "worker")
+"""The filters of LIST_JOBS, each a parameter (None: not filtered)."""
 LIST_JOBS = (
     "SELECT " + _READ + " FROM {s}.jobs "
-    "WHERE (%(queue)s::text IS NULL OR queue = %(queue)s) "
-    "AND (%(statuses)s::text[] IS NULL OR status = ANY(%(statuses)s)) "
+    "WHERE (%(queue)s::text IS NULL OR queue = %(queue)s) AND " + _STATUS_IN + " "
+    "AND (%(unique_key)s::text IS NULL OR unique_key = %(unique_key)s) "
+    "AND (%(fingerprint)s::text IS NULL OR fingerprint = %(fingerprint)s) "
+    "AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s) "
+    "AND (%(worker)s::uuid IS NULL OR worker_id = %(worker)s) "
     "AND (%(after)s::uuid IS NULL OR id > %(after)s) "
     "ORDER BY id LIMIT %(limit)s"
 )
 
-LIST_DLQ = _LIST_DLQ_NEWEST.format(s="{s}", where="", also="")
-LIST_DLQ_OF_QUEUE = _LIST_DLQ_NEWEST.format(
-    s="{s}", where="WHERE queue = %(queue)s", also="AND queue = %(queue)s"
+LIST_DLQ = _LIST_DLQ_NEWEST.format(s="{s}", also="")
+LIST_DLQ_OF_QUEUE = _LIST_DLQ_NEWEST.format(s="{s}", also="AND queue = %(queue)s")
+
+# Dead jobs an operator picks in bulk: of a queue, of some statuses, ended before a time
+# (each filter optional), or the one job `only`; in the DLQ and, not moved there yet, in
+# the jobs table.
+_DEAD_MATCH = (
+    "(%(queue)s::text IS NULL OR queue = %(queue)s) AND " + _STATUS_IN + " "
+    "AND (%(before)s::timestamptz IS NULL OR updated_at < %(before)s)"
+)
+COUNT_DEAD = (
+    "SELECT (SELECT count(*) FROM {s}.dlq WHERE " + _DEAD_MATCH + ") "
+    "+ (SELECT count(*) FROM {s}.jobs WHERE status IN " + _DEAD + " AND " + _DEAD_MATCH + ")"
+)
+DEAD_LIVE_IDS = (
+    "SELECT id FROM {s}.jobs WHERE status IN " + _DEAD + " AND " + _DEAD_MATCH + " "
+    "ORDER BY id LIMIT %(limit)s"
+)
+_PURGE = (
+    "DELETE FROM {s}.{table} WHERE id IN (SELECT id FROM {s}.{table} WHERE {dead}"
+    + _DEAD_MATCH
+    + " AND (%(only)s::uuid IS NULL OR id = %(only)s)"
+    " ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
+)
+PURGE_DLQ = _PURGE.format(s="{s}", table="dlq", dead="")
+PURGE_DEAD_LIVE = _PURGE.format(s="{s}", table="jobs", dead="status IN " + _DEAD + " AND ")
+
+# retry_job of a pending job: due now (a scheduled run, or a backoff, waited out at once).
+RUN_NOW = (
+    "UPDATE {s}.jobs SET run_at = now(), scheduled = false, updated_at = now() "
+    "WHERE id = %s AND status = 'pending'"
 )
 
 REQUEUE_DEAD_LIVE = (
@@ -346,12 +446,24 @@ _REQUEUED = {
 _REQUEUE_COLUMNS = [
     c.name for c in columns.JOB_ROW if not c.live_only and _REQUEUED.get(c.name, "") is not None
 ]
+_REQUEUE_LIST = ", ".join(_REQUEUE_COLUMNS)
+_REQUEUE_VALUES = ", ".join(_REQUEUED.get(name) or name for name in _REQUEUE_COLUMNS)
 REQUEUE_FROM_DLQ = (
-    f"INSERT INTO {{s}}.jobs ({', '.join(_REQUEUE_COLUMNS)}) "
-    f"SELECT {', '.join(_REQUEUED.get(name) or name for name in _REQUEUE_COLUMNS)} "
+    f"INSERT INTO {{s}}.jobs ({_REQUEUE_LIST}) "
+    f"SELECT {_REQUEUE_VALUES} "
     "FROM {s}.dlq WHERE id = %s ON CONFLICT DO NOTHING"
 )
 
+# Inserted back into jobs, then deleted from the DLQ: only those inserted, so a job whose
+# unique key a live job holds (ON CONFLICT) stays in the DLQ rather than being lost.
+REQUEUE_DLQ_BULK = (
+    "WITH picked AS (SELECT id FROM {s}.dlq WHERE " + _DEAD_MATCH + " "
+    "    ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED), "
+    f"requeued AS (INSERT INTO {{s}}.jobs ({_REQUEUE_LIST}) "
+    f"    SELECT {_REQUEUE_VALUES} FROM {{s}}.dlq JOIN picked USING (id) ORDER BY id "
+    "    ON CONFLICT DO NOTHING RETURNING id) "
+    "DELETE FROM {s}.dlq USING requeued WHERE dlq.id = requeued.id"
+)
 COUNTS = """
 SELECT status, count(*) FROM {s}.jobs GROUP BY status
 UNION ALL SELECT 'archive', count(*) FROM {s}.archive
@@ -396,6 +508,80 @@ STUCK_FINISHED = (
 PURGE_ARCHIVE = """
 DELETE FROM {s}.archive WHERE (SELECT pg_try_advisory_xact_lock(hashtext({purge_lock}))) AND id IN (
     SELECT id FROM {s}.archive WHERE moved_at < now() - make_interval(secs => %s) LIMIT %s)
+"""
+
+# -- queues and workers ------------------------------------------------------------------
+
+# In name order: two workers declaring the same queues lock their rows in one order.
+DECLARE_QUEUES = """
+INSERT INTO {s}.queues (name)
+SELECT DISTINCT name FROM unnest(%s::text[]) AS d(name) ORDER BY name
+ON CONFLICT (name) DO UPDATE SET last_seen = now()
+"""
+DECLARED_QUEUES = "SELECT name FROM {s}.queues WHERE name = ANY(%s::text[])"
+
+_QUEUE_ROW = (
+    "name, "
+    + paused_now("")
+    + ", paused_at, paused_until, paused_by, pause_reason, first_seen, last_seen"
+)
+
+# Pausing a paused queue keeps the time it was paused since, and takes the new details.
+PAUSE_QUEUE = (
+    """
+INSERT INTO {s}.queues AS q (name, paused_at, paused_until, paused_by, pause_reason)
+VALUES (%(name)s, now(), %(until)s, %(by)s, %(reason)s)
+ON CONFLICT (name) DO UPDATE SET
+    paused_at = CASE WHEN """
+    + paused_now("q.")
+    + """ THEN q.paused_at ELSE now() END,
+    paused_until = EXCLUDED.paused_until, paused_by = EXCLUDED.paused_by,
+    pause_reason = EXCLUDED.pause_reason, last_seen = now()
+RETURNING """
+    + _QUEUE_ROW
+)
+
+# The NOTIFY wakes idle workers of the queue at once, not at their next poll.
+RESUME_QUEUE = """
+WITH resumed AS (
+    UPDATE {s}.queues
+    SET paused_at = NULL, paused_until = NULL, paused_by = NULL, pause_reason = NULL
+    WHERE name = %s AND paused_at IS NOT NULL
+    RETURNING name
+)
+SELECT name, pg_notify(%s, name) FROM resumed
+"""
+
+LIST_QUEUES = (
+    "SELECT "
+    + _QUEUE_ROW
+    + """,
+    (SELECT count(*) FROM {s}.workers AS w
+     WHERE queues.name = ANY(w.queues) AND w.expires_at > now()) AS workers
+FROM {s}.queues ORDER BY name"""
+)
+
+# Beaten from the heartbeat thread; an upsert, so a row forgotten meanwhile (a worker cut
+# off for an hour) comes back.
+WORKER_BEAT = """
+INSERT INTO {s}.workers AS w (id, host, pid, version, queues, expires_at, stopping_at)
+VALUES (%(id)s, %(host)s, %(pid)s, %(version)s, %(queues)s,
+        now() + make_interval(secs => %(ttl)s), CASE WHEN %(stopping)s THEN now() END)
+ON CONFLICT (id) DO UPDATE SET
+    heartbeat_at = now(), expires_at = EXCLUDED.expires_at, queues = EXCLUDED.queues,
+    stopping_at = COALESCE(w.stopping_at, EXCLUDED.stopping_at)
+"""
+WORKER_GONE = "DELETE FROM {s}.workers WHERE id = %s"
+FORGET_WORKERS = (
+    "DELETE FROM {s}.workers WHERE id IN (SELECT id FROM {s}.workers"
+    " WHERE expires_at < now() - make_interval(secs => %s) FOR UPDATE SKIP LOCKED)"
+)
+
+LIST_WORKERS = """
+SELECT w.id, w.host, w.pid, w.version, w.queues, w.started_at, w.heartbeat_at,
+       w.expires_at > now(), w.stopping_at,
+       (SELECT count(*) FROM {s}.jobs AS j WHERE j.status = 'running' AND j.worker_id = w.id)
+FROM {s}.workers AS w ORDER BY w.started_at, w.id
 """
 
 NOTIFY = "SELECT pg_notify(%s, %s)"

@@ -27,6 +27,11 @@ class QueueSummary:
     """How long the longest-waiting due job has been due; None when none is."""
     window: float
     """The seconds `completed` counts over."""
+    retrying: int = 0
+    """Pending jobs that failed before and wait for another attempt (counted in due or
+    scheduled too)."""
+    paused: bool = False
+    """No worker claims its jobs (`pause_queue()`)."""
 
     @property
     def completed_per_minute(self) -> float:

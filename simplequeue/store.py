@@ -23,6 +23,7 @@ from simplequeue import columns
 from simplequeue import statements as q
 from simplequeue.config import notify_channel
 from simplequeue.errors import JobNotFoundError
+from simplequeue.fleet import QueueInfo, WorkerIdentity, WorkerInfo
 from simplequeue.job import Job
 from simplequeue.stats import QueueSummary
 from simplequeue.validation import LATEST_TIME
@@ -143,6 +144,7 @@ the statements it yields and sends back their results, or throws their errors in
 
 UNIQUE_VIOLATION = "23505"
 INSUFFICIENT_PRIVILEGE = "42501"
+UNDEFINED_TABLE = "42P01"
 
 
 def sqlstate(exc: BaseException) -> str | None:
@@ -223,6 +225,21 @@ class Store:
         self._stuck_finished = _q(q.STUCK_FINISHED, schema)
         self._counts = _q(q.COUNTS, schema)
         self._queue_summaries = _q(q.QUEUE_SUMMARIES, schema)
+        self._declare_queues = _q(q.DECLARE_QUEUES, schema)
+        self._declared_queues = _q(q.DECLARED_QUEUES, schema)
+        self._pause_queue = _q(q.PAUSE_QUEUE, schema)
+        self._resume_queue = _q(q.RESUME_QUEUE, schema)
+        self._list_queues = _q(q.LIST_QUEUES, schema)
+        self._worker_beat = _q(q.WORKER_BEAT, schema)
+        self._worker_gone = _q(q.WORKER_GONE, schema)
+        self._forget_workers = _q(q.FORGET_WORKERS, schema)
+        self._list_workers = _q(q.LIST_WORKERS, schema)
+        self._run_now = _q(q.RUN_NOW, schema)
+        self._count_dead = _q(q.COUNT_DEAD, schema)
+        self._dead_live_ids = _q(q.DEAD_LIVE_IDS, schema)
+        self._requeue_dlq_bulk = _q(q.REQUEUE_DLQ_BULK, schema)
+        self._purge_dead_live = _q(q.PURGE_DEAD_LIVE, schema)
+        self._purge_dlq = _q(q.PURGE_DLQ, schema)
         self._listen = sql.SQL(q.LISTEN).format(sql.Identifier(self.channel)).as_string(None)
 
     def statements(self) -> dict[str, str]:
@@ -324,13 +341,20 @@ class Store:
 
     # -- the worker's hot path -------------------------------------------------------
 
-    def claim(self, queues: Sequence[str], limits: Sequence[int], total: int) -> Plan[list[Job]]:
-        """Claim up to `total` due jobs, at most `limits[i]` of `queues[i]`, in one statement.
+    def claim(
+        self,
+        queues: Sequence[str],
+        limits: Sequence[int],
+        total: int,
+        worker: uuid.UUID | None = None,
+    ) -> Plan[list[Job]]:
+        """Claim up to `total` due jobs, at most `limits[i]` of `queues[i]`, in one statement,
+        for `worker`; paused queues are skipped.
 
         The data comes back as JSON text, decoded per job by its executor: one payload that
         Python cannot decode must fail its own job, not the whole batch.
         """
-        params = {"queues": list(queues), "limits": list(limits), "total": total}
+        params = {"queues": list(queues), "limits": list(limits), "total": total, "worker": worker}
         result = yield Run(self._claim, params)
         return [Job.from_row(row, encoded=True) for row in result.rows]
 
@@ -509,15 +533,17 @@ class Store:
         return result.rowcount == 1
 
     def list_jobs(
-        self, queue: str | None, statuses: list[str] | None, after: uuid.UUID | None, limit: int
+        self, filters: dict[str, Any], after: uuid.UUID | None, limit: int
     ) -> Plan[list[Job]]:
-        params = {"queue": queue, "statuses": statuses, "after": after, "limit": limit}
-        result = yield Run(self._list_jobs, params)
+        """Live jobs by id from `after`; `filters` holds every key of `JOB_FILTERS`."""
+        result = yield Run(self._list_jobs, {**filters, "after": after, "limit": limit})
         return [Job.from_row(row) for row in result.rows]
 
-    def list_dlq(self, queue: str | None, limit: int) -> Plan[list[Job]]:
+    def list_dlq(
+        self, queue: str | None, limit: int, statuses: list[str] | None = None
+    ) -> Plan[list[Job]]:
         statement = self._list_dlq if queue is None else self._list_dlq_of_queue
-        result = yield Run(statement, {"queue": queue, "limit": limit})
+        result = yield Run(statement, {"queue": queue, "limit": limit, "statuses": statuses})
         return [Job.from_row(row) for row in result.rows]
 
     def requeue_dead(self, job_id: uuid.UUID) -> Plan[bool]:
@@ -564,9 +590,109 @@ class Store:
                 completed=int(r[6]),
                 oldest_due_seconds=r[7],
                 window=window,
+                retrying=int(r[8]),
+                paused=bool(r[9]),
             )
             for r in result.rows
         ]
+
+    def run_now(self, job_id: uuid.UUID) -> Plan[bool]:
+        """A pending job due later (or waiting out a backoff) is due now."""
+        result = yield Run(self._run_now, [job_id])
+        return result.rowcount == 1
+
+    def dead_filter(
+        self, queue: str | None, statuses: list[str] | None, before: datetime | None
+    ) -> dict[str, Any]:
+        return {"queue": queue, "statuses": statuses, "before": before}
+
+    def count_dead(self, filters: dict[str, Any]) -> Plan[int]:
+        """Dead jobs that match (in the DLQ, or still in the jobs table)."""
+        result = yield Run(self._count_dead, filters)
+        row = result.first()
+        return int(row[0]) if row else 0
+
+    def requeue_dead_bulk(self, filters: dict[str, Any], limit: int) -> Plan[int]:
+        """Up to `limit` dead jobs that match back to pending with fresh attempts: those in
+        the DLQ in one statement, those not moved there yet one by one. A job whose unique
+        key a live job holds stays where it is. Returns how many were requeued."""
+        result = yield Run(self._requeue_dlq_bulk, {**filters, "limit": limit})
+        done = result.rowcount
+        result = yield Run(self._dead_live_ids, {**filters, "limit": max(limit - done, 0)})
+        for (job_id,) in result.rows:
+            done += bool((yield from self.requeue_dead(job_id)))
+        return done
+
+    def purge_dead(self, filters: dict[str, Any], limit: int) -> Plan[int]:
+        """Delete up to `limit` dead jobs that match, from the DLQ and the jobs table."""
+        result = yield Run(self._purge_dlq, {**filters, "limit": limit, "only": None})
+        done = result.rowcount
+        result = yield Run(
+            self._purge_dead_live, {**filters, "limit": max(limit - done, 0), "only": None}
+        )
+        return done + result.rowcount
+
+    def purge_dead_job(self, job_id: uuid.UUID) -> Plan[bool]:
+        """Delete one dead job, from the DLQ or the jobs table."""
+        filters = {**self.dead_filter(None, None, None), "limit": 1, "only": job_id}
+        result = yield Run(self._purge_dlq, filters)
+        if result.rowcount:
+            return True
+        result = yield Run(self._purge_dead_live, filters)
+        return result.rowcount == 1
+
+    # -- queues and workers ----------------------------------------------------------
+
+    def declare_queues(self, names: Sequence[str]) -> Plan[None]:
+        yield Run(self._declare_queues, [list(names)])
+
+    def declared_queues(self, names: Sequence[str]) -> Plan[set[str]]:
+        """Which of these queues a worker or an operator has declared."""
+        result = yield Run(self._declared_queues, [list(names)], savepoint=True)
+        return {str(row[0]) for row in result.rows}
+
+    def pause_queue(
+        self, name: str, until: datetime | None, by: str | None, reason: str | None
+    ) -> Plan[QueueInfo]:
+        params = {"name": name, "until": until, "by": by, "reason": reason}
+        result = yield Run(self._pause_queue, params)
+        return QueueInfo.from_row(result.rows[0])
+
+    def resume_queue(self, name: str) -> Plan[bool]:
+        """Lift the queue's pause and wake its idle workers; False when it was not paused."""
+        result = yield Run(self._resume_queue, [name, self.channel])
+        return bool(result.rows)
+
+    def list_queues(self) -> Plan[list[QueueInfo]]:
+        result = yield Run(self._list_queues)
+        return [QueueInfo.from_row(row) for row in result.rows]
+
+    def worker_beat(
+        self, worker: WorkerIdentity, queues: Sequence[str], ttl: float, stopping: bool
+    ) -> Plan[None]:
+        """Register or beat this process's worker: alive for `ttl` seconds more."""
+        params = {
+            "id": worker.id,
+            "host": worker.host,
+            "pid": worker.pid,
+            "version": worker.version,
+            "queues": list(queues),
+            "ttl": ttl,
+            "stopping": stopping,
+        }
+        yield Run(self._worker_beat, params)
+
+    def worker_gone(self, worker_id: uuid.UUID) -> Plan[None]:
+        yield Run(self._worker_gone, [worker_id])
+
+    def forget_workers(self, after: float) -> Plan[int]:
+        """Delete the rows of workers expired `after` seconds ago or more."""
+        result = yield Run(self._forget_workers, [after])
+        return result.rowcount
+
+    def list_workers(self) -> Plan[list[WorkerInfo]]:
+        result = yield Run(self._list_workers)
+        return [WorkerInfo.from_row(row) for row in result.rows]
 
     def listen(self) -> Plan[None]:
         yield Run(self._listen)

@@ -23,8 +23,10 @@ from simplequeue.config import QueueConfig
 from simplequeue.connections import borrow_sync, owned_pool_settings
 from simplequeue.drivers import PsycopgSync, SyncDriver, check_sync_conn, sync_driver_for
 from simplequeue.errors import InvalidArgumentError, JobNotFoundError
+from simplequeue.fleet import QueueInfo, WorkerInfo
 from simplequeue.job import Job, JobStatus
 from simplequeue.operations import (
+    MAX_BULK,
     WAIT_POLL,
     Operations,
     as_uuid,
@@ -209,13 +211,105 @@ class SyncQueue:
         limit: int = 50,
         *,
         after: uuid.UUID | str | None = None,
+        unique_key: str | None = None,
+        fingerprint: str | None = None,
+        since: datetime | None = None,
+        worker: uuid.UUID | str | None = None,
     ) -> list[Job]:
-        """Jobs of the live table by id (see SimpleQueue)."""
-        return self._run(self._ops.list_jobs(queue, status, after, limit))
+        """Jobs of the live table by id, each filter optional (see SimpleQueue)."""
+        plan = self._ops.list_jobs(
+            queue,
+            status,
+            after,
+            limit,
+            unique_key=unique_key,
+            fingerprint=fingerprint,
+            since=since,
+            worker=worker,
+        )
+        return self._run(plan)
 
-    def list_dlq(self, queue: str | None = None, limit: int = 50) -> list[Job]:
+    def list_dlq(
+        self,
+        queue: str | None = None,
+        limit: int = 50,
+        *,
+        status: JobStatus | str | Iterable[JobStatus | str] | None = None,
+    ) -> list[Job]:
         """Dead jobs, newest first: in the DLQ table or not yet moved there by the janitor."""
-        return self._run(self._ops.list_dlq(queue, limit))
+        return self._run(self._ops.list_dlq(queue, limit, status))
+
+    def retry_job(self, job_id: uuid.UUID | str) -> bool:
+        """Run a job again now: a pending one becomes due, a dead one goes back to pending
+        with fresh attempts (see SimpleQueue)."""
+        return self._run(self._ops.retry_job(job_id), atomic=True)
+
+    def count_dlq(
+        self,
+        queue: str | None = None,
+        *,
+        status: JobStatus | str | Iterable[JobStatus | str] | None = None,
+        before: datetime | None = None,
+    ) -> int:
+        """Dead jobs that match (see SimpleQueue)."""
+        return self._run(self._ops.count_dlq(self._ops.dead_filters(queue, status, before)))
+
+    def requeue_dlq(
+        self,
+        queue: str | None = None,
+        *,
+        status: JobStatus | str | Iterable[JobStatus | str] | None = None,
+        before: datetime | None = None,
+        limit: int = MAX_BULK,
+    ) -> int:
+        """Dead jobs that match back to pending with fresh attempts (see SimpleQueue)."""
+        filters = self._ops.dead_filters(queue, status, before)
+        return self._run(self._ops.requeue_dlq(filters, limit), atomic=True)
+
+    def purge_dlq(
+        self,
+        queue: str | None = None,
+        *,
+        status: JobStatus | str | Iterable[JobStatus | str] | None = None,
+        before: datetime | None = None,
+        limit: int = MAX_BULK,
+    ) -> int:
+        """Delete dead jobs that match (see SimpleQueue)."""
+        filters = self._ops.dead_filters(queue, status, before)
+        return self._run(self._ops.purge_dlq(filters, limit), atomic=True)
+
+    def purge_dlq_job(self, job_id: uuid.UUID | str) -> bool:
+        """Delete one dead job; False when no dead job has this id."""
+        return self._run(self._ops.purge_dlq_job(job_id), atomic=True)
+
+    # -- queues and workers ----------------------------------------------------------
+
+    def pause_queue(
+        self,
+        name: str,
+        *,
+        until: datetime | None = None,
+        by: str | None = None,
+        reason: str | None = None,
+    ) -> QueueInfo:
+        """Stop every worker from claiming the queue's jobs (see SimpleQueue)."""
+        return self._run(self._ops.pause_queue(name, until, by, reason))
+
+    def resume_queue(self, name: str) -> bool:
+        """Lift a pause and wake the queue's idle workers; False when it was not paused."""
+        return self._run(self._ops.resume_queue(name))
+
+    def declare_queues(self, names: Iterable[str]) -> None:
+        """Make queues known without a worker (inserts into them do not warn)."""
+        self._run(self._ops.declare_queues(names))
+
+    def list_queues(self) -> list[QueueInfo]:
+        """Every declared queue, paused or not (see SimpleQueue)."""
+        return self._run(self._ops.list_queues())
+
+    def list_workers(self) -> list[WorkerInfo]:
+        """Every worker of the fleet (see SimpleQueue)."""
+        return self._run(self._ops.list_workers())
 
     def queue_summaries(self, window: float = 300.0) -> list[QueueSummary]:
         """Every queue with jobs, as the tables show it now (see SimpleQueue)."""

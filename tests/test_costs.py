@@ -35,7 +35,7 @@ async def test_an_idle_claim_reads_what_is_due_not_what_waits(
     await queue.insert_jobs([sq.Job("q", n, run_at=later) for n in range(BACKLOG)])
     query(dsn, "VACUUM ANALYZE simplequeue.jobs")
     store = Store(queue.schema)
-    claim = {"queues": ["q"], "limits": [100], "total": 100}
+    claim = {"queues": ["q"], "limits": [100], "total": 100, "worker": None}
     promote = {"queues": ["q"], "limit": 1000}
     assert buffers(dsn, store.statements()["claim"], claim) < 20
     assert buffers(dsn, store.statements()["promote"], promote) < 20
@@ -119,8 +119,18 @@ async def test_list_dlq_reads_the_newest_whatever_the_dlq_size(
     )
     query(dsn, "VACUUM ANALYZE simplequeue.dlq")
     store = Store(queue.schema)
-    assert buffers(dsn, store.statements()["list_dlq"], {"queue": None, "limit": 50}) < 40
-    assert buffers(dsn, store.statements()["list_dlq_of_queue"], {"queue": "q3", "limit": 50}) < 40
+    assert (
+        buffers(dsn, store.statements()["list_dlq"], {"queue": None, "limit": 50, "statuses": None})
+        < 40
+    )
+    assert (
+        buffers(
+            dsn,
+            store.statements()["list_dlq_of_queue"],
+            {"queue": "q3", "limit": 50, "statuses": None},
+        )
+        < 40
+    )
     newest = await queue.list_dlq(limit=3)
     assert [j.queue for j in newest] == ["q1", "q2", "q3"]
     assert [j.queue for j in await queue.list_dlq(queue="q3", limit=2)] == ["q3", "q3"]

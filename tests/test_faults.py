@@ -114,7 +114,11 @@ async def test_dedicated_connections_name_themselves_and_watch_their_peer(dsn: s
                         "WHERE datname = current_database() AND pid <> pg_backend_pid()",
                     )
                 }
-                >= {"simplequeue", "simplequeue-heartbeat", "simplequeue-listener"}
+                >= {
+                    f"simplequeue worker {queue.worker_id}",
+                    f"simplequeue worker {queue.worker_id} beat",
+                    f"simplequeue worker {queue.worker_id} listen",
+                }
             )
         )
         assert names

@@ -52,9 +52,12 @@ async def test_a_missed_heartbeat_window_gives_exactly_one_rerun(dsn: str) -> No
         await reaping.start()
         job_id = await queue.insert_job(sq.Job("slow", {}))
         await asyncio.wait_for(started.wait(), 10)
-        with psycopg.connect(dsn) as locker:  # the beats skip the locked row for 1 s
+        # The beats skip the locked row for 1.1 s: released half an interval before the
+        # next beat (they run every 0.2 s from the worker's start), so the reaper's rounds
+        # (every 0.1 s) find it stalled first.
+        with psycopg.connect(dsn) as locker:
             locker.execute("SELECT 1 FROM simplequeue.jobs WHERE id = %s FOR UPDATE", [job_id])
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(1.1)
         await eventually(lambda: len(runs) == 2, timeout=10)  # reaped, claimed again here
         await eventually(lambda: count(dsn, "status = 'completed'"), timeout=15)
         await asyncio.sleep(1.5)  # three stall thresholds: a silenced run would be reaped

@@ -125,7 +125,16 @@ def test_every_statement_that_waits_for_row_locks_takes_them_in_id_order() -> No
 
     from simplequeue.store import Store
 
-    single_row = {"reschedule", "requeue_dead_live", "requeue_from_dlq", "delete_from_dlq"}
+    single_row = {
+        "reschedule",
+        "requeue_dead_live",
+        "requeue_from_dlq",
+        "delete_from_dlq",
+        "run_now",
+        "worker_gone",
+    }
+    # one queue, or this worker's own row: by primary key
+    single_key = {"pause_queue", "resume_queue", "worker_beat"}
     statements = {
         name: text
         for name, text in Store("simplequeue").statements().items()
@@ -134,8 +143,12 @@ def test_every_statement_that_waits_for_row_locks_takes_them_in_id_order() -> No
     assert len(statements) >= 10
     for name, text in statements.items():
         flat = " ".join(text.split())
-        ordered = re.search(r"ORDER BY (\w+\.)?id FOR UPDATE", flat)
-        if name in single_row:
+        ordered = re.search(r"ORDER BY (\w+\.)?id FOR UPDATE", flat) or re.search(
+            r"ORDER BY name ON CONFLICT", flat
+        )
+        if name in single_key:
+            assert re.search(r"(WHERE name = %s|VALUES \(%\((id|name)\)s)", flat), name
+        elif name in single_row:
             assert re.search(r"WHERE id = %(\(id\))?s", flat), name
         else:
             one_at_a_time = "pg_try_advisory_xact_lock" in flat

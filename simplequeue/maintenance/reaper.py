@@ -11,6 +11,9 @@ from typing import Any
 from psycopg_pool import AsyncConnectionPool
 
 from simplequeue.config import QueueConfig
+from simplequeue.connections import borrow
+from simplequeue.drivers import run
+from simplequeue.fleet import WORKER_FORGOTTEN_AFTER
 from simplequeue.job import JobStatus
 from simplequeue.maintenance.steps import Sweeper, batch_or_each
 from simplequeue.runtime.outage import DatabaseHealth
@@ -31,6 +34,8 @@ class ReapReport:
     """Stalled jobs past `max_reprocess_count`, ended as bad_job."""
     exhausted: int = 0
     """Pending jobs with no attempt left, ended as failed."""
+    forgotten_workers: int = 0
+    """Rows of workers that died (not beaten for an hour past their expiry), deleted."""
 
 
 class Reaper(Sweeper):
@@ -99,8 +104,10 @@ class Reaper(Sweeper):
             lambda: store.exhausted_ids(1000),
         )  # fmt: skip
         exhausted = len(failed)
+        async with borrow(self._pool) as conn:
+            forgotten = await run(conn, store.forget_workers(WORKER_FORGOTTEN_AFTER))
         poisoned = sum(1 for _, status in reaped if status == JobStatus.BAD_JOB)
-        report = ReapReport(len(reaped) - poisoned, poisoned, exhausted)
+        report = ReapReport(len(reaped) - poisoned, poisoned, exhausted, forgotten)
         if reaped or exhausted:
             self.log.warning(
                 "reaper: %d stalled job(s) returned to pending, %d poison job(s) ended as bad_job, "

@@ -16,19 +16,36 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import psycopg
 
 from simplequeue.drivers import run_sync
+from simplequeue.fleet import WorkerIdentity
 from simplequeue.job import Job
 from simplequeue.runtime.outage import DatabaseHealth, Outage
 from simplequeue.stopping import StopReason
-from simplequeue.store import Store
+from simplequeue.store import Plan, Store
 
-__all__ = ["Heartbeater", "Run"]
+__all__ = ["Heartbeater", "Presence", "Run"]
+
+T = TypeVar("T")
 
 log = logging.getLogger("simplequeue.heartbeat")
+
+
+@dataclass
+class Presence:
+    """This process's worker row, beaten with the jobs: who it is, the queues it handles
+    (declared at its first beat), and how long a beat keeps it alive."""
+
+    worker: WorkerIdentity
+    queues: list[str]
+    ttl: float
+    declared: bool = False
+    broken: bool = False
+    """The database refused its statements (a schema not migrated): job beats go on."""
 
 
 Run = tuple[uuid.UUID, int]
@@ -50,7 +67,9 @@ class Heartbeater:
         interval: float,
         *,
         health: DatabaseHealth | None = None,
+        presence: Presence | None = None,
     ) -> None:
+        self._presence = presence
         self._connect = connect
         self._store = store
         self._interval = interval
@@ -139,11 +158,14 @@ class Heartbeater:
         self._thread = None
 
     def beat_now(self) -> None:
-        """One round of heartbeats (the thread calls it every interval)."""
+        """One round of heartbeats (the thread calls it every interval), the worker's own
+        row's first."""
         beats = sorted(self.runs())
-        if not beats:
-            return
         try:
+            if self._beat_presence() and not beats:
+                self.outage.recovered()
+            if not beats:
+                return
             alive = self._beat(beats)
         except psycopg.Error as exc:
             self.outage.failed(exc)
@@ -166,11 +188,42 @@ class Heartbeater:
                 extra={"job_ids": sorted(str(job_id) for job_id, _ in gone)},
             )
 
-    def _beat(self, beats: list[Run]) -> set[Run]:
+    def _beat_presence(self, *, gone: bool = False) -> bool:
+        """Beat (or, `gone`, delete) the worker's row; True when it did. A statement the
+        database refuses (a schema not yet migrated) is logged once and never stops the
+        jobs' beats."""
+        presence = self._presence
+        if presence is None or presence.broken:
+            return False
+        store = self._store
+
+        def plan() -> Plan[None]:
+            if gone:
+                yield from store.worker_gone(presence.worker.id)
+                return
+            with self._lock:
+                stopping = self._shutting_down
+            yield from store.worker_beat(presence.worker, presence.queues, presence.ttl, stopping)
+            if not presence.declared:
+                yield from store.declare_queues(presence.queues)
+                presence.declared = True
+
+        try:
+            self._on_connection(plan)
+        except psycopg.OperationalError:
+            raise
+        except psycopg.Error as exc:
+            presence.broken = True
+            log.warning("the worker's row cannot be written (%s); is the schema migrated?", exc)
+            return False
+        return True
+
+    def _on_connection(self, plan: Callable[[], Plan[T]]) -> T:
+        """Run a plan on the thread's connection, opened (again) when it has none."""
         conn = self._conn
         if conn is not None and not conn.closed:
             try:
-                return run_sync(conn, self._store.heartbeat(beats))
+                return run_sync(conn, plan())
             except psycopg.OperationalError:
                 if not conn.closed:
                     raise  # the statement failed, not the connection
@@ -178,17 +231,26 @@ class Heartbeater:
                 # fresh try now rather than a missed beat, which brings a job closer to stalled.
                 self._close()
         self._conn = self._connect()
-        return run_sync(self._conn, self._store.heartbeat(beats))
+        return run_sync(self._conn, plan())
+
+    def _beat(self, beats: list[Run]) -> set[Run]:
+        return self._on_connection(lambda: self._store.heartbeat(beats))
 
     def _run(self) -> None:
         try:
+            self._round()  # the worker's row at once: operators see it start
             while not self._stopping.wait(self._interval):
-                try:
-                    self.beat_now()
-                except Exception:  # supervised like the services: a bug must not end the beats
-                    log.exception("heartbeat: a round failed unexpectedly; beating on")
-                    self._close()
+                self._round()
+            with contextlib.suppress(psycopg.Error):
+                self._beat_presence(gone=True)
         finally:
+            self._close()
+
+    def _round(self) -> None:
+        try:
+            self.beat_now()
+        except Exception:  # supervised like the services: a bug must not end the beats
+            log.exception("heartbeat: a round failed unexpectedly; beating on")
             self._close()
 
     def _close(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -83,8 +84,10 @@ class Poller(Service):
         config: QueueConfig,
         *,
         health: DatabaseHealth | None = None,
+        worker_id: uuid.UUID | None = None,
     ) -> None:
         super().__init__(health, max_retry_delay=config.empty_poll_sleep)
+        self._worker_id = worker_id
         self._pool = pool
         self._store = store
         self._registry = registry
@@ -131,7 +134,9 @@ class Poller(Service):
             self.claiming = True
             try:
                 async with borrow(self._pool) as conn:
-                    jobs = await run(conn, self._store.claim(queues, limits, total))
+                    jobs = await run(
+                        conn, self._store.claim(queues, limits, total, self._worker_id)
+                    )
             except psycopg.OperationalError as exc:
                 self.claiming = False
                 await self.back_off(exc)

@@ -19,13 +19,14 @@ from psycopg_pool import AsyncConnectionPool
 from simplequeue.config import QueueConfig
 from simplequeue.connections import borrow, dedicated_settings
 from simplequeue.drivers import run
+from simplequeue.fleet import WorkerIdentity
 from simplequeue.job import Job
 from simplequeue.maintenance import janitor_enabled, warn_no_janitor
 from simplequeue.maintenance.janitor import Janitor
 from simplequeue.maintenance.reaper import Reaper
 from simplequeue.registry import QueueRegistry
 from simplequeue.runtime.executor import Executor
-from simplequeue.runtime.heartbeat import Heartbeater
+from simplequeue.runtime.heartbeat import Heartbeater, Presence
 from simplequeue.runtime.listener import Listener
 from simplequeue.runtime.outage import DatabaseHealth
 from simplequeue.runtime.poller import PROMOTE_BATCH, Poller
@@ -59,15 +60,18 @@ class Runtime:
         store: Store,
         registry: QueueRegistry,
         config: QueueConfig,
+        worker: WorkerIdentity,
     ) -> None:
+        self.worker = worker
         self._config = config
         self._pool = pool
         self._store = store
         self._registry = registry
         self.health = DatabaseHealth()
         health = self.health
-        beat_conninfo, beat_settings = dedicated_settings(pool, "heartbeat")
-        listen_conninfo, listen_settings = dedicated_settings(pool, "listener")
+        name = worker.application_name
+        beat_conninfo, beat_settings = dedicated_settings(pool, "beat", name)
+        listen_conninfo, listen_settings = dedicated_settings(pool, "listen", name)
 
         def connect_sync() -> psycopg.Connection[Any]:
             return psycopg.Connection.connect(beat_conninfo, **beat_settings)
@@ -75,7 +79,10 @@ class Runtime:
         async def connect_async() -> psycopg.AsyncConnection[Any]:
             return await psycopg.AsyncConnection.connect(listen_conninfo, **listen_settings)
 
-        self.heartbeats = Heartbeater(connect_sync, store, config.heartbeat_interval, health=health)
+        presence = Presence(worker, sorted(registry.handlers), config.stall_after)
+        self.heartbeats = Heartbeater(
+            connect_sync, store, config.heartbeat_interval, health=health, presence=presence
+        )
         self.results = ResultWriter(
             pool,
             store,
@@ -101,7 +108,9 @@ class Runtime:
             max_reprocess=config.max_reprocess_count,
             threads=config.global_permits,
         )
-        self.poller = Poller(pool, store, registry, self.executor, config, health=health)
+        self.poller = Poller(
+            pool, store, registry, self.executor, config, health=health, worker_id=worker.id
+        )
         self.listener = (
             Listener(connect_async, store, self.poller.wake, health=health)
             if config.use_notify

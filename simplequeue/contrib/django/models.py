@@ -14,7 +14,7 @@ from simplequeue.contrib.django.conf import database, schema
 __all__ = ["ArchivedJob", "DeadJob", "Job"]
 
 _FIELDS: dict[str, Any] = {
-    "uuid": lambda: models.UUIDField(primary_key=True),
+    "uuid": lambda: models.UUIDField(null=True),
     "text": lambda: models.TextField(null=True),
     "jsonb": lambda: models.JSONField(),
     "int": lambda: models.IntegerField(),
@@ -33,7 +33,11 @@ TABLES = (
 
 def fields(live: bool) -> list[tuple[str, Any]]:
     """A table's columns as model fields (the archive and the DLQ lack the live-only ones)."""
-    return [(c.name, _FIELDS[c.sql_type]()) for c in JOB_ROW if live or not c.live_only]
+    return [
+        (c.name, models.UUIDField(primary_key=True) if c.name == "id" else _FIELDS[c.sql_type]())
+        for c in JOB_ROW
+        if live or not c.live_only
+    ]
 
 
 def options(table: str, plural: str) -> dict[str, Any]:

@@ -4,19 +4,11 @@ one migrate runs on (the test database, under `manage.py test`)."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from django.db import migrations
 
-
-def apply(apps: Any, schema_editor: Any) -> None:
-    from simplequeue.contrib.django.conf import conninfo, database, schema
-    from simplequeue.migrate import setup
-
-    if schema_editor.connection.alias == database():
-        target = conninfo(schema_editor.connection.settings_dict)
-        asyncio.run(setup(target, schema=schema()))
+from simplequeue.contrib.django.migrations import apply
 
 
 class Migration(migrations.Migration):

@@ -1,0 +1,52 @@
+-- What operators see and steer: queues and workers as rows, who ran each attempt, and why
+-- each attempt failed.
+
+-- 1. Queues are rows. Workers declare the queues they handle when they start, and an
+--    operator's pause declares its queue too; an insert into a queue nobody declared is
+--    most likely a typo, which producers warn about (or refuse, with strict_queues).
+--    A paused queue is skipped by every claim of every worker until it is resumed (or
+--    until paused_until, when given); jobs already running finish.
+CREATE TABLE queues (
+    name         text        PRIMARY KEY CHECK (name <> ''),
+    paused_at    timestamptz,
+    paused_until timestamptz,
+    paused_by    text,
+    pause_reason text,
+    first_seen   timestamptz NOT NULL DEFAULT now(),
+    last_seen    timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT queues_pause_whole CHECK (
+        paused_at IS NOT NULL
+        OR (paused_until IS NULL AND paused_by IS NULL AND pause_reason IS NULL))
+);
+
+-- Every queue that already holds jobs was in use: declared.
+INSERT INTO queues (name)
+    SELECT queue FROM jobs UNION SELECT queue FROM dlq
+    ON CONFLICT DO NOTHING;
+
+-- 2. Workers are rows: one per started queue of a process (its id is new at every boot),
+--    beaten from the heartbeat thread, deleted when it stops; a worker that died is shown
+--    as gone once expires_at has passed, and forgotten by the reaper an hour later.
+CREATE TABLE workers (
+    id           uuid        PRIMARY KEY,
+    host         text        NOT NULL,
+    pid          integer     NOT NULL,
+    version      text        NOT NULL,
+    queues       text[]      NOT NULL,
+    started_at   timestamptz NOT NULL DEFAULT now(),
+    heartbeat_at timestamptz NOT NULL DEFAULT now(),
+    expires_at   timestamptz NOT NULL,
+    stopping_at  timestamptz
+);
+
+-- 3. The worker that claimed a job's current attempt, and every failed attempt's error
+--    (attempt, time, error, worker): the last error alone does not say why attempts 1 and
+--    2 failed. Both go with the job to the archive and the DLQ.
+ALTER TABLE jobs ADD COLUMN worker_id uuid, ADD COLUMN errors jsonb NOT NULL DEFAULT '[]';
+ALTER TABLE archive ADD COLUMN worker_id uuid, ADD COLUMN errors jsonb NOT NULL DEFAULT '[]';
+ALTER TABLE dlq ADD COLUMN worker_id uuid, ADD COLUMN errors jsonb NOT NULL DEFAULT '[]';
+
+-- The running rows, now keyed by their worker (workers list, jobs list --worker): still the
+-- reaper's way to every running row, and still one index entry per claim.
+DROP INDEX jobs_running;
+CREATE INDEX jobs_running ON jobs (worker_id) WHERE status = 'running';
