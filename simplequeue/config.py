@@ -89,17 +89,21 @@ class QueueConfig(BaseModel):
     schema_name: str = Field("simplequeue", alias="schema")
     global_permits: int = Field(500, ge=1, description="jobs running at once in this process")
     queue_permits: int = Field(100, ge=1, description="default jobs at once per queue")
-    heartbeat_interval: Seconds = Field(5.0, gt=0)
+    heartbeat_interval: Seconds = Field(5.0, gt=0, description="seconds between heartbeats")
     stall_factor: float = Field(
         2.5, gt=1, le=1000, description="stalled after this many silent intervals"
     )
     backoff: Any = Field(default_factory=lambda: Linear(5.0))
     empty_poll_sleep: Seconds = Field(1.0, gt=0, description="fallback poll when idle")
-    max_reprocess_count: int = Field(100, ge=1)
-    janitor_interval: Seconds = Field(60.0, gt=0)
+    max_reprocess_count: int = Field(
+        100, ge=1, description="stalls and reschedules after which a job is poison (bad_job)"
+    )
+    janitor_interval: Seconds = Field(60.0, gt=0, description="seconds between janitor sweeps")
     janitor_schedule: str | None = Field(None, description="cron expression; overrides interval")
-    janitor_batch_size: int = Field(1000, ge=1)
-    archive_retention: Seconds = Field(7 * 86400.0, gt=0)
+    janitor_batch_size: int = Field(1000, ge=1, description="rows a janitor step moves at once")
+    archive_retention: Seconds = Field(
+        7 * 86400.0, gt=0, description="seconds archived jobs are kept"
+    )
     reaper_interval: Seconds | None = Field(None, gt=0, description="default: heartbeat_interval")
     use_notify: bool = Field(True, description="wake on LISTEN/NOTIFY; off behind PgBouncer")
     strict_queues: bool = Field(
@@ -107,11 +111,13 @@ class QueueConfig(BaseModel):
         description="refuse inserts into a queue no worker and no operator declared "
         "(otherwise: a warning, once per queue and process)",
     )
-    result_batch_size: int = Field(200, ge=1)
-    result_flush_interval: Seconds = Field(0.002, ge=0)
-    max_payload_bytes: int = Field(1024 * 1024, ge=1)
+    result_batch_size: int = Field(200, ge=1, description="results written in one statement")
+    result_flush_interval: Seconds = Field(
+        0.002, ge=0, description="seconds a result waits for others to share its write"
+    )
+    max_payload_bytes: int = Field(1024 * 1024, ge=1, description="largest job data, encoded")
     pool_min_size: int = Field(2, ge=1, description="for from_url(): the pool it owns")
-    pool_max_size: int = Field(10, ge=1)
+    pool_max_size: int = Field(10, ge=1, description="for from_url(): the pool it owns")
 
     # ConfigError is a ValueError: pydantic collects it with the other problems.
     @field_validator("schema_name")

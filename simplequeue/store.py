@@ -546,7 +546,7 @@ class Store:
         result = yield Run(statement, {"queue": queue, "limit": limit, "statuses": statuses})
         return [Job.from_row(row) for row in result.rows]
 
-    def requeue_dead(self, job_id: uuid.UUID) -> Plan[bool]:
+    def requeue_dead(self, job_id: uuid.UUID, *, wake: bool = True) -> Plan[bool]:
         """A dead job (in the DLQ or not yet moved there) back to pending with fresh attempts.
 
         Runs in one transaction (the driver's). False when no such dead job exists, or when
@@ -561,6 +561,8 @@ class Store:
                 raise
             return False
         if result.rowcount:
+            if wake:
+                yield from self.wake_workers()
             return True
         result = yield Run(self._in_dlq, [job_id])
         if not result.rows:
@@ -569,6 +571,8 @@ class Store:
         if not result.rowcount:
             return False
         yield Run(self._delete_from_dlq, [job_id])
+        if wake:
+            yield from self.wake_workers()
         return True
 
     def counts(self) -> Plan[dict[str, int]]:
@@ -599,7 +603,10 @@ class Store:
     def run_now(self, job_id: uuid.UUID) -> Plan[bool]:
         """A pending job due later (or waiting out a backoff) is due now."""
         result = yield Run(self._run_now, [job_id])
-        return result.rowcount == 1
+        if result.rowcount != 1:
+            return False
+        yield from self.wake_workers()
+        return True
 
     def dead_filter(
         self, queue: str | None, statuses: list[str] | None, before: datetime | None
@@ -620,8 +627,14 @@ class Store:
         done = result.rowcount
         result = yield Run(self._dead_live_ids, {**filters, "limit": max(limit - done, 0)})
         for (job_id,) in result.rows:
-            done += bool((yield from self.requeue_dead(job_id)))
+            done += bool((yield from self.requeue_dead(job_id, wake=False)))
+        if done:
+            yield from self.wake_workers()
         return done
+
+    def wake_workers(self) -> Plan[None]:
+        """Wake every idle worker of the schema (delivered at commit): jobs became due."""
+        yield Run(self._notify, [self.channel, ""])
 
     def purge_dead(self, filters: dict[str, Any], limit: int) -> Plan[int]:
         """Delete up to `limit` dead jobs that match, from the DLQ and the jobs table."""
