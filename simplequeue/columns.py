@@ -79,7 +79,7 @@ JOB_ROW: tuple[Column, ...] = (
     Column("last_error", "text", "last_error"),
     Column("timeout_seconds", "float8", "timeout", insert_from="timeout"),
     Column("heartbeat_at", "timestamptz"),
-    # The worker that claimed the current attempt, and each failed attempt's error.
+    # The worker that claimed the latest attempt, and each failed attempt's error.
     Column("worker_id", "uuid", "worker_id"),
     Column("errors", "jsonb", "errors", read_as="{c}::text"),
     # Due later: out of the claim's way until a poller promotes it.

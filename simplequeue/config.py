@@ -38,6 +38,12 @@ def notify_channel(schema: str) -> str:
     return f"{schema}.jobs"
 
 
+def events_channel(schema: str) -> str:
+    """The LISTEN/NOTIFY channel of a schema's job transitions (the HTTP API's live
+    events): no longer than notify_channel's, which bounds the schema name."""
+    return f"{schema}.ev"
+
+
 MAX_SCHEMA_NAME = IDENTIFIER_MAX_BYTES - len(notify_channel(""))
 """A longer schema name would make the NOTIFY channel too long for an identifier."""
 

@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Generic
 
 from typing_extensions import TypeVar
@@ -121,15 +121,23 @@ class AttemptError:
     worker_id: uuid.UUID | None = None
 
     @classmethod
-    def from_json(cls, value: dict[str, Any]) -> AttemptError:
-        worker = value.get("worker_id")
-        return cls(
-            attempt=int(value.get("attempt", 0)),
-            at=datetime.fromisoformat(value["at"]),
-            error=str(value.get("error", "")),
-            status=str(value.get("status", "")),
-            worker_id=uuid.UUID(worker) if worker else None,
-        )
+    def from_json(cls, value: object) -> AttemptError | None:
+        """One entry as stored; None for one this library did not write (a row changed by
+        hand): unreadable history must never stop a job from being read or claimed."""
+        if not isinstance(value, dict):
+            return None
+        try:
+            worker = value.get("worker_id")
+            at = datetime.fromisoformat(str(value["at"]))
+            return cls(
+                attempt=int(value.get("attempt", 0)),
+                at=at if at.tzinfo else at.replace(tzinfo=UTC),
+                error=str(value.get("error", "")),
+                status=str(value.get("status", "")),
+                worker_id=uuid.UUID(str(worker)) if worker else None,
+            )
+        except (KeyError, TypeError, ValueError, OverflowError):
+            return None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -147,10 +155,17 @@ poison job must not grow its row without bound."""
 
 
 def _attempt_errors(value: Any) -> tuple[AttemptError, ...]:
-    """The errors column as read: JSON text (claims, asyncpg) or a decoded list."""
+    """The errors column as read: JSON text (claims, asyncpg) or decoded by the driver;
+    what is not a list of entries this library wrote is left out."""
     if isinstance(value, str | bytes):
-        value = json.loads(value)
-    return tuple(AttemptError.from_json(item) for item in value or ())
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return ()
+    if not isinstance(value, list):
+        return ()
+    found = (AttemptError.from_json(item) for item in value)
+    return tuple(error for error in found if error is not None)
 
 
 _READ_ATTRIBUTES = tuple(c.attribute for c in READ if c.attribute)

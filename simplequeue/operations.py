@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
 from simplequeue.config import QueueConfig
@@ -265,6 +265,11 @@ class Operations:
         check_key("queue", name, required=True, error=InvalidArgumentError)
         if until is not None:
             check_time("until", until, error=InvalidArgumentError)
+            if until <= datetime.now(UTC):
+                raise InvalidArgumentError(
+                    f"until is not in the future ({until.isoformat()}): the pause would end "
+                    "at once (and end a pause under way)"
+                )
         check_text("by", by)
         check_text("reason", reason)
         return self.store.pause_queue(name, until, by, reason)
@@ -277,8 +282,12 @@ class Operations:
         names = list(names) if not isinstance(names, str) else [names]
         for name in names:
             check_key("queue", name, required=True, error=InvalidArgumentError)
-        self._declared.update(names)
-        return self.store.declare_queues(names)
+
+        def plan() -> Plan[None]:
+            yield from self.store.declare_queues(names)
+            self._declared.update(names)  # once the database has them
+
+        return plan()
 
     def list_queues(self) -> Plan[list[QueueInfo]]:
         return self.store.list_queues()
@@ -328,6 +337,10 @@ def check_text(name: str, value: object, most: int = 1000) -> None:
         raise InvalidArgumentError(
             f"{name} must be a text of at most {most} characters without NUL, got {value!r:.80}"
         )
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidArgumentError(f"{name} is not valid unicode: {exc}") from None
 
 
 def _then(plan: Plan[T], after: Callable[[T], U]) -> Plan[U]:

@@ -21,9 +21,15 @@ _STATUS_IN = "(%(statuses)s::text[] IS NULL OR status = ANY(%(statuses)s))"
 # (jobs_unique_key_live), or its own id already stored by an earlier try of the same insert.
 # A job due later is `scheduled`: out of the claim's way until a poller promotes it.
 # (Column lists, casts and the `scheduled` rule come from `columns.JOB_ROW`.)
-INSERT = "INSERT INTO {s}.jobs " + columns.insert_select() + " ON CONFLICT DO NOTHING RETURNING id"
+INSERT = (
+    "INSERT INTO {s}.jobs "
+    + columns.insert_select()
+    + " ON CONFLICT DO NOTHING RETURNING id, queue"
+)
 INSERT_ONE = (
-    "INSERT INTO {s}.jobs " + columns.insert_values() + " ON CONFLICT DO NOTHING RETURNING id"
+    "INSERT INTO {s}.jobs "
+    + columns.insert_values()
+    + " ON CONFLICT DO NOTHING RETURNING id, queue"
 )
 
 
@@ -38,14 +44,51 @@ CAN_READ_FINISHED = (
 )
 
 
-def notifying(insert: str, notify: str) -> str:
-    """The insert, plus one NOTIFY naming the queues: the uncorrelated sub-select runs once
-    (an InitPlan), and only if a row was inserted."""
-    return f"WITH inserted AS ({insert}) SELECT id, (SELECT {notify}) FROM inserted"
+EVENTS_PER_NOTIFY = 40
+"""Events one NOTIFY carries: 40 lines of at most about 190 bytes stay well within
+PostgreSQL's 8000-byte payload."""
+
+EVENT_KIND = (
+    "CASE {status} WHEN 'pending' THEN 'retried' WHEN 'running' THEN 'started' "
+    "WHEN 'completed' THEN 'completed' WHEN 'failed' THEN 'failed' "
+    "WHEN 'cancelled' THEN 'cancelled' ELSE 'dead' END"
+)
+"""A job's new status as the event the HTTP API streams: a pending job after an attempt
+was retried, a running one started; critical_failure, unprocessable and bad_job are dead."""
 
 
-INSERT_NOTIFY = notifying(INSERT, "pg_notify(%s, %s)")
-INSERT_ONE_NOTIFY = notifying(INSERT_ONE, "pg_notify(%(channel)s, %(queues)s)")
+def publishing(change: str, kind: str, also: str = "") -> str:
+    """The change (a data-modifying statement RETURNING at least `id` and `queue`), plus one
+    NOTIFY on the events channel per EVENTS_PER_NOTIFY changed rows, delivered at commit:
+    a JSON array [kind, id, queue] per line (queue null when longer than 120 bytes). The
+    rows come back as the change returned them, then `also`'s columns, then one more.
+    Uncorrelated sub-selects run once (InitPlans), and only when a row changed."""
+    return (
+        f"WITH changed AS ({change}) "
+        f"SELECT changed.*{also}, (SELECT count(*) FROM (SELECT pg_notify({{events}}, "
+        f"string_agg(json_build_array({kind}, id, "
+        "CASE WHEN octet_length(queue) <= 120 THEN queue END)::text, E'\\n')) "
+        "FROM (SELECT *, (row_number() OVER () - 1) / "
+        f"{EVENTS_PER_NOTIFY} AS chunk FROM changed) AS numbered GROUP BY chunk) AS sent) "
+        "FROM changed"
+    )
+
+
+# After a COPY (which cannot notify): the insert's NOTIFY and its events, from the ids and
+# queues of the jobs it wrote.
+NOTIFY_COPIED = publishing(
+    "SELECT * FROM unnest(%s::uuid[], %s::text[]) AS copied(id, queue)",
+    "'inserted'",
+    also=", (SELECT pg_notify(%s, %s))",
+)
+
+# Inserts with notifications: one NOTIFY naming the queues, on the channel that wakes
+# workers, and the events of the HTTP API.
+INSERT_NOTIFY = publishing(INSERT, "'inserted'", also=", (SELECT pg_notify(%s, %s))")
+INSERT_ONE_NOTIFY = publishing(
+    INSERT_ONE, "'inserted'", also=", (SELECT pg_notify(%(channel)s, %(queues)s))"
+)
+
 
 # COPY writes values as they are: no COALESCE with now(), no comparison with it. A job
 # without run_at leaves run_at and scheduled to their defaults (now, false); one with a
@@ -79,7 +122,8 @@ def with_error(error: str, status: str, *, nullable: bool = True) -> str:
     NULL): its attempt, time, text, outcome and worker, the oldest dropped past the most
     a job keeps."""
     appended = (
-        f"(CASE WHEN jsonb_array_length(j.errors) >= {MAX_ATTEMPT_ERRORS} "
+        "(CASE WHEN jsonb_typeof(j.errors) <> 'array' THEN '[]'::jsonb "
+        f"WHEN jsonb_array_length(j.errors) >= {MAX_ATTEMPT_ERRORS} "
         "THEN j.errors - 0 ELSE j.errors END) || jsonb_build_array(jsonb_build_object("
         f"'attempt', j.attempt, 'at', now(), 'error', {error}, 'status', {status}, "
         "'worker_id', j.worker_id))"
@@ -139,6 +183,7 @@ WHERE jobs.id = candidates.id
 RETURNING """
     + columns.read_list("jobs.", claimed=True)
 )
+CLAIM = publishing(CLAIM, "'started'")
 
 # Result writes lock their rows in a sub-select that skips rows another transaction holds
 # (a heartbeat, a cancel, a user's long transaction): the writer never waits, so one held
@@ -157,8 +202,9 @@ FROM (
     FOR UPDATE OF jobs SKIP LOCKED
 ) AS locked
 WHERE j.id = locked.id
-RETURNING j.id
+RETURNING j.id, j.queue
 """
+COMPLETE = publishing(COMPLETE, "'completed'")
 
 WRITE_OUTCOMES = (
     """
@@ -188,9 +234,10 @@ FROM (
     FOR UPDATE OF jobs SKIP LOCKED
 ) AS r
 WHERE j.id = r.id
-RETURNING j.id
+RETURNING j.id, j.queue, j.status
 """
 )
+WRITE_OUTCOMES = publishing(WRITE_OUTCOMES, EVENT_KIND.format(status="status"))
 
 # SKIP LOCKED: a row held by another transaction (a result write, a cancel, a user's long
 # transaction) must not block the beats of all the others; it is beaten next interval.
@@ -255,9 +302,10 @@ FROM (
     FOR UPDATE SKIP LOCKED
 ) AS stalled
 WHERE j.id = stalled.id
-RETURNING j.id, j.status
+RETURNING j.id, j.status, j.queue
 """
 )
+REAP_STALLED = publishing(REAP_STALLED, EVENT_KIND.format(status="status"))
 
 STALLED_IDS = """
 SELECT id FROM {s}.jobs
@@ -277,8 +325,9 @@ FROM (
     FOR UPDATE SKIP LOCKED
 ) AS exhausted
 WHERE j.id = exhausted.id
-RETURNING j.id
+RETURNING j.id, j.queue
 """
+FAIL_EXHAUSTED = publishing(FAIL_EXHAUSTED, "'failed'")
 
 EXHAUSTED_IDS = """
 SELECT id FROM {s}.jobs WHERE status = 'pending' AND attempt >= max_attempts ORDER BY id LIMIT %s
@@ -305,7 +354,9 @@ FROM (
     ORDER BY id FOR UPDATE
 ) AS locked
 WHERE j.id = locked.id AND j.status IN ('pending', 'running')
+RETURNING j.id, j.queue
 """
+CANCEL = publishing(CANCEL, "'cancelled'")
 
 RESCHEDULE = """
 UPDATE {s}.jobs SET run_at = %(run_at)s, scheduled = %(run_at)s > now(), updated_at = now()
@@ -426,7 +477,7 @@ RUN_NOW = (
 
 REQUEUE_DEAD_LIVE = (
     "UPDATE {s}.jobs SET status = 'pending', attempt = 0, reprocess_count = 0, run_at = now(), "
-    "completed_at = NULL, updated_at = now() "
+    "scheduled = false, completed_at = NULL, updated_at = now(), worker_id = NULL "
     "WHERE id = %s AND status IN " + _DEAD + " "
     "AND (unique_key IS NULL OR NOT EXISTS (SELECT 1 FROM {s}.jobs AS live "
     "     WHERE live.unique_key = jobs.unique_key AND live.status IN ('pending', 'running')))"
@@ -442,6 +493,7 @@ _REQUEUED = {
     "updated_at": "now()",
     "completed_at": None,
     "heartbeat_at": None,
+    "worker_id": None,
 }
 _REQUEUE_COLUMNS = [
     c.name for c in columns.JOB_ROW if not c.live_only and _REQUEUED.get(c.name, "") is not None
@@ -542,15 +594,21 @@ RETURNING """
 )
 
 # The NOTIFY wakes idle workers of the queue at once, not at their next poll.
-RESUME_QUEUE = """
-WITH resumed AS (
-    UPDATE {s}.queues
+RESUME_QUEUE = (
+    """
+WITH before AS (
+    SELECT name, """
+    + paused_now("")
+    + """ AS was FROM {s}.queues WHERE name = %s AND paused_at IS NOT NULL FOR UPDATE
+), resumed AS (
+    UPDATE {s}.queues AS q
     SET paused_at = NULL, paused_until = NULL, paused_by = NULL, pause_reason = NULL
-    WHERE name = %s AND paused_at IS NOT NULL
-    RETURNING name
+    FROM before WHERE q.name = before.name
+    RETURNING before.was
 )
-SELECT name, pg_notify(%s, name) FROM resumed
+SELECT was, CASE WHEN was THEN pg_notify(%s, %s) END FROM resumed
 """
+)
 
 LIST_QUEUES = (
     "SELECT "

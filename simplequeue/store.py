@@ -21,7 +21,7 @@ from psycopg import sql
 
 from simplequeue import columns
 from simplequeue import statements as q
-from simplequeue.config import notify_channel
+from simplequeue.config import events_channel, notify_channel
 from simplequeue.errors import JobNotFoundError
 from simplequeue.fleet import QueueInfo, WorkerIdentity, WorkerInfo
 from simplequeue.job import Job
@@ -145,6 +145,9 @@ the statements it yields and sends back their results, or throws their errors in
 UNIQUE_VIOLATION = "23505"
 INSUFFICIENT_PRIVILEGE = "42501"
 UNDEFINED_TABLE = "42P01"
+MISSING_SCHEMA_OBJECT = frozenset({UNDEFINED_TABLE, "42703", "3F000"})
+"""A table, column or schema the statement names is not there: the schema is older than
+this library, or not there at all."""
 
 
 def sqlstate(exc: BaseException) -> str | None:
@@ -162,10 +165,16 @@ def _ids(rows: Iterable[tuple[Any, ...]]) -> set[uuid.UUID]:
     return {r[0] if isinstance(r[0], uuid.UUID) else uuid.UUID(str(r[0])) for r in rows}
 
 
+_READ_WIDTH = len(columns.READ)
+"""The columns `Job.from_row` reads: a claim returns one more (its events' NOTIFY)."""
+
+
 def _q(template: str, schema: str, **constants: Any) -> str:
     """The statement for this schema, rendered once: psycopg would otherwise turn a
     Composed into text again at every execute, on the hot path. `constants` are the
     library's own values, rendered as literals."""
+    if "{events}" in template:
+        constants.setdefault("events", events_channel(schema))
     literals = {name: sql.Literal(value) for name, value in constants.items()}
     return sql.SQL(template).format(s=sql.Identifier(schema), **literals).as_string(None)
 
@@ -190,6 +199,7 @@ class Store:
         self._copy = _q(q.COPY, schema)
         self._copy_run_at = _q(q.COPY_RUN_AT, schema)
         self._notify = q.NOTIFY
+        self._notify_copied = _q(q.NOTIFY_COPIED, schema)
         self._claim = _q(q.CLAIM, schema)
         self._write_outcomes = _q(q.WRITE_OUTCOMES, schema, latest=LATEST_TIME)
         self._complete = _q(q.COMPLETE, schema)
@@ -204,7 +214,7 @@ class Store:
         self._get_live_job_by_key = _q(q.GET_LIVE_JOB_BY_KEY, schema)
         self._get_finished_job = _q(q.GET_FINISHED_JOB, schema)
         self._cancel_by = {
-            column: _q(q.CANCEL.format(column=column, s="{s}"), schema)
+            column: _q(q.CANCEL.format(column=column, s="{s}", events="{events}"), schema)
             for column in ("id", "unique_key", "fingerprint")
         }
         self._reschedule = _q(q.RESCHEDULE, schema)
@@ -241,6 +251,9 @@ class Store:
         self._purge_dead_live = _q(q.PURGE_DEAD_LIVE, schema)
         self._purge_dlq = _q(q.PURGE_DLQ, schema)
         self._listen = sql.SQL(q.LISTEN).format(sql.Identifier(self.channel)).as_string(None)
+        self._listen_events = (
+            sql.SQL(q.LISTEN).format(sql.Identifier(events_channel(schema))).as_string(None)
+        )
 
     def statements(self) -> dict[str, str]:
         """Every statement of this schema, by name, as it is sent: to EXPLAIN one, or to
@@ -336,7 +349,11 @@ class Store:
         parts = tuple(
             (st, rows) for st, rows in ((self._copy, untimed), (self._copy_run_at, timed)) if rows
         )
-        then = Run(self._notify, [self.channel, notify_payload({j.queue for j in jobs})])
+        copied = [[j.id for j in jobs], [j.queue for j in jobs]]
+        then = Run(
+            self._notify_copied,
+            [*copied, self.channel, notify_payload({j.queue for j in jobs})],
+        )
         return Copy(parts, then if notify else None)
 
     # -- the worker's hot path -------------------------------------------------------
@@ -356,7 +373,7 @@ class Store:
         """
         params = {"queues": list(queues), "limits": list(limits), "total": total, "worker": worker}
         result = yield Run(self._claim, params)
-        return [Job.from_row(row, encoded=True) for row in result.rows]
+        return [Job.from_row(row[:_READ_WIDTH], encoded=True) for row in result.rows]
 
     def promote_due(self, queues: Sequence[str], limit: int) -> Plan[int]:
         """Make up to `limit` scheduled jobs of `queues` that have come due claimable."""
@@ -673,8 +690,8 @@ class Store:
 
     def resume_queue(self, name: str) -> Plan[bool]:
         """Lift the queue's pause and wake its idle workers; False when it was not paused."""
-        result = yield Run(self._resume_queue, [name, self.channel])
-        return bool(result.rows)
+        result = yield Run(self._resume_queue, [name, self.channel, notify_payload({name})])
+        return bool(result.rows and result.rows[0][0])
 
     def list_queues(self) -> Plan[list[QueueInfo]]:
         result = yield Run(self._list_queues)
@@ -708,11 +725,12 @@ class Store:
         return [WorkerInfo.from_row(row) for row in result.rows]
 
     def listen(self) -> Plan[None]:
+        """LISTEN for inserts (what wakes workers)."""
         yield Run(self._listen)
 
-    def probe(self) -> Plan[None]:
-        """One round trip: fails on a connection whose peer is gone."""
-        yield Run(q.PROBE)
+    def listen_events(self) -> Plan[None]:
+        """LISTEN for job transitions (what the HTTP API streams)."""
+        yield Run(self._listen_events)
 
 
 def notify_payload(queues: set[str]) -> str:

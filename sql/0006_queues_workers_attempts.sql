@@ -42,7 +42,10 @@ CREATE TABLE workers (
 -- 3. The worker that claimed a job's current attempt, and every failed attempt's error
 --    (attempt, time, error, worker): the last error alone does not say why attempts 1 and
 --    2 failed. Both go with the job to the archive and the DLQ.
-ALTER TABLE jobs ADD COLUMN worker_id uuid, ADD COLUMN errors jsonb NOT NULL DEFAULT '[]';
+--    An array always (as 0005's checks, against rows written by hand): every result write
+--    appends to it.
+ALTER TABLE jobs ADD COLUMN worker_id uuid, ADD COLUMN errors jsonb NOT NULL DEFAULT '[]'
+    CONSTRAINT jobs_errors_array CHECK (jsonb_typeof(errors) = 'array');
 ALTER TABLE archive ADD COLUMN worker_id uuid, ADD COLUMN errors jsonb NOT NULL DEFAULT '[]';
 ALTER TABLE dlq ADD COLUMN worker_id uuid, ADD COLUMN errors jsonb NOT NULL DEFAULT '[]';
 

@@ -145,8 +145,8 @@ def test_bulk_purge_asks_first_and_a_no_changes_nothing(
     monkeypatch.setattr("sys.stdin", __import__("io").StringIO("y\n"))
     code, out, _ = sq_cli("dlq", "purge", "--queue", "q", "--status", "cancelled")
     assert code == 0 and "purged 3 dead job(s)" in out and count(dsn) == 0
-    code, out, _ = sq_cli("dlq", "purge", "--yes")
-    assert code == 0 and "no dead job matches" in out
+    code, _, err = sq_cli("dlq", "purge", "--yes")
+    assert code == 1 and "no dead job matches" in err
 
 
 def test_one_dead_job_requeued_and_purged_by_id(dsn: str, ops: sq.SyncQueue, sq_cli: Run) -> None:
@@ -177,6 +177,10 @@ def test_one_dead_job_requeued_and_purged_by_id(dsn: str, ops: sq.SyncQueue, sq_
         (("dlq", "purge", "--older-than", "soon", "--yes"), "neither an ISO 8601"),
         (("queues", "pause", ""), "queue must be a non-empty string"),
         (("queues", "pause", "q", "--until", "later"), "neither an ISO 8601"),
+        (("queues", "pause", "q", "--until", "2000-01-01"), "not in the future"),
+        (("jobs", "list", "--since", "99999999d"), "further than a calendar goes"),
+        (("jobs", "list", "--since", "9999999999d"), "further than a calendar goes"),
+        (("jobs", "reschedule", str(uuid.UUID(int=1)), "99999999d"), "further than"),
         (("queues", "resume", "never"), "is not paused"),
         (("stats", "--window", "0"), "window"),
         (("nonsense",), "No such command"),
@@ -211,6 +215,19 @@ def test_an_unreachable_database_is_one_line(capsys: pytest.CaptureFixture[str])
     assert code == 1
     err = capsys.readouterr().err
     assert err.startswith("simplequeue: ") and len(err.strip().splitlines()) == 1
+
+
+def test_control_characters_are_shown_escaped(dsn: str, ops: sq.SyncQueue, sq_cli: Run) -> None:
+    name = "esc\x1b[31mRED\x1b[0m\nfake row\x9b"
+    job_id = ops.insert_job(sq.Job(name, {"x": "\x1b[2J\x9b"}))
+    ops.pause_queue(name, reason="\x1b]0;pwned\x07")
+    for args in (("queues", "list"), ("stats",), ("jobs", "list"), ("jobs", "show", str(job_id))):
+        code, out, err = sq_cli(*args)
+        assert code == 0, err
+        assert "\x1b" not in out and "\x9b" not in out and "\x07" not in out, args
+        assert "\\x1b[31mRED" in out and "\\nfake row" in out, args
+    code, out, _ = sq_cli("jobs", "show", str(job_id), "--json")
+    assert code == 0 and "\x9b" not in out and json.loads(out)["data"] == {"x": "\x1b[2J\x9b"}
 
 
 def test_hostile_data_is_shown_as_text(dsn: str, ops: sq.SyncQueue, sq_cli: Run) -> None:

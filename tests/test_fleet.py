@@ -94,13 +94,14 @@ async def test_a_pause_with_an_end_ends_by_itself(queue: sq.SimpleQueue) -> None
     assert listed.name == "work" and not listed.paused
 
 
-async def test_a_pause_in_the_past_does_not_pause(queue: sq.SimpleQueue) -> None:
-    info = await queue.pause_queue("work", until=datetime.now(UTC) - timedelta(seconds=1))
-    assert not info.paused
-    handler = Record()
-    queue.register_handler(handler)
-    await queue.insert_job(sq.Job("work", {}))
-    assert (await queue.drain(timeout=10)) == {"completed": 1}
+async def test_a_pause_that_would_end_at_once_is_refused(queue: sq.SimpleQueue, dsn: str) -> None:
+    await queue.pause_queue("work", reason="down")
+    with pytest.raises(sq.InvalidArgumentError, match="not in the future"):
+        await queue.pause_queue("work", until=datetime.now(UTC) - timedelta(seconds=1))
+    [info] = await queue.list_queues()
+    assert info.paused and info.pause_reason == "down"  # the pause under way is untouched
+    query(dsn, "UPDATE simplequeue.queues SET paused_until = now() - interval '1 second'")
+    assert await queue.resume_queue("work") is False  # it had ended by itself
 
 
 async def test_drain_leaves_a_paused_queue_alone(queue: sq.SimpleQueue) -> None:
@@ -419,3 +420,139 @@ def test_the_sync_facade_steers_queues_too(dsn: str) -> None:
         assert queue.purge_dlq(status=["cancelled"]) == 1
         assert queue.purge_dlq_job(job_id) is False
         assert [j.id for j in queue.list_jobs(fingerprint="none")] == []
+
+
+async def test_unreadable_attempt_history_never_stops_a_claim(
+    queue: sq.SimpleQueue, dsn: str
+) -> None:
+    handler = Record()
+    queue.register_handler(handler)
+    ids = await queue.insert_jobs([sq.Job("work", {}) for _ in range(3)])
+    for value in ("[1, 2]", '[{"at": "yesterday"}, {"x": 1}]', '["abc"]'):
+        query(dsn, "UPDATE simplequeue.jobs SET errors = %s::jsonb WHERE id = %s", [value, ids[1]])
+        job = await queue.get_job(ids[1])  # type: ignore[arg-type]
+        assert job is not None and job.errors == ()
+    with pytest.raises(psycopg.errors.CheckViolation):
+        query(dsn, "UPDATE simplequeue.jobs SET errors = '{\"x\": 1}' WHERE id = %s", [ids[1]])
+    assert (await queue.drain(timeout=10)) == {"completed": 3}
+    assert sorted(handler.ran) == sorted(ids)  # type: ignore[type-var]
+    [listed] = await queue.list_jobs(unique_key=None, limit=1, after=ids[0])
+    assert listed.id == ids[1]
+
+
+async def test_a_refused_worker_row_is_written_again_later(dsn: str) -> None:
+    query(
+        dsn,
+        "CREATE TABLE refuse (on_ boolean); INSERT INTO refuse VALUES (false);"
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        " IF (SELECT on_ FROM refuse) THEN RAISE EXCEPTION 'read-only for a while'; END IF;"
+        " RETURN NEW; END $$;"
+        "CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON simplequeue.workers"
+        " FOR EACH ROW EXECUTE FUNCTION refuse()",
+    )
+    async with sq.SimpleQueue.from_url(dsn, **FAST) as queue:
+        queue.register_handler(Record())
+        await queue.start()
+        await eventually(queue.list_workers)
+        query(dsn, "UPDATE refuse SET on_ = true")
+        await eventually(
+            lambda: (
+                not query(
+                    dsn,
+                    "SELECT 1 FROM simplequeue.workers"
+                    " WHERE heartbeat_at > now() - interval '0.5 s'",
+                )
+            )
+        )
+        query(dsn, "UPDATE refuse SET on_ = false")
+        await eventually(
+            lambda: query(
+                dsn,
+                "SELECT 1 FROM simplequeue.workers WHERE heartbeat_at > now() - interval '0.3 s'",
+            )
+        )
+        [worker] = await queue.list_workers()
+        assert worker.alive
+
+
+async def test_a_handler_registered_after_start_is_declared(queue: sq.SimpleQueue) -> None:
+    queue.register_handler(Record())
+    await queue.start()
+
+    class Late(sq.Handler):
+        QUEUE = "late"
+
+        async def process(self, queue: sq.SimpleQueue, job: sq.Job) -> None:
+            return None
+
+    queue.register_handler(Late())
+
+    async def declared() -> bool:
+        workers = await queue.list_workers()
+        names = {q.name for q in await queue.list_queues()}
+        return bool(workers) and workers[0].queues == ("late", "work") and "late" in names
+
+    for _ in range(100):
+        if await declared():
+            break
+        await asyncio.sleep(0.05)
+    assert await declared()
+
+
+async def test_a_failed_declare_leaves_the_queue_undeclared(dsn: str) -> None:
+    query(
+        dsn,
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        " RAISE EXCEPTION 'no'; END $$;"
+        "CREATE TRIGGER refuse BEFORE INSERT ON simplequeue.queues"
+        " FOR EACH ROW EXECUTE FUNCTION refuse()",
+    )
+    async with sq.SimpleQueue.from_url(dsn, strict_queues=True) as queue:
+        with pytest.raises(psycopg.Error):
+            await queue.declare_queues(["typo"])
+        with pytest.raises(sq.UnknownQueueError):
+            await queue.insert_job(sq.Job("typo", {}))
+    assert count(dsn) == 0
+
+
+async def test_a_retried_dead_job_that_was_scheduled_runs_at_once(dsn: str) -> None:
+    async with sq.SimpleQueue.from_url(dsn, **{**FAST, "empty_poll_sleep": 30}) as queue:
+        handler = Record()
+        queue.register_handler(handler)
+        job_id = await queue.insert_job(
+            sq.Job("work", {}, run_at=datetime.now(UTC) + timedelta(days=1))
+        )
+        await queue.cancel_job(job_id)  # type: ignore[arg-type]
+        await queue.start()
+        await queue.ready()
+        assert await queue.retry_job(job_id) is True  # type: ignore[arg-type]
+        await eventually(lambda: handler.ran == [job_id], timeout=3)
+
+
+async def test_resume_wakes_the_workers_of_a_queue_named_with_a_newline(dsn: str) -> None:
+    async with sq.SimpleQueue.from_url(dsn, **{**FAST, "empty_poll_sleep": 30}) as queue:
+        ran: list[uuid.UUID] = []
+
+        class Odd(sq.Handler):
+            QUEUE = "odd\nname"
+
+            async def process(self, queue: sq.SimpleQueue, job: sq.Job) -> None:
+                ran.append(job.id)
+
+        queue.register_handler(Odd())
+        await queue.pause_queue("odd\nname")
+        await queue.start()
+        await queue.ready()
+        job_id = await queue.insert_job(sq.Job("odd\nname", {}))
+        await asyncio.sleep(0.3)
+        assert ran == []
+        await queue.resume_queue("odd\nname")
+        await eventually(lambda: ran == [job_id], timeout=3)
+
+
+async def test_pause_refuses_texts_that_are_not_unicode(queue: sq.SimpleQueue, dsn: str) -> None:
+    with pytest.raises(sq.InvalidArgumentError, match="unicode"):
+        await queue.pause_queue("q", reason="\ud800")
+    with pytest.raises(sq.InvalidArgumentError, match="unicode"):
+        await queue.pause_queue("q", by="\udfff")
+    assert count(dsn, table="queues") == 0

@@ -17,12 +17,14 @@ from simplequeue.cli.common import cli
 from simplequeue.cli.operate import register as register_operator_commands
 from simplequeue.cli.run import load_target
 from simplequeue.cli.run import register as register_run_commands
+from simplequeue.cli.serve import register as register_serve
 from simplequeue.errors import SimpleQueueError
 
 __all__ = ["cli", "load_target", "main"]
 
 register_run_commands(cli)
 register_operator_commands(cli)
+register_serve(cli)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -106,8 +106,11 @@ def when(text: str, *, ahead: bool) -> datetime:
     duration (30s, 15m, 2h, 7d) from now, ahead (`ahead`) or back."""
     match = _DURATION.match(text)
     if match:
-        delta = timedelta(seconds=float(match[1]) * _UNIT[match[2]])
-        return datetime.now(UTC) + (delta if ahead else -delta)
+        try:
+            delta = timedelta(seconds=float(match[1]) * _UNIT[match[2]])
+            return datetime.now(UTC) + (delta if ahead else -delta)
+        except (OverflowError, ValueError):
+            raise click.BadParameter(f"{text!r} is further than a calendar goes") from None
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:

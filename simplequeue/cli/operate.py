@@ -24,7 +24,6 @@ from simplequeue.cli.common import (
 )
 from simplequeue.cli.common import when as parse_when
 from simplequeue.cli.render import age, emit_json, fields, table
-from simplequeue.errors import JobNotFoundError
 from simplequeue.job import Job, JobStatus
 from simplequeue.operations import MAX_BULK, MAX_LIST
 from simplequeue.queue import SimpleQueue
@@ -117,7 +116,7 @@ JOB_COLUMNS = ["id", "queue", "status", "attempt", "run at", "worker", "last err
 @click.option("--unique-key", help="only the job(s) with this unique key")
 @click.option("--fingerprint", help="only the jobs with this fingerprint")
 @click.option("--since", help="only jobs created since: ISO 8601, or a duration back (15m, 2h, 7d)")
-@click.option("--worker", help="only jobs whose current attempt this worker claimed (an id)")
+@click.option("--worker", help="only jobs whose latest attempt this worker claimed (an id)")
 @click.option("--after", help="the last id of the previous page")
 @click.option(
     "--limit",
@@ -176,14 +175,14 @@ def jobs_show(job_id: str, as_json: bool, dsn: str, schema: str, **options: Any)
     with opened(dsn, schema) as q:
         job = q.get_job(job_id)
     if job is None:
-        raise JobNotFoundError(f"no job with id {job_id}")
+        raise click.ClickException(f"no job with id {job_id}")
     values = job.to_dict()
     if as_json:
         emit_json(values)
         return
     fields(
         [(name, values[name]) for name in values if name not in ("data", "errors")]
-        + [("data", json.dumps(values["data"], ensure_ascii=False))]
+        + [("data", json.dumps(values["data"], ensure_ascii=False))]  # escaped by fields()
     )
     table(
         "attempts that failed",
@@ -330,8 +329,7 @@ def _pick(
 def _confirmed(q: Any, filters: dict[str, Any], verb: str, yes: bool, limit: int) -> bool:
     matching = q.count_dlq(**filters)
     if not matching:
-        click.echo("no dead job matches")
-        return False
+        raise click.ClickException("no dead job matches")
     many = min(matching, limit)
     if not yes:
         click.confirm(f"{verb} {many} dead job(s)?", abort=True, err=True)
@@ -363,7 +361,12 @@ def dlq_requeue(
             )
             return
         if _confirmed(q, filters, "requeue", yes, limit):
-            click.echo(f"requeued {q.requeue_dlq(**filters, limit=limit)} dead job(s)")
+            done = q.requeue_dlq(**filters, limit=limit)
+            _done(
+                bool(done),
+                f"requeued {done} dead job(s)",
+                "requeued none: live jobs hold their unique keys",
+            )
 
 
 @dlq.command("purge", help="Delete dead jobs for good: one job, or every match.")

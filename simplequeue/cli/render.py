@@ -20,7 +20,24 @@ __all__ = ["age", "emit_json", "table", "when_text"]
 
 
 def emit_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, default=str, ensure_ascii=False))
+    """JSON escapes C0 controls itself; C1 ones (\\x9b starts a terminal sequence too) are
+    written as \\u escapes."""
+    text = json.dumps(value, indent=2, default=str, ensure_ascii=False)
+    click.echo(text.translate({code: f"\\u{code:04x}" for code in range(0x7F, 0xA0)}))
+
+
+_CONTROL = {
+    code: f"\\x{code:02x}"
+    for code in (*range(0x00, 0x20), *range(0x7F, 0xA0))
+    if chr(code) not in "\t"
+}
+_CONTROL.update({ord("\n"): "\\n", ord("\r"): "\\r"})
+
+
+def visible(text: str) -> str:
+    """Text with its control characters escaped (\\x1b, \\n): stored data must not move
+    the cursor, recolour the terminal or fake a row of its own."""
+    return text.translate(_CONTROL)
 
 
 def _cell(value: Any) -> Text:
@@ -33,8 +50,8 @@ def _cell(value: Any) -> Text:
     if isinstance(value, float):
         return Text(f"{value:.1f}")
     if isinstance(value, list | tuple):
-        return Text(", ".join(str(item) for item in value))
-    return Text(str(value))
+        return Text(visible(", ".join(str(item) for item in value)))
+    return Text(visible(str(value)))
 
 
 def _console() -> Console:

@@ -95,6 +95,15 @@ def _setting_options(function: Any) -> Any:
     show_default=True,
     help="seconds running jobs get to finish on SIGTERM before they are interrupted",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="serve this process's Prometheus metrics on this port (needs simplequeue[metrics])",
+)
+@click.option(
+    "--metrics-host", default="127.0.0.1", show_default=True, help="address of --metrics-port"
+)
 @log_options
 def worker(
     target: str,
@@ -103,6 +112,8 @@ def worker(
     no_notify: bool,
     no_migrate: bool,
     shutdown_timeout: float,
+    metrics_port: int | None,
+    metrics_host: str,
     log_level: str | None,
     log_format: str | None,
     **options: Any,
@@ -111,6 +122,8 @@ def worker(
     receives the SimpleQueue to configure."""
     apply_log_options(log_level, log_format)
     configure = load_target(target)
+    if metrics_port is not None:
+        configure = _with_metrics(configure, metrics_host, metrics_port)
     given = {setting: value for setting, value in options.items() if value is not None}
     settings: dict[str, Any] = {"schema": schema, "use_notify": not no_notify, **given}
     asyncio.run(_run_worker(dsn, settings, configure, shutdown_timeout, no_migrate))
@@ -207,6 +220,29 @@ def load_target(target: str) -> Callable[[SimpleQueue], None]:
     if callable(obj):
         return obj  # type: ignore[no-any-return]
     raise ConfigError(f"{target} is neither a Handler, a list of handlers nor a function")
+
+
+def _with_metrics(
+    configure: Callable[[SimpleQueue], None], host: str, port: int
+) -> Callable[[SimpleQueue], None]:
+    """Configure the queue, then serve its process's counters to Prometheus."""
+    try:
+        from prometheus_client import CollectorRegistry, start_http_server
+
+        from simplequeue.metrics import ProcessCollector
+    except ImportError as exc:
+        raise ConfigError(
+            f'--metrics-port needs the metrics extra: pip install "simplequeue[metrics]" ({exc})'
+        ) from None
+
+    def configured(queue: SimpleQueue) -> None:
+        configure(queue)
+        registry = CollectorRegistry()
+        registry.register(ProcessCollector(queue.stats))
+        start_http_server(port, addr=host, registry=registry)
+        log.info("metrics on http://%s:%d/metrics", host, port)
+
+    return configured
 
 
 def _exit_past_sync_handlers() -> None:

@@ -26,7 +26,7 @@ from simplequeue.fleet import WorkerIdentity
 from simplequeue.job import Job
 from simplequeue.runtime.outage import DatabaseHealth, Outage
 from simplequeue.stopping import StopReason
-from simplequeue.store import Plan, Store
+from simplequeue.store import MISSING_SCHEMA_OBJECT, Plan, Store, sqlstate
 
 __all__ = ["Heartbeater", "Presence", "Run"]
 
@@ -41,11 +41,15 @@ class Presence:
     (declared at its first beat), and how long a beat keeps it alive."""
 
     worker: WorkerIdentity
-    queues: list[str]
+    queues: Callable[[], list[str]]
+    """The queues the worker handles now."""
     ttl: float
-    declared: bool = False
+    declared: frozenset[str] = frozenset()
+    """The queues declared so far: a handler registered after start is declared too."""
     broken: bool = False
-    """The database refused its statements (a schema not migrated): job beats go on."""
+    """The schema has no workers or queues table (not migrated): job beats go on without."""
+    refused: bool = False
+    """The last beat of the row was refused (logged once until it is written again)."""
 
 
 Run = tuple[uuid.UUID, int]
@@ -203,19 +207,27 @@ class Heartbeater:
                 return
             with self._lock:
                 stopping = self._shutting_down
-            yield from store.worker_beat(presence.worker, presence.queues, presence.ttl, stopping)
-            if not presence.declared:
-                yield from store.declare_queues(presence.queues)
-                presence.declared = True
+            queues = presence.queues()
+            yield from store.worker_beat(presence.worker, queues, presence.ttl, stopping)
+            if not presence.declared.issuperset(queues):
+                yield from store.declare_queues(sorted(set(queues) - presence.declared))
+                presence.declared = presence.declared | set(queues)
 
         try:
             self._on_connection(plan)
         except psycopg.OperationalError:
             raise
         except psycopg.Error as exc:
-            presence.broken = True
-            log.warning("the worker's row cannot be written (%s); is the schema migrated?", exc)
+            if sqlstate(exc) in MISSING_SCHEMA_OBJECT:
+                presence.broken = True
+                log.warning("the worker's row cannot be written (%s); is the schema migrated?", exc)
+            elif not presence.refused:  # read-only for a while, a failover: tried next beat
+                log.warning("the worker's row cannot be written (%s); trying again", exc)
+            presence.refused = True
             return False
+        if presence.refused:
+            log.info("the worker's row is written again")
+            presence.refused = False
         return True
 
     def _on_connection(self, plan: Callable[[], Plan[T]]) -> T:

@@ -1,8 +1,9 @@
-"""Wakes the poller when jobs are inserted: LISTEN on a dedicated connection.
+"""LISTEN on a dedicated connection: wakes the poller when jobs are inserted (and feeds
+the HTTP API's live events, on their own channel).
 
 A lost connection is re-established with backoff; meanwhile the poller's fallback poll
-(`empty_poll_sleep`) bounds how long any job waits, and a reconnect wakes it once in case
-a notification was missed.
+(`empty_poll_sleep`) bounds how long any job waits, and a reconnect tells the receiver
+(`received(None)`) that notifications may have been missed.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import psycopg
 from simplequeue.drivers import run
 from simplequeue.runtime.outage import DatabaseHealth
 from simplequeue.runtime.service import Service
-from simplequeue.store import Store
+from simplequeue.statements import PROBE
+from simplequeue.store import Plan, Run
 
 __all__ = ["Listener"]
 
@@ -30,15 +32,15 @@ class Listener(Service):
     def __init__(
         self,
         connect: Callable[[], Awaitable[psycopg.AsyncConnection[Any]]],
-        store: Store,
-        wake: Callable[[set[str] | None], None],
+        listen: Callable[[], Plan[None]],
+        received: Callable[[str | None], None],
         *,
         health: DatabaseHealth | None = None,
     ) -> None:
         super().__init__(health)
         self._connect = connect
-        self._store = store
-        self._wake = wake
+        self._listen = listen
+        self._received = received
         self.connected = asyncio.Event()
         self.connections = 0
 
@@ -47,11 +49,11 @@ class Listener(Service):
             try:
                 conn = await self._connect()
                 try:
-                    await run(conn, self._store.listen())
+                    await run(conn, self._listen())
                     self.connections += 1
                     self.connected.set()
                     self.outage.recovered()
-                    self._wake(None)
+                    self._received(None)
                     await self._receive(conn)
                 finally:
                     self.connected.clear()
@@ -62,5 +64,10 @@ class Listener(Service):
     async def _receive(self, conn: psycopg.AsyncConnection[Any]) -> None:
         while True:
             async for notify in conn.notifies(timeout=PROBE_EVERY):
-                self._wake(set(notify.payload.split("\n")) if notify.payload else None)
-            await run(conn, self._store.probe())
+                self._received(notify.payload)
+            await run(conn, probe())
+
+
+def probe() -> Plan[None]:
+    """One round trip: fails on a connection whose peer is gone."""
+    yield Run(PROBE)

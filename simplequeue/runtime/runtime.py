@@ -79,7 +79,7 @@ class Runtime:
         async def connect_async() -> psycopg.AsyncConnection[Any]:
             return await psycopg.AsyncConnection.connect(listen_conninfo, **listen_settings)
 
-        presence = Presence(worker, sorted(registry.handlers), config.stall_after)
+        presence = Presence(worker, lambda: sorted(registry.handlers), config.stall_after)
         self.heartbeats = Heartbeater(
             connect_sync, store, config.heartbeat_interval, health=health, presence=presence
         )
@@ -112,7 +112,7 @@ class Runtime:
             pool, store, registry, self.executor, config, health=health, worker_id=worker.id
         )
         self.listener = (
-            Listener(connect_async, store, self.poller.wake, health=health)
+            Listener(connect_async, store.listen, self._inserted, health=health)
             if config.use_notify
             else None
         )
@@ -124,6 +124,11 @@ class Runtime:
         self._running: list[Service] = []
         self._stopped = asyncio.Event()
         self.restarts = 0
+
+    def _inserted(self, payload: str | None) -> None:
+        """An insert's NOTIFY names its queues, one per line (empty: any queue); None: the
+        listener (re)connected and may have missed some."""
+        self.poller.wake(set(payload.split("\n")) if payload else None)
 
     async def start(self) -> None:
         self.heartbeats.start()

@@ -1,0 +1,110 @@
+"""The HTTP API, its live events and the dashboard, as one ASGI app (Starlette).
+
+    app = create_app(queue, admin_tokens=[ADMIN], read_tokens=[READER])
+
+Mount it in a Starlette or FastAPI app (`app.mount("/jobs-admin", ...)`), or run it with
+`simplequeue serve`. Needs the `web` extra. docs/http.md lists the endpoints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from simplequeue.metrics import queue_metrics
+from simplequeue.queue import SimpleQueue
+from simplequeue.store import Store
+from simplequeue.web.api import Api
+from simplequeue.web.auth import Access, Scope, new_token
+from simplequeue.web.events import EventHub
+from simplequeue.web.openapi import document
+
+__all__ = ["Access", "create_app", "new_token"]
+
+
+def create_app(
+    queue: SimpleQueue,
+    *,
+    admin_tokens: Iterable[str],
+    read_tokens: Iterable[str] = (),
+    public_read: bool = False,
+    open_queue: bool = False,
+) -> Starlette:
+    """The API of `queue` (opened by you, or by the app's lifespan with `open_queue`).
+
+    Every request needs a bearer token: a read token for reads, an admin token for
+    changes (`public_read`: reads need none). Tokens are at least 16 characters.
+    """
+    access = Access.of(admin_tokens, read_tokens, public_read=public_read)
+    hub = EventHub(queue.pool, Store(queue.schema))
+    api = Api(queue, access, hub)
+    read, admin = Scope.READ, Scope.ADMIN
+
+    def route(path: str, scope: Scope, handler: Any, method: str = "GET") -> Route:
+        return Route(path, api.guarded(scope, handler), methods=[method])
+
+    async def metrics(request: Request) -> Response:
+        body = queue_metrics(await queue.queue_summaries(), await queue.list_workers())
+        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(document())
+
+    async def dashboard(request: Request) -> Response:
+        page = resources.files("simplequeue.web").joinpath("static/index.html")
+        return HTMLResponse(page.read_text(encoding="utf-8"), headers=SECURITY_HEADERS)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if open_queue:
+            async with queue:
+                yield
+        else:
+            yield
+        await hub.aclose()
+
+    routes = [
+        route("/jobs", admin, api.insert_job, "POST"),
+        route("/jobs", read, api.list_jobs),
+        route("/jobs/{job_id}", read, api.get_job),
+        route("/jobs/{job_id}/cancel", admin, api.cancel_job, "POST"),
+        route("/jobs/{job_id}/reschedule", admin, api.reschedule_job, "POST"),
+        route("/jobs/{job_id}/retry", admin, api.retry_job, "POST"),
+        route("/dlq", read, api.list_dlq),
+        route("/dlq/requeue", admin, api.requeue_dlq, "POST"),
+        route("/dlq/purge", admin, api.purge_dlq, "POST"),
+        route("/dlq/{job_id}/requeue", admin, api.requeue_dead_job, "POST"),
+        route("/dlq/{job_id}/purge", admin, api.purge_dead_job, "POST"),
+        route("/queues", read, api.list_queues),
+        route("/queues/{name:path}/pause", admin, api.pause_queue, "POST"),
+        route("/queues/{name:path}/resume", admin, api.resume_queue, "POST"),
+        route("/workers", read, api.list_workers),
+        route("/stats", read, api.stats),
+        Route("/events", api.guarded(read, api.events, query_token=True), methods=["GET"]),
+        route("/metrics", read, metrics),
+        Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/", dashboard, methods=["GET"]),
+        Mount("/static", StaticFiles(packages=[("simplequeue.web", "static")]), name="static"),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.events = hub
+    return app
+
+
+SECURITY_HEADERS = {
+    # Everything the page loads is its own (the wheel ships it: no CDN); no inline script.
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}

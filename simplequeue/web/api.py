@@ -1,0 +1,316 @@
+"""The HTTP API's endpoints: each reads its input, calls the queue (the same calls as
+the Python API and the command, with the same checks), and answers JSON.
+
+Errors answer `{"error": "..."}`: 400 for bad input, 401 without a valid token, 403 for a
+read token on a change, 404 for an unknown job, 409 when nothing could change (a job
+that is not pending, a queue that is not paused).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from simplequeue.errors import InvalidArgumentError, InvalidJobError, JobNotFoundError
+from simplequeue.job import Job
+from simplequeue.operations import MAX_BULK
+from simplequeue.queue import SimpleQueue
+from simplequeue.web.auth import Access, Scope
+from simplequeue.web.events import EventHub, Subscription
+
+__all__ = ["Api", "BadRequest"]
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+PING_EVERY = 15.0
+"""Seconds between SSE comments that keep idle connections (and proxies) open."""
+
+JOB_FIELDS = {
+    "queue",
+    "data",
+    "unique_key",
+    "fingerprint",
+    "run_at",
+    "max_attempts",
+    "priority",
+    "timeout",
+}
+
+
+class BadRequest(Exception):
+    """Input the API refuses before calling the queue."""
+
+
+class Conflict(Exception):
+    """Nothing could change."""
+
+
+class Api:
+    """The endpoints of one queue, behind `access`."""
+
+    def __init__(self, queue: SimpleQueue, access: Access, hub: EventHub) -> None:
+        self.queue = queue
+        self.access = access
+        self.hub = hub
+
+    def guarded(self, scope: Scope, handler: Handler, *, query_token: bool = False) -> Handler:
+        """The handler behind a token check, its errors answered as JSON."""
+
+        async def endpoint(request: Request) -> Response:
+            granted = self.access.scope_of(request, query_token=query_token)
+            if granted is None:
+                return _error(401, "a valid bearer token is required (Authorization: Bearer ...)")
+            if scope is Scope.ADMIN and granted is not Scope.ADMIN:
+                if not self.access.presented(request):  # public reads, no token
+                    return _error(401, "changes need an admin bearer token")
+                return _error(403, "this token may read only; changes need an admin token")
+            try:
+                return await handler(request)
+            except (BadRequest, InvalidArgumentError, InvalidJobError) as exc:
+                return _error(400, str(exc))
+            except JobNotFoundError as exc:
+                return _error(404, str(exc))
+            except Conflict as exc:
+                return _error(409, str(exc))
+
+        return endpoint
+
+    # -- jobs ------------------------------------------------------------------------
+
+    async def insert_job(self, request: Request) -> Response:
+        body = await _body(request)
+        unknown = set(body) - JOB_FIELDS
+        if unknown:
+            raise BadRequest(f"unknown job field(s): {', '.join(sorted(unknown))}")
+        if "queue" not in body or "data" not in body:
+            raise BadRequest("a job needs a queue and data")
+        options = {k: v for k, v in body.items() if k not in ("queue", "data")}
+        if options.get("run_at") is not None:
+            options["run_at"] = _time("run_at", options["run_at"])
+        job = Job(body["queue"], body["data"], **options)
+        job_id = await self.queue.insert_job(job)
+        if job_id is None:
+            return JSONResponse({"id": None, "deduplicated": True}, status_code=200)
+        return JSONResponse({"id": str(job_id), "deduplicated": False}, status_code=201)
+
+    async def list_jobs(self, request: Request) -> Response:
+        params = request.query_params
+        since = params.get("since")
+        limit = _int(params.get("limit"), 50)
+        found = await self.queue.list_jobs(
+            params.get("queue"),
+            params.getlist("status") or None,
+            limit,
+            after=params.get("after"),
+            unique_key=params.get("unique_key"),
+            fingerprint=params.get("fingerprint"),
+            since=None if since is None else _time("since", since),
+            worker=params.get("worker"),
+        )
+        following = str(found[-1].id) if len(found) == limit else None
+        return JSONResponse({"jobs": [j.to_dict() for j in found], "next_after": following})
+
+    async def get_job(self, request: Request) -> Response:
+        job_id = request.path_params["job_id"]
+        job = await self.queue.get_job(job_id)
+        if job is None:
+            raise JobNotFoundError(f"no job with id {job_id}")
+        return JSONResponse(job.to_dict())
+
+    async def cancel_job(self, request: Request) -> Response:
+        job_id = request.path_params["job_id"]
+        if not await self.queue.cancel_job(job_id):
+            raise Conflict(f"job {job_id} is not pending or running")
+        return JSONResponse({"id": job_id, "cancelled": True})
+
+    async def reschedule_job(self, request: Request) -> Response:
+        job_id = request.path_params["job_id"]
+        body = await _body(request)
+        if set(body) != {"run_at"}:
+            raise BadRequest('the body must be {"run_at": "<ISO 8601 time with a zone>"}')
+        run_at = _time("run_at", body["run_at"])
+        if not await self.queue.reschedule_job(job_id, run_at):
+            raise Conflict(f"job {job_id} is not pending")
+        return JSONResponse({"id": job_id, "run_at": run_at.isoformat()})
+
+    async def retry_job(self, request: Request) -> Response:
+        job_id = request.path_params["job_id"]
+        if not await self.queue.retry_job(job_id):
+            raise Conflict(
+                f"job {job_id} is neither pending nor dead (or a live job holds its unique key)"
+            )
+        return JSONResponse({"id": job_id, "retried": True})
+
+    # -- the dead-letter queue -------------------------------------------------------
+
+    async def list_dlq(self, request: Request) -> Response:
+        params = request.query_params
+        found = await self.queue.list_dlq(
+            params.get("queue"),
+            _int(params.get("limit"), 50),
+            status=params.getlist("status") or None,
+        )
+        return JSONResponse({"jobs": [j.to_dict() for j in found]})
+
+    async def _dead_filters(self, request: Request) -> dict[str, Any]:
+        body = await _body(request)
+        unknown = set(body) - {"queue", "status", "older_than", "limit"}
+        if unknown:
+            raise BadRequest(f"unknown filter(s): {', '.join(sorted(unknown))}")
+        older_than = body.get("older_than")
+        before = None
+        if older_than is not None:
+            if isinstance(older_than, bool) or not isinstance(older_than, int | float):
+                raise BadRequest("older_than must be a number of seconds")
+            before = datetime.now(UTC) - timedelta(seconds=older_than)
+        return {
+            "queue": body.get("queue"),
+            "status": body.get("status"),
+            "before": before,
+            "limit": _int(body.get("limit"), MAX_BULK),
+        }
+
+    async def requeue_dlq(self, request: Request) -> Response:
+        filters = await self._dead_filters(request)
+        return JSONResponse({"requeued": await self.queue.requeue_dlq(**filters)})
+
+    async def purge_dlq(self, request: Request) -> Response:
+        filters = await self._dead_filters(request)
+        return JSONResponse({"purged": await self.queue.purge_dlq(**filters)})
+
+    async def requeue_dead_job(self, request: Request) -> Response:
+        job_id = request.path_params["job_id"]
+        if not await self.queue.requeue_dlq_job(job_id):
+            raise Conflict(f"no dead job {job_id} to requeue (or a live job holds its unique key)")
+        return JSONResponse({"id": job_id, "requeued": True})
+
+    async def purge_dead_job(self, request: Request) -> Response:
+        job_id = request.path_params["job_id"]
+        if not await self.queue.purge_dlq_job(job_id):
+            raise Conflict(f"no dead job {job_id}")
+        return JSONResponse({"id": job_id, "purged": True})
+
+    # -- queues, workers, stats ------------------------------------------------------
+
+    async def list_queues(self, request: Request) -> Response:
+        return JSONResponse([q.to_dict() for q in await self.queue.list_queues()])
+
+    async def pause_queue(self, request: Request) -> Response:
+        body = await _body(request)
+        unknown = set(body) - {"until", "reason", "by"}
+        if unknown:
+            raise BadRequest(f"unknown field(s): {', '.join(sorted(unknown))}")
+        until = body.get("until")
+        info = await self.queue.pause_queue(
+            request.path_params["name"],
+            until=None if until is None else _time("until", until),
+            by=body.get("by"),
+            reason=body.get("reason"),
+        )
+        return JSONResponse(info.to_dict())
+
+    async def resume_queue(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        if not await self.queue.resume_queue(name):
+            raise Conflict(f"queue {name} is not paused")
+        return JSONResponse({"name": name, "resumed": True})
+
+    async def list_workers(self, request: Request) -> Response:
+        return JSONResponse([w.to_dict() for w in await self.queue.list_workers()])
+
+    async def stats(self, request: Request) -> Response:
+        window = _float(request.query_params.get("window"), 300.0)
+        summaries = await self.queue.queue_summaries(window)
+        return JSONResponse(
+            [{**vars(s), "completed_per_minute": s.completed_per_minute} for s in summaries]
+        )
+
+    # -- live events -----------------------------------------------------------------
+
+    async def events(self, request: Request) -> Response:
+        job = request.query_params.get("job")
+        if job is not None:
+            try:
+                job = str(uuid.UUID(job))
+            except ValueError:
+                raise BadRequest(f"not a job id: {job!r}") from None
+        subscription = Subscription(queue=request.query_params.get("queue"), job=job)
+        await self.hub.wait_connected(timeout=5.0)
+        return StreamingResponse(
+            self._stream(request, subscription),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+
+    async def _stream(self, request: Request, subscription: Subscription) -> AsyncIterator[str]:
+        async with self.hub.subscribe(subscription):
+            yield ": connected\n\n"
+            while True:  # until the client goes: the response cancels this generator
+                try:
+                    event = await asyncio.wait_for(subscription.events.get(), PING_EVERY)
+                except TimeoutError:
+                    yield ": ping\n\n"
+                    continue
+                if subscription.lagged:
+                    yield f"event: lagged\ndata: {json.dumps({'dropped': subscription.lagged})}\n\n"
+                    subscription.lagged = 0
+                yield f"event: {event.kind}\ndata: {json.dumps(event.to_dict())}\n\n"
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    """A JSON object body (an empty body is an empty object)."""
+    raw = await request.body()
+    if not raw:
+        return {}
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+        raise BadRequest("the body must be JSON (Content-Type: application/json)")
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    return body
+
+
+def _time(name: str, value: object) -> datetime:
+    """An ISO 8601 time with its zone."""
+    if not isinstance(value, str):
+        raise BadRequest(f"{name} must be an ISO 8601 time string, got {value!r}")
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise BadRequest(f"{name} is not an ISO 8601 time: {value!r}") from None
+    if moment.tzinfo is None:
+        raise BadRequest(f"{name} needs a time zone (2026-12-01T18:00:00+00:00), got {value!r}")
+    return moment
+
+
+def _int(value: object, default: int) -> int:
+    if value is None:
+        return default
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    raise BadRequest(f"not an integer: {value!r}")
+
+
+def _float(value: str | None, default: float) -> float:
+    if value is None:
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise BadRequest(f"not a number: {value!r}") from None

@@ -1,0 +1,137 @@
+"""Live job transitions for the HTTP API: one LISTEN per server process, fanned out to
+every subscriber (each Server-Sent Events client) with its own filter and a bounded
+buffer, so one slow client neither grows the server's memory nor delays the others."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from simplequeue.connections import dedicated_settings
+from simplequeue.runtime.listener import Listener
+from simplequeue.store import Store
+
+__all__ = ["BUFFERED", "Event", "EventHub", "Subscription"]
+
+log = logging.getLogger("simplequeue.web")
+
+BUFFERED = 1000
+"""Events a subscriber may fall behind by; past that it is told it lagged and skips."""
+
+KINDS = ("inserted", "started", "completed", "retried", "failed", "cancelled", "dead")
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str
+    job_id: str
+    queue: str | None
+    """None for a queue name longer than 120 bytes (the NOTIFY payload stays small)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "id": self.job_id, "queue": self.queue}
+
+
+@dataclass(eq=False)  # each one is itself: kept in a set by identity
+class Subscription:
+    """One client's view: the events of `queue` and of `job` (each None: any)."""
+
+    queue: str | None = None
+    job: str | None = None
+    events: asyncio.Queue[Event] = field(default_factory=lambda: asyncio.Queue(BUFFERED))
+    lagged: int = 0
+    """Events dropped because the client fell behind, not yet reported to it."""
+
+    def wants(self, event: Event) -> bool:
+        if self.job is not None and event.job_id != self.job:
+            return False
+        if self.queue is None:
+            return True
+        if event.queue is None:  # a long queue name: only subscribers to long names
+            return len(self.queue.encode()) > 120
+        return event.queue == self.queue
+
+    def offer(self, event: Event) -> None:
+        try:
+            self.events.put_nowait(event)
+        except asyncio.QueueFull:
+            self.lagged += 1
+
+
+class EventHub:
+    """Starts listening with its first subscriber; `aclose()` stops it."""
+
+    def __init__(self, pool: AsyncConnectionPool[Any], store: Store) -> None:
+        self._store = store
+        self._pool = pool
+        self._subscriptions: set[Subscription] = set()
+        self._listener: Listener | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.received = 0
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subscriptions)
+
+    @property
+    def connected(self) -> bool:
+        return self._listener is not None and self._listener.connected.is_set()
+
+    def _start(self) -> None:
+        if self._task is not None and not self._task.done():
+            return
+        conninfo, settings = dedicated_settings(self._pool, "events")
+
+        async def connect() -> psycopg.AsyncConnection[Any]:
+            return await psycopg.AsyncConnection.connect(conninfo, **settings)
+
+        self._listener = Listener(connect, self._store.listen_events, self._received)
+        self._task = asyncio.create_task(self._listener.run(), name="simplequeue-events")
+
+    async def wait_connected(self, timeout: float) -> bool:
+        """Wait until the LISTEN is in place (so no event after this is missed)."""
+        self._start()
+        assert self._listener is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._listener.connected.wait(), timeout)
+        return self.connected
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, subscription: Subscription) -> AsyncIterator[Subscription]:
+        self._start()
+        self._subscriptions.add(subscription)
+        try:
+            yield subscription
+        finally:
+            self._subscriptions.discard(subscription)
+
+    def _received(self, payload: str | None) -> None:
+        if payload is None:  # (re)connected: what happened meanwhile is not known
+            return
+        for line in payload.split("\n"):
+            try:
+                kind, job_id, queue = json.loads(line)
+            except (ValueError, TypeError):
+                log.warning("events: a notification that is not an event was ignored")
+                continue
+            event = Event(str(kind), str(uuid.UUID(str(job_id))), queue)
+            self.received += 1
+            for subscription in self._subscriptions:
+                if subscription.wants(event):
+                    subscription.offer(event)
+
+    async def aclose(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
