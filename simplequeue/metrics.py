@@ -12,11 +12,15 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 from prometheus_client.registry import Collector
 
 from simplequeue.fleet import WorkerInfo
-from simplequeue.stats import QueueStats, QueueSummary
+from simplequeue.stats import HistogramSnapshot, QueueStats, QueueSummary
 
 __all__ = ["ProcessCollector", "queue_metrics"]
 
@@ -90,3 +94,20 @@ class ProcessCollector(Collector):
         }
         for name, (help_text, value) in gauges.items():
             yield GaugeMetricFamily(f"simplequeue_worker_{name}", help_text, value=value)
+        histograms = {
+            "handler_seconds": ("how long handlers ran", stats.handler_seconds),
+            "pickup_seconds": ("from a job's due time to its claim", stats.pickup_seconds),
+            "claim_batch_size": ("jobs per claim that found any", stats.claim_batch),
+            "result_batch_size": ("outcomes per result write", stats.result_batch),
+        }
+        for name, (help_text, snapshot) in histograms.items():
+            yield _histogram(f"simplequeue_worker_{name}", help_text, snapshot)
+
+
+def _histogram(name: str, help_text: str, snapshot: HistogramSnapshot) -> HistogramMetricFamily:
+    """Prometheus buckets are cumulative, the last one +Inf."""
+    running, buckets = 0, []
+    for bound, count in zip((*snapshot.bounds, float("inf")), snapshot.counts, strict=True):
+        running += count
+        buckets.append(("+Inf" if bound == float("inf") else repr(float(bound)), running))
+    return HistogramMetricFamily(name, help_text, buckets=buckets, sum_value=snapshot.sum)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 
 __all__ = ["QueueStats", "QueueSummary"]
@@ -36,6 +37,63 @@ class QueueSummary:
     @property
     def completed_per_minute(self) -> float:
         return self.completed * 60 / self.window
+
+
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+)
+"""Upper bounds (seconds) of the duration histograms: from a millisecond to five minutes."""
+
+SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+"""Upper bounds of the batch size histograms."""
+
+
+class Histogram:
+    """Counts of observations per bucket, and their sum: cheap enough for every job (one
+    bisect and two additions), read by `stats()` and Prometheus."""
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last: above every bound
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def snapshot(self) -> HistogramSnapshot:
+        return HistogramSnapshot(self.bounds, tuple(self.counts), self.sum)
+
+
+@dataclass(frozen=True)
+class HistogramSnapshot:
+    bounds: tuple[float, ...]
+    counts: tuple[int, ...]
+    """Observations per bucket (not cumulative), one more than `bounds`: above them all."""
+    sum: float
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+
+NO_LATENCIES = HistogramSnapshot(LATENCY_BUCKETS, (0,) * (len(LATENCY_BUCKETS) + 1), 0.0)
+NO_SIZES = HistogramSnapshot(SIZE_BUCKETS, (0,) * (len(SIZE_BUCKETS) + 1), 0.0)
 
 
 @dataclass(frozen=True)
@@ -75,3 +133,11 @@ class QueueStats:
     """LISTEN connections made: more than one means it reconnected."""
     service_restarts: int = 0
     """Services that crashed and were started again (each logged with its traceback)."""
+    handler_seconds: HistogramSnapshot = NO_LATENCIES
+    """How long handlers ran (each attempt that reached its handler)."""
+    pickup_seconds: HistogramSnapshot = NO_LATENCIES
+    """From a job's due time to its claim (this host's clock against the database's)."""
+    claim_batch: HistogramSnapshot = NO_SIZES
+    """Jobs per claim that found any."""
+    result_batch: HistogramSnapshot = NO_SIZES
+    """Outcomes per result write."""

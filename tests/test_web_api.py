@@ -18,7 +18,7 @@ import uvicorn
 
 import simplequeue as sq
 from simplequeue.web import create_app
-from tests.conftest import FAST, count
+from tests.conftest import FAST, ROOT, count
 
 ADMIN = "admin-token-0123456789"
 READER = "read-token-0123456789ab"
@@ -368,3 +368,42 @@ async def test_hostile_queue_names_in_events(queue: sq.SimpleQueue) -> None:
     assert wants_long.events.qsize() == 1 and wants_long.events.get_nowait().queue is None
     assert wants_odd.events.qsize() == 1 and wants_odd.events.get_nowait().queue == 'a"\nb'
     await hub.aclose()
+
+
+async def test_a_worker_serves_its_counters_and_histograms(dsn: str) -> None:
+    """`simplequeue worker --metrics-port`: the process's counters, read at each scrape."""
+    import sys
+
+    port = free_port()
+    worker = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "simplequeue", "worker", "tests.worker_app:configure",
+        "--dsn", dsn, "--no-migrate", "--metrics-port", str(port),
+        "--heartbeat-interval", "0.2", "--empty-poll-sleep", "0.2",
+        env={**__import__("os").environ, "PYTHONPATH": str(ROOT), "SIMPLEQUEUE_TEST_DSN_APP": dsn},
+    )  # fmt: skip
+    try:
+        async with sq.SimpleQueue.from_url(dsn) as queue:
+            await queue.insert_jobs([sq.Job("work", {}) for _ in range(5)])
+        async with httpx.AsyncClient() as http:
+            text = ""
+            for _ in range(200):
+                try:
+                    text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+                except httpx.TransportError:
+                    text = ""
+                if "simplequeue_worker_results_written_total 5.0" in text:
+                    break
+                await asyncio.sleep(0.05)
+        assert "simplequeue_worker_claimed_total 5.0" in text
+        assert 'simplequeue_worker_handler_seconds_bucket{le="+Inf"} 5.0' in text
+        assert "simplequeue_worker_pickup_seconds_count 5.0" in text
+        assert "simplequeue_worker_claim_batch_size_count" in text
+    finally:
+        worker.terminate()
+        await worker.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

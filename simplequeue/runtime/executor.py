@@ -33,6 +33,7 @@ from simplequeue.runtime.outcomes import (
     outcome_for_shutdown,
 )
 from simplequeue.runtime.results import ResultWriter
+from simplequeue.stats import LATENCY_BUCKETS, Histogram
 from simplequeue.stopping import StopReason
 from simplequeue.store import Outcome
 
@@ -67,6 +68,7 @@ class Executor:
         self._results = results
         self._still_ours = ownership
         self._max_reprocess = max_reprocess
+        self.handler_seconds = Histogram(LATENCY_BUCKETS)
         # As many threads as jobs may run: a sync job holds its permits until its thread
         # returns, so no job ever waits for a thread, and its timeout counts from its start.
         self._threads = ThreadPoolExecutor(
@@ -148,6 +150,7 @@ class Executor:
                 except ValidationError as exc:
                     error = f"payload does not validate: {exc}"
                     return Outcome(job.id, job.lease, JobStatus.UNPROCESSABLE, error=error), None
+            began = time.monotonic()
             try:
                 result = await self._call(handler, job)
             except HandlerTimeout as exc:
@@ -156,6 +159,8 @@ class Executor:
             except BaseException as exc:  # sys.exit() in a handler must not end the worker
                 _reraise_if_stopping(exc)
                 return outcome_for_failure(job, describe_error(exc), backoff), None
+            finally:
+                self.handler_seconds.observe(time.monotonic() - began)
         finally:
             if leftover is None or leftover.done():
                 _release(permit, job)

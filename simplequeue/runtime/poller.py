@@ -13,6 +13,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -26,6 +27,7 @@ from simplequeue.registry import QueueRegistry
 from simplequeue.runtime.executor import Executor
 from simplequeue.runtime.outage import DatabaseHealth
 from simplequeue.runtime.service import Service
+from simplequeue.stats import LATENCY_BUCKETS, SIZE_BUCKETS, Histogram
 from simplequeue.store import Store
 
 __all__ = ["Poller", "claim_was_saturated", "plan_claim"]
@@ -102,6 +104,8 @@ class Poller(Service):
         self.tasks: set[asyncio.Task[None]] = set()
         self.claims = 0
         self.claimed = 0
+        self.claim_batch = Histogram(SIZE_BUCKETS)
+        self.pickup_seconds = Histogram(LATENCY_BUCKETS)
         self.claiming = False
         self._promoted_at = float("-inf")
         self._unsubscribe = registry.on_change(self.poke)
@@ -144,6 +148,13 @@ class Poller(Service):
             self.outage.recovered()
             self.claims += 1
             self.claimed += len(jobs)
+            if jobs:
+                self.claim_batch.observe(len(jobs))
+                now = datetime.now(UTC)
+                for job in jobs:
+                    if job.run_at is not None:  # always, for a claimed job
+                        waited = (now - job.run_at).total_seconds()
+                        self.pickup_seconds.observe(max(waited, 0.0))
             for job in jobs:
                 self._start(job)
             self.claiming = False  # the jobs it claimed are tasks now

@@ -23,6 +23,7 @@ from simplequeue.drivers import run
 from simplequeue.job import JobStatus
 from simplequeue.runtime.outage import DatabaseHealth, is_transient
 from simplequeue.runtime.service import Service
+from simplequeue.stats import SIZE_BUCKETS, Histogram
 from simplequeue.store import Outcome, Store
 
 if TYPE_CHECKING:
@@ -70,6 +71,7 @@ class ResultWriter(Service):
         self._retry_at = 0.0
         self._retry_delay = MIN_RETRY_DELAY
         self.written = 0
+        self.batch_sizes = Histogram(SIZE_BUCKETS)
         self.fenced_off = 0
         self.refused = 0
         self.written_by_status: Counter[str] = Counter()
@@ -203,6 +205,7 @@ class ResultWriter(Service):
                 continue
             self.outage.recovered()
             self.written += len(changed)
+            self.batch_sizes.observe(len(batch))
             self.written_by_status.update(o.status for o in batch if o.job_id in changed)
             self.fenced_off += len(batch) - len(changed) - len(locked)
             self._defer(locked)

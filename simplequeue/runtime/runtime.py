@@ -212,6 +212,10 @@ class Runtime:
             listener_connected=listener is not None and listener.connected.is_set(),
             listener_connections=0 if listener is None else listener.connections,
             service_restarts=self.restarts,
+            handler_seconds=self.executor.handler_seconds.snapshot(),
+            pickup_seconds=self.poller.pickup_seconds.snapshot(),
+            claim_batch=self.poller.claim_batch.snapshot(),
+            result_batch=self.results.batch_sizes.snapshot(),
         )
 
     def interrupt(self) -> None:

@@ -29,6 +29,9 @@ __all__ = ["Api", "BadRequest"]
 
 Handler = Callable[[Request], Awaitable[Response]]
 
+MAX_PER_WRITE = 500
+"""Events one write to a client carries at most."""
+
 PING_EVERY = 15.0
 """Seconds between SSE comments that keep idle connections (and proxies) open."""
 
@@ -250,18 +253,25 @@ class Api:
         )
 
     async def _stream(self, request: Request, subscription: Subscription) -> AsyncIterator[str]:
+        """Every event waiting goes out in one write: a busy queue costs a write per batch
+        of transitions, not per transition, for each client."""
+        events = subscription.events
         async with self.hub.subscribe(subscription):
             yield ": connected\n\n"
             while True:  # until the client goes: the response cancels this generator
                 try:
-                    event = await asyncio.wait_for(subscription.events.get(), PING_EVERY)
+                    first = await asyncio.wait_for(events.get(), PING_EVERY)
                 except TimeoutError:
                     yield ": ping\n\n"
                     continue
+                chunk = [first.sse]
+                while not events.empty() and len(chunk) < MAX_PER_WRITE:
+                    chunk.append(events.get_nowait().sse)
                 if subscription.lagged:
-                    yield f"event: lagged\ndata: {json.dumps({'dropped': subscription.lagged})}\n\n"
+                    dropped = json.dumps({"dropped": subscription.lagged})
+                    chunk.insert(0, f"event: lagged\ndata: {dropped}\n\n")
                     subscription.lagged = 0
-                yield f"event: {event.kind}\ndata: {json.dumps(event.to_dict())}\n\n"
+                yield "".join(chunk)
 
 
 def _error(status: int, message: str) -> JSONResponse:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import uuid
@@ -39,6 +40,11 @@ class Event:
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "id": self.job_id, "queue": self.queue}
+
+    @functools.cached_property
+    def sse(self) -> str:
+        """The event as a Server-Sent Events message: written once, sent to every client."""
+        return f"event: {self.kind}\ndata: {json.dumps(self.to_dict())}\n\n"
 
 
 @dataclass(eq=False)  # each one is itself: kept in a set by identity
