@@ -1,8 +1,9 @@
 """The HTTP API under load: does serving live events slow the workers?
 
 A worker process drains a backlog at about 1,000 transitions a second (each job is
-started and completed; the handler sleeps 50 ms, 30 at a time), first alone, then while `simplequeue serve` streams every event to 200 Server-Sent Events clients and
-answers API reads. The drain's wall time is compared, and the clients' counts checked.
+started and completed; the handler sleeps 50 ms, 30 at a time), first alone, then while
+`simplequeue serve` streams every event to 200 Server-Sent Events clients and answers API
+reads. The drain's wall time is compared, and the clients' counts checked.
 
     .venv/bin/python bench/web_load.py [--dsn DSN] [--jobs 10000] [--clients 200]
 

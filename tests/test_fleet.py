@@ -556,3 +556,32 @@ async def test_pause_refuses_texts_that_are_not_unicode(queue: sq.SimpleQueue, d
     with pytest.raises(sq.InvalidArgumentError, match="unicode"):
         await queue.pause_queue("q", by="\udfff")
     assert count(dsn, table="queues") == 0
+
+
+async def test_a_stopping_worker_says_so_at_once(dsn: str) -> None:
+    started, release = asyncio.Event(), asyncio.Event()
+
+    class Slow(sq.Handler):
+        QUEUE = "slow"
+
+        async def process(self, queue: sq.SimpleQueue, job: sq.Job) -> None:
+            started.set()
+            await release.wait()
+
+    settings = {**FAST, "heartbeat_interval": 5.0}  # a beat would come only in 5 s
+    async with sq.SimpleQueue.from_url(dsn, **settings) as queue:
+        queue.register_handler(Slow())
+        await queue.start()
+        await queue.insert_job(sq.Job("slow", {}))
+        await asyncio.wait_for(started.wait(), 5)
+        stopping = asyncio.create_task(queue.stop(timeout=10))
+
+        def said_so() -> bool:
+            return bool(
+                query(dsn, "SELECT 1 FROM simplequeue.workers WHERE stopping_at IS NOT NULL")
+            )
+
+        await eventually(said_so, timeout=2)
+        release.set()
+        await stopping
+        assert await queue.list_workers() == []

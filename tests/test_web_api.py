@@ -241,7 +241,7 @@ async def test_the_openapi_document_lists_every_endpoint(
     assert doc["openapi"].startswith("3.")
     app = create_app(queue, admin_tokens=[ADMIN])
     served = {
-        (method, route.path.replace(":path", ""))
+        (method, route.path.replace(":anything", ""))
         for route in app.routes
         if getattr(route, "methods", None) and route.path not in ("/", "/openapi.json")
         for method in route.methods
@@ -407,3 +407,32 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+async def test_any_queue_name_can_be_paused_over_http(client: httpx.AsyncClient, dsn: str) -> None:
+    from urllib.parse import quote
+
+    name = "line\nbreak/and?more"
+    r = await client.post(f"/queues/{quote(name, safe='')}/pause")
+    assert r.status_code == 200, r.text
+    assert r.json()["name"] == name
+    assert (await client.post(f"/queues/{quote(name, safe='')}/resume")).status_code == 200
+
+
+async def test_a_subscription_ends_when_its_client_leaves(queue: sq.SimpleQueue) -> None:
+    app = create_app(queue, admin_tokens=[ADMIN])
+    hub = app.state.events
+    async with serving(app) as url, httpx.AsyncClient(base_url=url, timeout=10) as c:
+        async with c.stream("GET", "/events", headers={"Authorization": f"Bearer {ADMIN}"}) as r:
+            assert r.status_code == 200
+            for _ in range(200):
+                if hub.subscribers == 1:
+                    break
+                await asyncio.sleep(0.01)
+            assert hub.subscribers == 1
+        for _ in range(200):  # well before the next ping (15 s)
+            if hub.subscribers == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert hub.subscribers == 0
+    await hub.aclose()

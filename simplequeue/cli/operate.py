@@ -23,7 +23,7 @@ from simplequeue.cli.common import (
     who,
 )
 from simplequeue.cli.common import when as parse_when
-from simplequeue.cli.render import age, emit_json, fields, table
+from simplequeue.cli.render import age, emit_json, fields, show, table
 from simplequeue.job import Job, JobStatus
 from simplequeue.operations import MAX_BULK, MAX_LIST
 from simplequeue.queue import SimpleQueue
@@ -74,10 +74,9 @@ def stats(window: float, as_json: bool, dsn: str, schema: str, **options: Any) -
     _logs(options)
     with opened(dsn, schema) as queue:
         summaries = queue.queue_summaries(window)
-    if as_json:
-        emit_json([{**vars(s), "completed_per_minute": s.completed_per_minute} for s in summaries])
-        return
-    table(
+    show(
+        as_json,
+        [{**vars(s), "completed_per_minute": s.completed_per_minute} for s in summaries],
         "queues",
         ["queue", "paused", "due", "scheduled", "running", "retrying", "failed", "dlq",
          "oldest due", "done/min"],
@@ -272,10 +271,7 @@ def dlq_list(
     _logs(options)
     with opened(dsn, schema) as q:
         found = q.list_dlq(queue, limit, status=list(status) or None)
-    if as_json:
-        emit_json([j.to_dict() for j in found])
-        return
-    table("dead jobs", JOB_COLUMNS, _job_rows(found))
+    show(as_json, [j.to_dict() for j in found], "dead jobs", JOB_COLUMNS, _job_rows(found))
 
 
 def _bulk(verb: str) -> Callable[[F], F]:
@@ -336,61 +332,43 @@ def _confirmed(q: Any, filters: dict[str, Any], verb: str, yes: bool, limit: int
     return True
 
 
-@dlq.command("requeue", help="Back to pending with fresh attempts: one job, or every match.")
-@_bulk("requeue")
-def dlq_requeue(
-    job_id: str | None,
-    queue: str | None,
-    status: tuple[str, ...],
-    older_than: str | None,
-    limit: int,
-    yes: bool,
-    dsn: str,
-    schema: str,
-    **options: Any,
-) -> None:
-    _logs(options)
-    with opened(dsn, schema) as q:
-        filters = _pick(q, job_id, queue, status, older_than)
-        if filters is None:
-            assert job_id is not None
-            _done(
-                q.requeue_dlq_job(job_id),
-                f"requeued {job_id}",
-                f"no dead job {job_id} to requeue (or a live job holds its unique key)",
-            )
-            return
-        if _confirmed(q, filters, "requeue", yes, limit):
-            done = q.requeue_dlq(**filters, limit=limit)
-            _done(
-                bool(done),
-                f"requeued {done} dead job(s)",
-                "requeued none: live jobs hold their unique keys",
-            )
+def _dead_jobs_command(verb: str, done: str, help_text: str, held: bool) -> click.Command:
+    """`dlq requeue` or `dlq purge`: one dead job by id, or every match, counted and
+    confirmed first. `held`: a live job holding a unique key may keep a job where it is."""
+    if_held = ", or a live job holds its unique key" if held else ""
+
+    @dlq.command(verb, help=help_text)
+    @_bulk(verb)
+    def command(
+        job_id: str | None,
+        queue: str | None,
+        status: tuple[str, ...],
+        older_than: str | None,
+        limit: int,
+        yes: bool,
+        dsn: str,
+        schema: str,
+        **options: Any,
+    ) -> None:
+        _logs(options)
+        with opened(dsn, schema) as q:
+            one, many = getattr(q, f"{verb}_dlq_job"), getattr(q, f"{verb}_dlq")
+            filters = _pick(q, job_id, queue, status, older_than)
+            if filters is None:
+                _done(one(job_id), f"{done} {job_id}", f"no dead job {job_id} to {verb}{if_held}")
+            elif _confirmed(q, filters, verb, yes, limit):
+                n = many(**filters, limit=limit)
+                _done(bool(n), f"{done} {n} dead job(s)", f"{done} none: live jobs hold their keys")
+
+    return command
 
 
-@dlq.command("purge", help="Delete dead jobs for good: one job, or every match.")
-@_bulk("purge")
-def dlq_purge(
-    job_id: str | None,
-    queue: str | None,
-    status: tuple[str, ...],
-    older_than: str | None,
-    limit: int,
-    yes: bool,
-    dsn: str,
-    schema: str,
-    **options: Any,
-) -> None:
-    _logs(options)
-    with opened(dsn, schema) as q:
-        filters = _pick(q, job_id, queue, status, older_than)
-        if filters is None:
-            assert job_id is not None
-            _done(q.purge_dlq_job(job_id), f"purged {job_id}", f"no dead job {job_id}")
-            return
-        if _confirmed(q, filters, "purge", yes, limit):
-            click.echo(f"purged {q.purge_dlq(**filters, limit=limit)} dead job(s)")
+dlq_requeue = _dead_jobs_command(
+    "requeue", "requeued", "Back to pending with fresh attempts: one job, or every match.", True
+)
+dlq_purge = _dead_jobs_command(
+    "purge", "purged", "Delete dead jobs for good: one job, or every match.", False
+)
 
 
 # -- queues and workers ------------------------------------------------------------------
@@ -408,10 +386,9 @@ def queues_list(as_json: bool, dsn: str, schema: str, **options: Any) -> None:
     _logs(options)
     with opened(dsn, schema) as q:
         found = q.list_queues()
-    if as_json:
-        emit_json([info.to_dict() for info in found])
-        return
-    table(
+    show(
+        as_json,
+        [info.to_dict() for info in found],
         "queues",
         ["queue", "paused", "since", "until", "by", "reason", "workers", "last seen"],
         [(i.name, i.paused, i.paused_at if i.paused else None, i.paused_until if i.paused else None,
@@ -479,10 +456,9 @@ def workers_list(as_json: bool, dsn: str, schema: str, **options: Any) -> None:
     _logs(options)
     with opened(dsn, schema) as q:
         found = q.list_workers()
-    if as_json:
-        emit_json([info.to_dict() for info in found])
-        return
-    table(
+    show(
+        as_json,
+        [info.to_dict() for info in found],
         "workers",
         ["id", "host", "pid", "queues", "started", "last beat", "alive", "stopping", "running"],
         [(w.id, w.host, w.pid, w.queues, w.started_at, w.heartbeat_at, w.alive,

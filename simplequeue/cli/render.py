@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-__all__ = ["age", "emit_json", "table", "when_text"]
+__all__ = ["age", "emit_json", "fields", "show", "table", "visible", "when_text"]
 
 
 def emit_json(value: Any) -> None:
@@ -72,6 +72,20 @@ def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> 
         console.print(Text(f"{title}: none", style="dim"))
         return
     console.print(shown)
+
+
+def show(
+    as_json: bool,
+    value: Any,
+    title: str,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+) -> None:
+    """What a read command found: `value` as JSON (`--json`), or the rows as a table."""
+    if as_json:
+        emit_json(value)
+    else:
+        table(title, columns, rows)
 
 
 def when_text(moment: datetime) -> str:

@@ -73,4 +73,12 @@ def serve(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--admin-token/--read-token") from None
     click.echo(f"serving {schema} on http://{host}:{port}/", err=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    # Event streams never end by themselves: a stop gives them 3 s, then closes them.
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=3,
+    )

@@ -84,6 +84,7 @@ class Heartbeater:
         self._shutting_down = False
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self._nudged = threading.Event()  # beat now, not at the end of the interval
         self._thread: threading.Thread | None = None
         self._conn: psycopg.Connection[Any] | None = None
         self.outage = Outage(log, self.name, health or DatabaseHealth())
@@ -109,6 +110,7 @@ class Heartbeater:
         with self._lock:
             self._shutting_down = True
             jobs = list(self._running.values())
+        self._nudged.set()  # the worker's row says it is stopping at once
         for job in jobs:
             job.stopping.set(StopReason.SHUTDOWN)
 
@@ -139,6 +141,7 @@ class Heartbeater:
     def stop(self, timeout: float | None = None) -> None:
         """Stop beating; wait up to `timeout` seconds for the thread (blocking)."""
         self._stopping.set()
+        self._nudged.set()
         if self._thread is not None:
             self._thread.join(timeout)
             self._forget_thread()
@@ -147,6 +150,7 @@ class Heartbeater:
         """Stop beating; wait up to `timeout` seconds for the thread without taking a
         thread of the loop's executor, which handlers may have filled."""
         self._stopping.set()
+        self._nudged.set()
         deadline = time.monotonic() + timeout
         while self._thread is not None and self._thread.is_alive():
             if time.monotonic() >= deadline:
@@ -251,7 +255,11 @@ class Heartbeater:
     def _run(self) -> None:
         try:
             self._round()  # the worker's row at once: operators see it start
-            while not self._stopping.wait(self._interval):
+            while True:
+                self._nudged.wait(self._interval)
+                self._nudged.clear()
+                if self._stopping.is_set():
+                    break
                 self._round()
             with contextlib.suppress(psycopg.Error):
                 self._beat_presence(gone=True)

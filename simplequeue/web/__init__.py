@@ -14,6 +14,7 @@ from importlib import resources
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -28,6 +29,22 @@ from simplequeue.web.events import EventHub
 from simplequeue.web.openapi import document
 
 __all__ = ["Access", "create_app", "new_token"]
+
+
+class _Anything(Convertor[str]):
+    """A path segment that may hold any character, "/" and newlines included: a queue
+    name is any text (Starlette's `path` stops at a newline)."""
+
+    regex = "[\\s\\S]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("anything", _Anything())
 
 
 def create_app(
@@ -84,8 +101,8 @@ def create_app(
         route("/dlq/{job_id}/requeue", admin, api.requeue_dead_job, "POST"),
         route("/dlq/{job_id}/purge", admin, api.purge_dead_job, "POST"),
         route("/queues", read, api.list_queues),
-        route("/queues/{name:path}/pause", admin, api.pause_queue, "POST"),
-        route("/queues/{name:path}/resume", admin, api.resume_queue, "POST"),
+        route("/queues/{name:anything}/pause", admin, api.pause_queue, "POST"),
+        route("/queues/{name:anything}/resume", admin, api.resume_queue, "POST"),
         route("/workers", read, api.list_workers),
         route("/stats", read, api.stats),
         Route("/events", api.guarded(read, api.events, query_token=True), methods=["GET"]),

@@ -17,6 +17,8 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Receive, Send
+from starlette.types import Scope as AsgiScope
 
 from simplequeue.errors import InvalidArgumentError, InvalidJobError, JobNotFoundError
 from simplequeue.job import Job
@@ -246,7 +248,7 @@ class Api:
                 raise BadRequest(f"not a job id: {job!r}") from None
         subscription = Subscription(queue=request.query_params.get("queue"), job=job)
         await self.hub.wait_connected(timeout=5.0)
-        return StreamingResponse(
+        return EventStream(
             self._stream(request, subscription),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
@@ -272,6 +274,26 @@ class Api:
                     chunk.insert(0, f"event: lagged\ndata: {dropped}\n\n")
                     subscription.lagged = 0
                 yield "".join(chunk)
+
+
+class EventStream(StreamingResponse):
+    """A stream that ends as soon as its client goes. Starlette leaves that to the next
+    write under ASGI 2.4 servers, which for an idle event stream is the next ping: a
+    subscription, and a server's graceful stop, would wait on a client long gone."""
+
+    async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
+        streaming = asyncio.ensure_future(self.stream_response(send))
+        leaving = asyncio.ensure_future(self.listen_for_disconnect(receive))
+        try:
+            await asyncio.wait([streaming, leaving], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (streaming, leaving):
+                task.cancel()
+            await asyncio.gather(streaming, leaving, return_exceptions=True)
+        if streaming.done() and not streaming.cancelled() and streaming.exception() is not None:
+            exc = streaming.exception()
+            if not isinstance(exc, OSError):  # a write to a client already gone
+                raise exc  # type: ignore[misc]
 
 
 def _error(status: int, message: str) -> JSONResponse:

@@ -103,6 +103,7 @@
     const box = $("message");
     box.textContent = text;
     box.className = kind || "info";
+    delete box.dataset.unreachable;
     show(box, true);
     clearTimeout(messageTimer);
     if (kind !== "error") messageTimer = setTimeout(() => show(box, false), 6000);
@@ -123,6 +124,7 @@
       response = await fetch(path, init);
     } catch (err) {
       message(`The server cannot be reached (${err.message}).`, "error");
+      $("message").dataset.unreachable = "1";
       throw err;
     }
     let data = null;
@@ -175,12 +177,23 @@
     refreshTimer = setTimeout(runRefresh, wait);
   }
 
+  let refreshing = false;
+
   async function runRefresh() {
     refreshTimer = null;
+    if (refreshing) { // one round at a time, so answers are drawn in order
+      refreshTimer = setTimeout(runRefresh, THROTTLE_MS);
+      return;
+    }
+    refreshing = true;
     lastRefresh = Date.now();
     const parts = [...pending];
     pending.clear();
-    await Promise.all(parts.map((p) => refreshers[p]().catch(() => undefined)));
+    try {
+      await Promise.all(parts.map((p) => refreshers[p]().catch(() => undefined)));
+    } finally {
+      refreshing = false;
+    }
   }
 
   function refreshView() {
@@ -205,15 +218,18 @@
   }
 
   function record(stats) {
+    // One point per poll interval; refreshes in between (on events) update the last one.
     const now = Date.now();
-    const point = { t: now, depth: {}, rate: {} };
+    const last = state.history[state.history.length - 1];
+    const fresh = !last || now - last.t >= POLL_MS * 0.9;
+    const point = fresh ? { t: now } : last;
+    point.depth = {};
+    point.rate = {};
     for (const s of stats) {
       point.depth[s.queue] = s.due + s.scheduled + s.running;
       point.rate[s.queue] = s.completed_per_minute;
     }
-    const last = state.history[state.history.length - 1];
-    if (last && now - last.t < POLL_MS / 2) state.history[state.history.length - 1] = point;
-    else state.history.push(point);
+    if (fresh) state.history.push(point);
     if (state.history.length > HISTORY) state.history.shift();
   }
 
@@ -233,7 +249,7 @@
     });
     fillTable("queues-table", "queues", rows, ({ name, s, q, paused }) => {
       const num = (v) => el("td", { className: "n" }, v === undefined ? "—" : v);
-      const state_ = paused
+      const badge = paused
         ? el("span", { className: "badge paused", title: pauseTitle(q) }, "paused")
         : el("span", { className: "badge active" }, "active");
       const toggle = paused
@@ -242,7 +258,7 @@
       const link = el("a", { href: "#jobs", className: "queue-name",
         onclick: () => { state.jobs.queue = name; resetJobPages(); } }, name);
       return el("tr", { dataset: { queue: name } },
-        el("td", {}, link), el("td", { className: "state" }, state_),
+        el("td", {}, link), el("td", { className: "state" }, badge),
         num(s.due), num(s.scheduled), num(s.running), num(s.retrying), num(s.dead),
         num(s.dlq), el("td", { className: "n" }, duration(s.oldest_due_seconds)),
         el("td", { className: "n completed" }, s.completed === undefined ? "—" : s.completed),
@@ -513,6 +529,7 @@
       if (!response.ok || !response.body) throw new Error(`HTTP ${response.status}`);
       setLive("on", "live");
       backoff = 1000;
+      if ($("message").dataset.unreachable) show($("message"), false); // back again
       refresh("stats"); // events missed while disconnected are not replayed
       refreshView();
       await readEvents(response.body.getReader());
@@ -714,6 +731,15 @@
   $("dlq-purge-all").addEventListener("click", () => dlqBulk("purge"));
 
   window.addEventListener("hashchange", route);
+  // Leaving the page ends the stream (a page kept in the back/forward cache would
+  // otherwise hold its connection open); coming back from that cache opens it again.
+  window.addEventListener("pagehide", () => {
+    if (stream) stream.abort();
+    stream = null;
+  });
+  window.addEventListener("pageshow", (event) => {
+    if (event.persisted && state.running) connectEvents();
+  });
 
   if (state.token) start();
   else signOut();
