@@ -82,6 +82,16 @@ JOB_ROW: tuple[Column, ...] = (
     # The worker that claimed the latest attempt, and each failed attempt's error.
     Column("worker_id", "uuid", "worker_id"),
     Column("errors", "jsonb", "errors", read_as="{c}::text"),
+    # The producer's trace (OpenTelemetry), continued by the worker's span of the job.
+    Column(
+        "trace_context",
+        "jsonb",
+        "trace_context",
+        insert_from="trace_context_json",
+        insert_as="{v}::jsonb",
+        param_type="text",
+        read_as="{c}::text",
+    ),
     # Due later: out of the claim's way until a poller promotes it.
     Column("scheduled", "boolean", insert_as="COALESCE({run_at} > now(), false)", live_only=True),
 )

@@ -168,6 +168,19 @@ def _attempt_errors(value: Any) -> tuple[AttemptError, ...]:
     return tuple(error for error in found if error is not None)
 
 
+def _trace_context(value: Any) -> dict[str, str] | None:
+    """The trace_context column as read (JSON text, or decoded by the driver); anything but
+    an object of strings is no trace context."""
+    if isinstance(value, str | bytes):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None
+    if not isinstance(value, dict):
+        return None
+    return {str(k): str(v) for k, v in value.items() if isinstance(v, str)}
+
+
 _READ_ATTRIBUTES = tuple(c.attribute for c in READ if c.attribute)
 
 _ID_CLOCK = _IdClock()
@@ -217,6 +230,7 @@ class Job(Generic[PayloadT]):
         "status",
         "stopping",
         "timeout",
+        "trace_context",
         "unique_key",
         "updated_at",
         "worker_id",
@@ -259,6 +273,7 @@ class Job(Generic[PayloadT]):
         self.last_error: str | None = None
         self.worker_id: uuid.UUID | None = None
         self.errors: tuple[AttemptError, ...] = ()
+        self.trace_context: dict[str, str] | None = None
         self.stopping = StopSignal()
 
     @property
@@ -293,6 +308,11 @@ class Job(Generic[PayloadT]):
         return sent
 
     @property
+    def trace_context_json(self) -> str | None:
+        """The trace context as the insert stores it."""
+        return None if self.trace_context is None else json.dumps(self.trace_context)
+
+    @property
     def encoded_data(self) -> str:
         """The data as JSON text, encoded when the job was built, and again if `data` was
         given another value since (a value changed in place is not seen)."""
@@ -313,6 +333,7 @@ class Job(Generic[PayloadT]):
             setattr(job, attribute, value)
         job.status = JobStatus(job.status)
         job.errors = _attempt_errors(job.errors)
+        job.trace_context = _trace_context(job.trace_context)
         job._sent = job._stored = True
         job.stopping = StopSignal()
         data = job.data
@@ -345,7 +366,11 @@ class Job(Generic[PayloadT]):
     def _as_claimed(self) -> Job[PayloadT]:
         """This job as a claim hands it to a worker: running, its attempt and lease
         counted, its data JSON text still to decode (what a stored job gives a handler)."""
-        as_stored = {"data": self.encoded_data, "errors": [e.to_dict() for e in self.errors]}
+        as_stored = {
+            "data": self.encoded_data,
+            "errors": [e.to_dict() for e in self.errors],
+            "trace_context": self.trace_context_json,
+        }
         row = [as_stored.get(name, getattr(self, name)) for name in _READ_ATTRIBUTES]
         claimed: Job[PayloadT] = Job.from_row(row, encoded=True)
         claimed.status = JobStatus.RUNNING

@@ -87,6 +87,14 @@ class ProcessCollector(Collector):
         }
         for name, (help_text, value) in counters.items():
             yield CounterMetricFamily(f"simplequeue_worker_{name}", help_text, value=value)
+        processed = CounterMetricFamily(
+            "simplequeue_worker_processed",
+            "attempts whose outcome was stored, by the status it gave the job",
+            labels=["outcome"],
+        )
+        for outcome, n in sorted(stats.outcomes.items()):
+            processed.add_metric([outcome], n)
+        yield processed
         gauges = {
             "running": ("jobs running now", stats.running),
             "results_buffered": ("results waiting to be written", stats.results_buffered),

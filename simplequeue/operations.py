@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
+from simplequeue import tracing
 from simplequeue.config import QueueConfig
 from simplequeue.errors import InvalidArgumentError, InvalidJobError, UnknownQueueError
 from simplequeue.fleet import QueueInfo, WorkerInfo
@@ -107,12 +108,13 @@ class Operations:
         yield from self._check_queues({job.queue for job in jobs})
         retry = any([job._begin_insert() for job in jobs])  # a list: every job is readied
         committed = conn.commits_each_statement()
-        inserted = yield from self.store.insert_jobs(
-            jobs,
-            notify=self.config.use_notify,
-            retry=retry,
-            can_copy=conn.can_copy,
-        )
+        with tracing.inserting(jobs):
+            inserted = yield from self.store.insert_jobs(
+                jobs,
+                notify=self.config.use_notify,
+                retry=retry,
+                can_copy=conn.can_copy,
+            )
         ids: list[uuid.UUID | None] = []
         for job in jobs:
             stored = job.id in inserted

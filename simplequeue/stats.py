@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 __all__ = ["QueueStats", "QueueSummary"]
 
@@ -133,6 +134,9 @@ class QueueStats:
     """LISTEN connections made: more than one means it reconnected."""
     service_restarts: int = 0
     """Services that crashed and were started again (each logged with its traceback)."""
+    outcomes: Mapping[str, int] = field(default_factory=dict)
+    """Attempts whose outcome was stored, by the status it gave the job (`pending`: it
+    runs again)."""
     handler_seconds: HistogramSnapshot = NO_LATENCIES
     """How long handlers ran (each attempt that reached its handler)."""
     pickup_seconds: HistogramSnapshot = NO_LATENCIES

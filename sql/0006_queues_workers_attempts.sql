@@ -49,6 +49,12 @@ ALTER TABLE jobs ADD COLUMN worker_id uuid, ADD COLUMN errors jsonb NOT NULL DEF
 ALTER TABLE archive ADD COLUMN worker_id uuid, ADD COLUMN errors jsonb NOT NULL DEFAULT '[]';
 ALTER TABLE dlq ADD COLUMN worker_id uuid, ADD COLUMN errors jsonb NOT NULL DEFAULT '[]';
 
+-- 4. The trace context of the insert (W3C traceparent and tracestate, when the producer
+--    traces with OpenTelemetry): the worker's span of the job continues the producer's trace.
+ALTER TABLE jobs ADD COLUMN trace_context jsonb;
+ALTER TABLE archive ADD COLUMN trace_context jsonb;
+ALTER TABLE dlq ADD COLUMN trace_context jsonb;
+
 -- The running rows, now keyed by their worker (workers list, jobs list --worker): still the
 -- reaper's way to every running row, and still one index entry per claim.
 DROP INDEX jobs_running;

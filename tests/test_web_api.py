@@ -395,6 +395,7 @@ async def test_a_worker_serves_its_counters_and_histograms(dsn: str) -> None:
                     break
                 await asyncio.sleep(0.05)
         assert "simplequeue_worker_claimed_total 5.0" in text
+        assert 'simplequeue_worker_processed_total{outcome="completed"} 5.0' in text
         assert 'simplequeue_worker_handler_seconds_bucket{le="+Inf"} 5.0' in text
         assert "simplequeue_worker_pickup_seconds_count 5.0" in text
         assert "simplequeue_worker_claim_batch_size_count" in text

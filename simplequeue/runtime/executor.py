@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 from pydantic import ValidationError
 
+from simplequeue import tracing
 from simplequeue.backoff import Fixed
 from simplequeue.blocking import BlockingQueue
 from simplequeue.errors import InvalidJobError
@@ -152,7 +153,10 @@ class Executor:
                     return Outcome(job.id, job.lease, JobStatus.UNPROCESSABLE, error=error), None
             began = time.monotonic()
             try:
-                result = await self._call(handler, job)
+                with tracing.processing(job) as span:
+                    result = await self._call(handler, job)
+                    if span is not None and isinstance(result, JobResult):
+                        span.set_attribute("simplequeue.result", result.kind.value)
             except HandlerTimeout as exc:
                 leftover = exc.leftover
                 return outcome_for_failure(job, str(exc), backoff), leftover

@@ -212,6 +212,7 @@ class Runtime:
             listener_connected=listener is not None and listener.connected.is_set(),
             listener_connections=0 if listener is None else listener.connections,
             service_restarts=self.restarts,
+            outcomes=dict(self.results.written_by_status),
             handler_seconds=self.executor.handler_seconds.snapshot(),
             pickup_seconds=self.poller.pickup_seconds.snapshot(),
             claim_batch=self.poller.claim_batch.snapshot(),
