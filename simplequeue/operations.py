@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
 from simplequeue import tracing
+from simplequeue.audience import Audience
 from simplequeue.config import QueueConfig
 from simplequeue.errors import InvalidArgumentError, InvalidJobError, UnknownQueueError
 from simplequeue.fleet import QueueInfo, WorkerInfo
@@ -56,6 +57,8 @@ class Operations:
         self.store = store
         self.config = config
         self._declared: set[str] = set()
+        self.audience = Audience()
+        """Whether a server of the HTTP API listens to the job events (asked now and then)."""
         """Queues known to be declared (or warned about): checked once per process."""
 
     # -- producing -------------------------------------------------------------------
@@ -106,14 +109,18 @@ class Operations:
         caller's transaction, inserting the same objects again is a retry of it.
         """
         yield from self._check_queues({job.queue for job in jobs})
+        notify = self.config.use_notify
+        if notify and self.audience.stale():
+            self.audience.heard((yield from self.store.events_listened()))
         retry = any([job._begin_insert() for job in jobs])  # a list: every job is readied
         committed = conn.commits_each_statement()
         with tracing.inserting(jobs):
             inserted = yield from self.store.insert_jobs(
                 jobs,
-                notify=self.config.use_notify,
+                notify=notify,
                 retry=retry,
                 can_copy=conn.can_copy,
+                publish=self.audience.listened,
             )
         ids: list[uuid.UUID | None] = []
         for job in jobs:

@@ -28,7 +28,7 @@ __all__ = [
     "validate_role_name",
 ]
 
-TABLES = ("jobs", "archive", "dlq", "queues", "workers", "schema_migrations")
+TABLES = ("jobs", "archive", "dlq", "queues", "workers", "event_listeners", "schema_migrations")
 """Every table simplequeue creates; a role holds on each exactly what the maps below say."""
 
 TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
@@ -63,9 +63,10 @@ class TablePrivileges:
 PRODUCER_PRIVILEGES: dict[str, TablePrivileges] = {
     "jobs": TablePrivileges(frozenset({"SELECT"}), {"INSERT": INSERT_COLUMNS}),
     "queues": TablePrivileges(frozenset({"SELECT"})),
+    "event_listeners": TablePrivileges(frozenset({"SELECT"})),
 }
-"""insert_job(s) (with NOTIFY, and the check that their queues are declared) and get_job /
-wait_for_job on live jobs; nothing else."""
+"""insert_job(s) (with NOTIFY, the check that their queues are declared, and whether the
+job events have listeners) and get_job / wait_for_job on live jobs; nothing else."""
 
 WORKER_PRIVILEGES: dict[str, TablePrivileges] = {
     "jobs": TablePrivileges(
@@ -78,6 +79,7 @@ WORKER_PRIVILEGES: dict[str, TablePrivileges] = {
         frozenset({"SELECT"}), {"INSERT": ("name",), "UPDATE": ("last_seen",)}
     ),
     "workers": TablePrivileges(frozenset({"SELECT", "INSERT", "UPDATE", "DELETE"})),
+    "event_listeners": TablePrivileges(frozenset({"SELECT"})),
 }
 """Claim, results, heartbeats, reaper; janitor (jobs → archive and DLQ, archive purge);
 handlers inserting follow-up jobs; get_job, wait_for_job, cancel, reschedule, list_dlq,

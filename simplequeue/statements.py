@@ -16,6 +16,8 @@ _READ = columns.read_list()
 """What `Job.from_row` reads, in its order."""
 _DEAD = "(" + ", ".join(f"'{s}'" for s in DEAD_STATUSES) + ")"
 _STATUS_IN = "(%(statuses)s::text[] IS NULL OR status = ANY(%(statuses)s))"
+_LISTENED = "EXISTS (SELECT 1 FROM {s}.event_listeners WHERE expires_at > now())"
+"""Some server of the HTTP API listens to the job events now."""
 
 # Both inserts skip a job on any conflict: a live job holding its unique key
 # (jobs_unique_key_live), or its own id already stored by an earlier try of the same insert.
@@ -74,20 +76,26 @@ def publishing(change: str, kind: str, also: str = "") -> str:
     )
 
 
+def quiet(change: str, also: str = "") -> str:
+    """The change as `publishing` returns it, less the events (nobody listens to them):
+    the same leading columns, so both variants read alike."""
+    return f"WITH changed AS ({change}) SELECT changed.*{also} FROM changed" if also else change
+
+
 # After a COPY (which cannot notify): the insert's NOTIFY and its events, from the ids and
 # queues of the jobs it wrote.
-NOTIFY_COPIED = publishing(
-    "SELECT * FROM unnest(%s::uuid[], %s::text[]) AS copied(id, queue)",
-    "'inserted'",
-    also=", (SELECT pg_notify(%s, %s))",
-)
+_COPIED = "SELECT * FROM unnest(%s::uuid[], %s::text[]) AS copied(id, queue)"
+_WAKE = ", (SELECT pg_notify(%s, %s))"
+NOTIFY_COPIED = publishing(_COPIED, "'inserted'", also=_WAKE)
+NOTIFY_COPIED_QUIET = quiet(_COPIED, also=_WAKE)
 
 # Inserts with notifications: one NOTIFY naming the queues, on the channel that wakes
 # workers, and the events of the HTTP API.
-INSERT_NOTIFY = publishing(INSERT, "'inserted'", also=", (SELECT pg_notify(%s, %s))")
-INSERT_ONE_NOTIFY = publishing(
-    INSERT_ONE, "'inserted'", also=", (SELECT pg_notify(%(channel)s, %(queues)s))"
-)
+INSERT_NOTIFY = publishing(INSERT, "'inserted'", also=_WAKE)
+INSERT_NOTIFY_QUIET = quiet(INSERT, also=_WAKE)
+_WAKE_ONE = ", (SELECT pg_notify(%(channel)s, %(queues)s))"
+INSERT_ONE_NOTIFY = publishing(INSERT_ONE, "'inserted'", also=_WAKE_ONE)
+INSERT_ONE_NOTIFY_QUIET = quiet(INSERT_ONE, also=_WAKE_ONE)
 
 
 # COPY writes values as they are: no COALESCE with now(), no comparison with it. A job
@@ -183,6 +191,7 @@ WHERE jobs.id = candidates.id
 RETURNING """
     + columns.read_list("jobs.", claimed=True)
 )
+CLAIM_QUIET = CLAIM
 CLAIM = publishing(CLAIM, "'started'")
 
 # Result writes lock their rows in a sub-select that skips rows another transaction holds
@@ -204,6 +213,7 @@ FROM (
 WHERE j.id = locked.id
 RETURNING j.id, j.queue
 """
+COMPLETE_QUIET = COMPLETE
 COMPLETE = publishing(COMPLETE, "'completed'")
 
 WRITE_OUTCOMES = (
@@ -237,6 +247,7 @@ WHERE j.id = r.id
 RETURNING j.id, j.queue, j.status
 """
 )
+WRITE_OUTCOMES_QUIET = WRITE_OUTCOMES
 WRITE_OUTCOMES = publishing(WRITE_OUTCOMES, EVENT_KIND.format(status="status"))
 
 # SKIP LOCKED: a row held by another transaction (a result write, a cancel, a user's long
@@ -620,16 +631,35 @@ FROM {s}.queues ORDER BY name"""
 )
 
 # Beaten from the heartbeat thread; an upsert, so a row forgotten meanwhile (a worker cut
-# off for an hour) comes back.
-WORKER_BEAT = """
+# off for an hour) comes back. It answers whether anyone listens to the events.
+WORKER_BEAT = (
+    """
 INSERT INTO {s}.workers AS w (id, host, pid, version, queues, expires_at, stopping_at)
 VALUES (%(id)s, %(host)s, %(pid)s, %(version)s, %(queues)s,
         now() + make_interval(secs => %(ttl)s), CASE WHEN %(stopping)s THEN now() END)
 ON CONFLICT (id) DO UPDATE SET
     heartbeat_at = now(), expires_at = EXCLUDED.expires_at, queues = EXCLUDED.queues,
     stopping_at = COALESCE(w.stopping_at, EXCLUDED.stopping_at)
-"""
+RETURNING """
+    + _LISTENED
+)
 WORKER_GONE = "DELETE FROM {s}.workers WHERE id = %s"
+
+# -- who listens to the events ------------------------------------------------------------
+
+EVENTS_LISTENED = "SELECT " + _LISTENED
+# A server's row, renewed while it runs; rows of servers long gone are cleared on the way.
+LISTENER_BEAT = """
+WITH gone AS (
+    DELETE FROM {s}.event_listeners WHERE id IN (
+        SELECT id FROM {s}.event_listeners WHERE expires_at < now() - interval '1 hour'
+        FOR UPDATE SKIP LOCKED)
+)
+INSERT INTO {s}.event_listeners (id, expires_at)
+VALUES (%(id)s, now() + make_interval(secs => %(ttl)s))
+ON CONFLICT (id) DO UPDATE SET expires_at = EXCLUDED.expires_at
+"""
+LISTENER_GONE = "DELETE FROM {s}.event_listeners WHERE id = %s"
 FORGET_WORKERS = (
     "DELETE FROM {s}.workers WHERE id IN (SELECT id FROM {s}.workers"
     " WHERE expires_at < now() - make_interval(secs => %s) FOR UPDATE SKIP LOCKED)"

@@ -187,8 +187,10 @@ class Store:
         self.channel = notify_channel(schema)
         self._insert = _q(q.INSERT, schema)
         self._insert_notify = _q(q.INSERT_NOTIFY, schema)
+        self._insert_notify_quiet = _q(q.INSERT_NOTIFY_QUIET, schema)
         self._insert_one = _q(q.INSERT_ONE, schema)
         self._insert_one_notify = _q(q.INSERT_ONE_NOTIFY, schema)
+        self._insert_one_notify_quiet = _q(q.INSERT_ONE_NOTIFY_QUIET, schema)
         self._stored_ids = _q(q.STORED_IDS, schema)
         self._stored_anywhere_ids = _q(q.STORED_ANYWHERE_IDS, schema)
         self._can_read_finished = _q(
@@ -200,9 +202,16 @@ class Store:
         self._copy_run_at = _q(q.COPY_RUN_AT, schema)
         self._notify = q.NOTIFY
         self._notify_copied = _q(q.NOTIFY_COPIED, schema)
+        self._notify_copied_quiet = _q(q.NOTIFY_COPIED_QUIET, schema)
         self._claim = _q(q.CLAIM, schema)
+        self._claim_quiet = _q(q.CLAIM_QUIET, schema)
         self._write_outcomes = _q(q.WRITE_OUTCOMES, schema, latest=LATEST_TIME)
+        self._write_outcomes_quiet = _q(q.WRITE_OUTCOMES_QUIET, schema, latest=LATEST_TIME)
         self._complete = _q(q.COMPLETE, schema)
+        self._complete_quiet = _q(q.COMPLETE_QUIET, schema)
+        self._events_listened = _q(q.EVENTS_LISTENED, schema)
+        self._listener_beat = _q(q.LISTENER_BEAT, schema)
+        self._listener_gone = _q(q.LISTENER_GONE, schema)
         self._heartbeat = _q(q.HEARTBEAT, schema)
         self._still_running = _q(q.STILL_RUNNING, schema)
         self._running_runs = _q(q.RUNNING_RUNS, schema)
@@ -275,6 +284,7 @@ class Store:
         notify: bool,
         retry: bool = False,
         can_copy: bool = False,
+        publish: bool = True,
     ) -> Plan[set[uuid.UUID]]:
         """Insert in one statement; returns the ids stored (a live unique key skips a job).
 
@@ -284,7 +294,8 @@ class Store:
         table or, where this role may read them, the archive and the DLQ, count as
         stored and are not inserted again: a retry never stores a job twice.
         `can_copy`: the driver can COPY (which runs as one unit: a failed COPY leaves a
-        caller's transaction usable).
+        caller's transaction usable). `publish`: with `notify`, the events of the HTTP API
+        too (someone listens).
         """
         stored: set[uuid.UUID] = set()
         if retry:
@@ -294,24 +305,27 @@ class Store:
                 return stored
         elif can_copy and len(jobs) >= COPY_THRESHOLD and all(j.unique_key is None for j in jobs):
             try:
-                yield self._copy_jobs(jobs, notify=notify)
+                yield self._copy_jobs(jobs, notify=notify, publish=publish)
             except Exception as exc:
                 if sqlstate(exc) != UNIQUE_VIOLATION:
                     raise
                 # Some of these ids are stored already (the same jobs inserted elsewhere,
                 # or before): the COPY was undone as a whole; the INSERT skips those.
-                return (yield from self.insert_jobs(jobs, notify=notify, retry=True))
+                again = self.insert_jobs(jobs, notify=notify, retry=True, publish=publish)
+                return (yield from again)
             return {j.id for j in jobs}
         params: list[Any] | dict[str, Any]
         if len(jobs) == 1:  # scalars: adapting nine one-element arrays costs more than the insert
             params = dict(zip(_SOURCE_NAMES, _insert_row(jobs[0]), strict=True))
-            insert, insert_notify = self._insert_one, self._insert_one_notify
+            insert = self._insert_one
+            insert_notify = self._insert_one_notify if publish else self._insert_one_notify_quiet
             if notify:
                 params["channel"] = self.channel
                 params["queues"] = notify_payload({jobs[0].queue})
         else:
             params = [list(column) for column in zip(*_insert_rows(jobs), strict=True)]
-            insert, insert_notify = self._insert, self._insert_notify
+            insert = self._insert
+            insert_notify = self._insert_notify if publish else self._insert_notify_quiet
             if notify:
                 params += [self.channel, notify_payload({j.queue for j in jobs})]
         result = yield Run(insert_notify if notify else insert, params)
@@ -336,7 +350,7 @@ class Store:
         result = yield Run(statement, [ids] * (3 if reads_finished else 1))
         return _ids(result.rows)
 
-    def _copy_jobs(self, jobs: Sequence[Job], *, notify: bool) -> Copy:
+    def _copy_jobs(self, jobs: Sequence[Job], *, notify: bool, publish: bool) -> Copy:
         """A large batch as COPY, several times faster than one INSERT of arrays.
 
         Only without unique keys: COPY has no ON CONFLICT, and there is nothing to
@@ -351,7 +365,7 @@ class Store:
         )
         copied = [[j.id for j in jobs], [j.queue for j in jobs]]
         then = Run(
-            self._notify_copied,
+            self._notify_copied if publish else self._notify_copied_quiet,
             [*copied, self.channel, notify_payload({j.queue for j in jobs})],
         )
         return Copy(parts, then if notify else None)
@@ -364,6 +378,8 @@ class Store:
         limits: Sequence[int],
         total: int,
         worker: uuid.UUID | None = None,
+        *,
+        publish: bool = True,
     ) -> Plan[list[Job]]:
         """Claim up to `total` due jobs, at most `limits[i]` of `queues[i]`, in one statement,
         for `worker`; paused queues are skipped.
@@ -372,7 +388,7 @@ class Store:
         Python cannot decode must fail its own job, not the whole batch.
         """
         params = {"queues": list(queues), "limits": list(limits), "total": total, "worker": worker}
-        result = yield Run(self._claim, params)
+        result = yield Run(self._claim if publish else self._claim_quiet, params)
         return [Job.from_row(row[:_READ_WIDTH], encoded=True) for row in result.rows]
 
     def promote_due(self, queues: Sequence[str], limit: int) -> Plan[int]:
@@ -386,7 +402,9 @@ class Store:
         row = result.first()
         return int(row[0]) if row else 0
 
-    def write_outcomes(self, outcomes: Sequence[Outcome]) -> Plan[set[uuid.UUID]]:
+    def write_outcomes(
+        self, outcomes: Sequence[Outcome], *, publish: bool = True
+    ) -> Plan[set[uuid.UUID]]:
         """Apply a batch of results, fenced by lease; returns the ids it changed.
 
         Plain successes, most of any batch, go in a statement of their own that needs
@@ -399,12 +417,13 @@ class Store:
         changed: set[uuid.UUID] = set()
         if done:
             result = yield Run(
-                self._complete, [_array(o.job_id for o in done), _array(o.lease for o in done)]
+                self._complete if publish else self._complete_quiet,
+                [_array(o.job_id for o in done), _array(o.lease for o in done)],
             )
             changed.update(row[0] for row in result.rows)
         if rest:
             result = yield Run(
-                self._write_outcomes,
+                self._write_outcomes if publish else self._write_outcomes_quiet,
                 [
                     [o.job_id for o in rest],
                     [o.lease for o in rest],
@@ -699,8 +718,9 @@ class Store:
 
     def worker_beat(
         self, worker: WorkerIdentity, queues: Sequence[str], ttl: float, stopping: bool
-    ) -> Plan[None]:
-        """Register or beat this process's worker: alive for `ttl` seconds more."""
+    ) -> Plan[bool]:
+        """Register or beat this process's worker: alive for `ttl` seconds more. Answers
+        whether anyone listens to the job events."""
         params = {
             "id": worker.id,
             "host": worker.host,
@@ -710,7 +730,28 @@ class Store:
             "ttl": ttl,
             "stopping": stopping,
         }
-        yield Run(self._worker_beat, params)
+        result = yield Run(self._worker_beat, params)
+        row = result.first()
+        return bool(row and row[0])
+
+    def events_listened(self) -> Plan[bool]:
+        """Whether a server of the HTTP API listens to the job events now. Asked in a
+        savepoint: a role that may not read the table (or a schema without it) hears no."""
+        try:
+            result = yield Run(self._events_listened, savepoint=True)
+        except Exception as exc:
+            if sqlstate(exc) not in (INSUFFICIENT_PRIVILEGE, *MISSING_SCHEMA_OBJECT):
+                raise
+            return False
+        row = result.first()
+        return bool(row and row[0])
+
+    def listener_beat(self, listener: uuid.UUID, ttl: float) -> Plan[None]:
+        """A server listening to the events says so, for `ttl` seconds more."""
+        yield Run(self._listener_beat, {"id": listener, "ttl": ttl})
+
+    def listener_gone(self, listener: uuid.UUID) -> Plan[None]:
+        yield Run(self._listener_gone, [listener])
 
     def worker_gone(self, worker_id: uuid.UUID) -> Plan[None]:
         yield Run(self._worker_gone, [worker_id])

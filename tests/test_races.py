@@ -132,9 +132,10 @@ def test_every_statement_that_waits_for_row_locks_takes_them_in_id_order() -> No
         "delete_from_dlq",
         "run_now",
         "worker_gone",
+        "listener_gone",
     }
-    # one queue, or this worker's own row: by primary key
-    single_key = {"pause_queue", "resume_queue", "worker_beat"}
+    # one queue, or this worker's (or server's) own row: by primary key
+    single_key = {"pause_queue", "resume_queue", "worker_beat", "listener_beat"}
     statements = {
         name: text
         for name, text in Store("simplequeue").statements().items()

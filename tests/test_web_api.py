@@ -437,3 +437,33 @@ async def test_a_subscription_ends_when_its_client_leaves(queue: sq.SimpleQueue)
             await asyncio.sleep(0.01)
         assert hub.subscribers == 0
     await hub.aclose()
+
+
+async def test_events_are_published_only_while_a_server_listens(
+    queue: sq.SimpleQueue, dsn: str
+) -> None:
+    """No server: inserts, claims and results send no event NOTIFY at all (nothing to pay);
+    a server registers itself, and they do; once it is gone, they stop again."""
+    import psycopg
+
+    async def events_sent(insert: Any) -> int:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as listener:
+            await listener.execute('LISTEN "simplequeue.ev"')
+            await insert()
+            got = 0
+            async for _ in listener.notifies(timeout=0.5):
+                got += 1
+            return got
+
+    assert await events_sent(lambda: queue.insert_job(sq.Job("q", {}))) == 0
+    app = create_app(queue, admin_tokens=[ADMIN])
+    hub = app.state.events
+    assert await hub.wait_connected(5)
+    assert count(dsn, table="event_listeners") == 1
+    fresh = sq.SimpleQueue.from_url(dsn)  # a producer that has not asked yet
+    async with fresh:
+        assert await events_sent(lambda: fresh.insert_job(sq.Job("q", {}))) == 1
+    await hub.aclose()
+    assert count(dsn, table="event_listeners") == 0
+    async with sq.SimpleQueue.from_url(dsn) as later:
+        assert await events_sent(lambda: later.insert_job(sq.Job("q", {}))) == 0

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import psycopg
 
+from simplequeue.audience import Audience
 from simplequeue.drivers import run_sync
 from simplequeue.fleet import WorkerIdentity
 from simplequeue.job import Job
@@ -44,6 +45,8 @@ class Presence:
     queues: Callable[[], list[str]]
     """The queues the worker handles now."""
     ttl: float
+    audience: Audience
+    """Told at each beat whether anyone listens to the job events."""
     declared: frozenset[str] = frozenset()
     """The queues declared so far: a handler registered after start is declared too."""
     broken: bool = False
@@ -212,7 +215,8 @@ class Heartbeater:
             with self._lock:
                 stopping = self._shutting_down
             queues = presence.queues()
-            yield from store.worker_beat(presence.worker, queues, presence.ttl, stopping)
+            listened = yield from store.worker_beat(presence.worker, queues, presence.ttl, stopping)
+            presence.audience.heard(listened)
             if not presence.declared.issuperset(queues):
                 yield from store.declare_queues(sorted(set(queues) - presence.declared))
                 presence.declared = presence.declared | set(queues)

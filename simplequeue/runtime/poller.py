@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from simplequeue.audience import Audience
 from simplequeue.config import QueueConfig
 from simplequeue.connections import borrow
 from simplequeue.drivers import run
@@ -87,7 +88,9 @@ class Poller(Service):
         *,
         health: DatabaseHealth | None = None,
         worker_id: uuid.UUID | None = None,
+        audience: Audience | None = None,
     ) -> None:
+        self._audience = audience or Audience()
         super().__init__(health, max_retry_delay=config.empty_poll_sleep)
         self._worker_id = worker_id
         self._pool = pool
@@ -138,8 +141,17 @@ class Poller(Service):
             self.claiming = True
             try:
                 async with borrow(self._pool) as conn:
+                    if self._audience.unknown:
+                        self._audience.heard(await run(conn, self._store.events_listened()))
                     jobs = await run(
-                        conn, self._store.claim(queues, limits, total, self._worker_id)
+                        conn,
+                        self._store.claim(
+                            queues,
+                            limits,
+                            total,
+                            self._worker_id,
+                            publish=self._audience.listened,
+                        ),
                     )
             except psycopg.OperationalError as exc:
                 self.claiming = False

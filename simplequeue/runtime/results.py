@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from simplequeue.audience import Audience
 from simplequeue.connections import borrow
 from simplequeue.drivers import run
 from simplequeue.job import JobStatus
@@ -50,8 +51,10 @@ class ResultWriter(Service):
         max_buffered: int = 10_000,
         heartbeats: Heartbeater | None = None,
         health: DatabaseHealth | None = None,
+        audience: Audience | None = None,
     ) -> None:
         super().__init__(health)
+        self._audience = audience or Audience()
         self._pool = pool
         self._heartbeats = heartbeats
         self._store = store
@@ -179,7 +182,8 @@ class ResultWriter(Service):
         while True:
             try:
                 async with borrow(self._pool) as conn:
-                    changed = await run(conn, self._store.write_outcomes(batch))
+                    publish = self._audience.listened
+                    changed = await run(conn, self._store.write_outcomes(batch, publish=publish))
                     locked = await self._held_elsewhere(conn, batch, changed)
             except Exception as exc:
                 if not is_transient(exc):

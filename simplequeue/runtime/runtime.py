@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from simplequeue.audience import Audience
 from simplequeue.config import QueueConfig
 from simplequeue.connections import borrow, dedicated_settings
 from simplequeue.drivers import run
@@ -79,7 +80,10 @@ class Runtime:
         async def connect_async() -> psycopg.AsyncConnection[Any]:
             return await psycopg.AsyncConnection.connect(listen_conninfo, **listen_settings)
 
-        presence = Presence(worker, lambda: sorted(registry.handlers), config.stall_after)
+        self.audience = Audience()
+        presence = Presence(
+            worker, lambda: sorted(registry.handlers), config.stall_after, self.audience
+        )
         self.heartbeats = Heartbeater(
             connect_sync, store, config.heartbeat_interval, health=health, presence=presence
         )
@@ -93,6 +97,7 @@ class Runtime:
             max_buffered=config.global_permits,
             heartbeats=self.heartbeats,
             health=health,
+            audience=self.audience,
         )
 
         async def still_ours(job: Job) -> bool:
@@ -109,7 +114,14 @@ class Runtime:
             threads=config.global_permits,
         )
         self.poller = Poller(
-            pool, store, registry, self.executor, config, health=health, worker_id=worker.id
+            pool,
+            store,
+            registry,
+            self.executor,
+            config,
+            health=health,
+            worker_id=worker.id,
+            audience=self.audience,
         )
         self.listener = (
             Listener(connect_async, store.listen, self._inserted, health=health)

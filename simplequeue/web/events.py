@@ -17,7 +17,8 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from simplequeue.connections import dedicated_settings
+from simplequeue.connections import borrow, dedicated_settings
+from simplequeue.drivers import run
 from simplequeue.runtime.listener import Listener
 from simplequeue.store import Store
 
@@ -27,6 +28,9 @@ log = logging.getLogger("simplequeue.web")
 
 BUFFERED = 1000
 """Events a subscriber may fall behind by; past that it is told it lagged and skips."""
+
+LISTENER_TTL = 30.0
+"""Seconds a server's row in event_listeners counts: it renews it every third of that."""
 
 KINDS = ("inserted", "started", "completed", "retried", "failed", "cancelled", "dead")
 
@@ -82,6 +86,9 @@ class EventHub:
         self._subscriptions: set[Subscription] = set()
         self._listener: Listener | None = None
         self._task: asyncio.Task[None] | None = None
+        self._registering: asyncio.Task[None] | None = None
+        self._registered = asyncio.Event()
+        self._id = uuid.uuid4()
         self.received = 0
 
     @property
@@ -102,14 +109,31 @@ class EventHub:
 
         self._listener = Listener(connect, self._store.listen_events, self._received)
         self._task = asyncio.create_task(self._listener.run(), name="simplequeue-events")
+        self._registering = asyncio.create_task(self._register(), name="simplequeue-listener")
+
+    async def _register(self) -> None:
+        """Keep this server's row in event_listeners: while it is there, workers and
+        producers publish the events (they skip them otherwise)."""
+        while True:
+            try:
+                async with borrow(self._pool) as conn:
+                    await run(conn, self._store.listener_beat(self._id, LISTENER_TTL))
+                self._registered.set()
+            except psycopg.Error as exc:
+                log.warning("events: cannot register as a listener (%s); retrying", exc)
+                await asyncio.sleep(1.0)
+                continue
+            await asyncio.sleep(LISTENER_TTL / 3)
 
     async def wait_connected(self, timeout: float) -> bool:
         """Wait until the LISTEN is in place (so no event after this is missed)."""
         self._start()
         assert self._listener is not None
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._listener.connected.wait(), timeout)
-        return self.connected
+            async with asyncio.timeout(timeout):
+                await self._listener.connected.wait()
+                await self._registered.wait()
+        return self.connected and self._registered.is_set()
 
     @contextlib.asynccontextmanager
     async def subscribe(self, subscription: Subscription) -> AsyncIterator[Subscription]:
@@ -136,8 +160,15 @@ class EventHub:
                     subscription.offer(event)
 
     async def aclose(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        """Stop listening; the row goes, and workers stop publishing at their next beat."""
+        for task in (self._task, self._registering):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        if self._registered.is_set():
+            with contextlib.suppress(psycopg.Error):
+                async with borrow(self._pool) as conn:
+                    await run(conn, self._store.listener_gone(self._id))
+        self._task = self._registering = None
+        self._registered.clear()
