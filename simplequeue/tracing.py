@@ -59,13 +59,17 @@ def inserting(jobs: Sequence[Job]) -> Iterator[None]:
         span.end()
 
 
-@contextlib.contextmanager
-def processing(job: Job) -> Iterator[Any]:
+def processing(job: Job) -> contextlib.AbstractContextManager[Any]:
     """A consumer span around one attempt, the current span while the handler runs (its
     own spans nest under it), child of the producer's span when the job carries it."""
-    if trace is None:
-        yield None
-        return
+    return _NOTHING if trace is None else _processing(job)
+
+
+_NOTHING: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _processing(job: Job) -> Iterator[Any]:
     parent = propagate.extract(job.trace_context or {})
     with trace.get_tracer(SYSTEM).start_as_current_span(
         f"{SYSTEM} process {job.queue}"[:200],
