@@ -15,7 +15,7 @@ from typing import Any, Protocol, TypeVar
 
 from simplequeue import tracing
 from simplequeue.audience import Audience
-from simplequeue.config import QueueConfig
+from simplequeue.config import MAX_SETTING_SECONDS, QueueConfig
 from simplequeue.errors import InvalidArgumentError, InvalidJobError, UnknownQueueError
 from simplequeue.fleet import QueueInfo, WorkerInfo
 from simplequeue.job import Job, JobStatus
@@ -305,7 +305,13 @@ class Operations:
         return self.store.list_workers()
 
     def queue_summaries(self, window: float) -> Plan[list[QueueSummary]]:
-        seconds_ = as_seconds("window", window, allow_zero=False, error=InvalidArgumentError)
+        seconds_ = as_seconds(
+            "window",
+            window,
+            allow_zero=False,
+            maximum=MAX_SETTING_SECONDS,
+            error=InvalidArgumentError,
+        )
         return self.store.queue_summaries(seconds_)
 
     def counts(self) -> Plan[dict[str, int]]:

@@ -47,7 +47,8 @@ CAN_READ_FINISHED = (
 
 
 EVENTS_PER_NOTIFY = 40
-"""Events one NOTIFY carries: 40 lines of at most about 190 bytes stay well within
+"""Events one NOTIFY carries: 40 lines of at most 190 bytes (a kind, an id, a queue name
+of at most 120 bytes once JSON-escaped, or the md5 of a longer one) stay within
 PostgreSQL's 8000-byte payload."""
 
 EVENT_KIND = (
@@ -62,14 +63,17 @@ was retried, a running one started; critical_failure, unprocessable and bad_job 
 def publishing(change: str, kind: str, also: str = "") -> str:
     """The change (a data-modifying statement RETURNING at least `id` and `queue`), plus one
     NOTIFY on the events channel per EVENTS_PER_NOTIFY changed rows, delivered at commit:
-    a JSON array [kind, id, queue] per line (queue null when longer than 120 bytes). The
-    rows come back as the change returned them, then `also`'s columns, then one more.
-    Uncorrelated sub-selects run once (InitPlans), and only when a row changed."""
+    a JSON array [kind, id, queue] per line, or [kind, id, null, md5 of the queue] when
+    the queue's name is longer than 120 bytes once JSON-escaped (quotes, backslashes and
+    control characters grow). The rows come back as the change returned them, then
+    `also`'s columns, then one more. Uncorrelated sub-selects run once (InitPlans), and
+    only when a row changed."""
     return (
         f"WITH changed AS ({change}) "
         f"SELECT changed.*{also}, (SELECT count(*) FROM (SELECT pg_notify({{events}}, "
-        f"string_agg(json_build_array({kind}, id, "
-        "CASE WHEN octet_length(queue) <= 120 THEN queue END)::text, E'\\n')) "
+        f"string_agg((CASE WHEN octet_length(to_json(queue)::text) <= 122 "
+        f"THEN json_build_array({kind}, id, queue) "
+        f"ELSE json_build_array({kind}, id, NULL, md5(queue)) END)::text, E'\\n')) "
         "FROM (SELECT *, (row_number() OVER () - 1) / "
         f"{EVENTS_PER_NOTIFY} AS chunk FROM changed) AS numbered GROUP BY chunk) AS sent) "
         "FROM changed"

@@ -170,6 +170,17 @@ async def test_queues_workers_and_stats(client: httpx.AsyncClient, queue: sq.Sim
         ("post", "/queues/q/pause", {"reason": "x" * 5000}, 400, "reason"),
         ("get", "/stats?window=0", None, 400, "window"),
         ("get", "/events?job=nope", None, 400, "not a job id"),
+        ("post", "/dlq/requeue", {"older_than": 1e300}, 400, "older_than"),
+        ("post", "/dlq/purge", {"older_than": -5}, 400, "older_than"),
+        ("post", "/dlq/purge", {"older_than": 99999999999}, 400, "older_than"),
+        ("get", "/jobs?limit=\u00b2", None, 400, "not an integer"),
+        ("get", "/dlq?limit=\u0663", None, 400, "not an integer"),
+        ("get", "/stats?window=1e308", None, 400, "window"),
+        ("get", "/stats?window=inf", None, 400, "finite"),
+        ("post", "/queues/%ff/pause", None, 400, "UTF-8"),
+        ("post", "/queues/%ED%A0%80/resume", None, 400, "UTF-8"),
+        ("get", "/nowhere", None, 404, "no such endpoint"),
+        ("delete", "/jobs", None, 405, "method not allowed"),
     ],
 )
 async def test_bad_input_gets_a_clear_error_and_changes_nothing(
@@ -189,6 +200,35 @@ async def test_bad_input_gets_a_clear_error_and_changes_nothing(
     assert r.status_code == status, r.text
     assert message in r.json()["error"]
     assert count(dsn) == 0 and count(dsn, table="queues") == 0
+
+
+async def test_a_body_too_deep_or_too_large_is_refused(client: httpx.AsyncClient, dsn: str) -> None:
+    deep = '{"queue": "a", "data": ' + "[" * 2000 + "]" * 2000 + "}"
+    r = await client.post(
+        "/jobs", content=deep.encode(), headers={"Content-Type": "application/json"}
+    )
+    assert r.status_code == 400 and "JSON" in r.json()["error"]
+    big = b'{"queue": "a", "data": "' + b"x" * (5 * 1024 * 1024) + b'"}'
+    r = await client.post("/jobs", content=big, headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and "larger than" in r.json()["error"]
+    assert count(dsn) == 0
+
+
+async def test_numbers_json_should_not_hold_are_refused(
+    client: httpx.AsyncClient, dsn: str
+) -> None:
+    for number in ("NaN", "Infinity", "-Infinity"):
+        body = (f'{{"older_than": {number}}}').encode()
+        r = await client.post(
+            "/dlq/purge", content=body, headers={"Content-Type": "application/json"}
+        )
+        assert r.status_code == 400 and "older_than" in r.json()["error"]
+
+
+async def test_job_ids_come_back_in_their_canonical_form(client: httpx.AsyncClient) -> None:
+    job_id = (await client.post("/jobs", json={"queue": "q", "data": 1})).json()["id"]
+    r = await client.post(f"/jobs/urn:uuid:{job_id.upper()}/cancel")
+    assert r.status_code == 200 and r.json()["id"] == job_id
 
 
 async def test_a_body_that_is_not_json_is_refused(client: httpx.AsyncClient, dsn: str) -> None:
@@ -467,3 +507,64 @@ async def test_events_are_published_only_while_a_server_listens(
     assert count(dsn, table="event_listeners") == 0
     async with sq.SimpleQueue.from_url(dsn) as later:
         assert await events_sent(lambda: later.insert_job(sq.Job("q", {}))) == 0
+
+
+async def test_queue_names_that_grow_when_escaped_still_publish(
+    queue: sq.SimpleQueue, dsn: str
+) -> None:
+    """Quotes, backslashes and control characters grow in JSON: 40 of them per NOTIFY must
+    stay under PostgreSQL's payload limit, or inserts and claims would fail."""
+    from simplequeue.web.events import Subscription
+
+    app = create_app(queue, admin_tokens=[ADMIN])
+    hub = app.state.events
+    names = ["\x01" * 120, '"' * 120, "\\" * 120, "\x01" * 60 + "q"]
+    subscriptions = [Subscription(queue=name) for name in names]
+    async with contextlib.AsyncExitStack() as stack:
+        for subscription in subscriptions:
+            await stack.enter_async_context(hub.subscribe(subscription))
+        assert await hub.wait_connected(5)
+        for name in names:
+            assert all(await queue.insert_jobs([sq.Job(name, {}) for _ in range(45)]))
+        for _ in range(300):
+            if all(s.events.qsize() == 45 for s in subscriptions):
+                break
+            await asyncio.sleep(0.01)
+    assert [s.events.qsize() for s in subscriptions] == [45] * 4  # each its own, exactly
+    await hub.aclose()
+
+
+async def test_a_forged_notification_is_ignored_and_events_go_on(
+    queue: sq.SimpleQueue, dsn: str
+) -> None:
+    from simplequeue.web.events import Subscription
+
+    app = create_app(queue, admin_tokens=[ADMIN])
+    hub = app.state.events
+    subscription = Subscription()
+    async with hub.subscribe(subscription):
+        assert await hub.wait_connected(5)
+        for forged in (
+            '["started", "not-a-uuid", "q"]',
+            f'["x\\n\\nevent: completed", "{uuid.uuid4()}", "q"]',
+            "[1]",
+            "{}",
+            "nope",
+        ):
+            query_one(dsn, "SELECT pg_notify('simplequeue.ev', %s)", [forged])
+        job_id = await queue.insert_job(sq.Job("q", {}))
+        for _ in range(300):
+            if subscription.events.qsize():
+                break
+            await asyncio.sleep(0.01)
+        event = subscription.events.get_nowait()
+        assert (event.kind, event.job_id) == ("inserted", str(job_id))
+        assert subscription.events.empty()
+    await hub.aclose()
+
+
+def query_one(dsn: str, statement: str, params: Any) -> None:
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(statement, params)

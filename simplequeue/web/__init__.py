@@ -111,7 +111,17 @@ def create_app(
         Route("/", dashboard, methods=["GET"]),
         Mount("/static", StaticFiles(packages=[("simplequeue.web", "static")]), name="static"),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+
+    async def not_here(request: Request, exc: Exception) -> Response:
+        status = getattr(exc, "status_code", 404)
+        what = "no such endpoint" if status == 404 else "method not allowed here"
+        return JSONResponse({"error": f"{what}: {request.method} {request.url.path}"}, status)
+
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={404: not_here, 405: not_here},
+    )
     app.state.events = hub
     return app
 

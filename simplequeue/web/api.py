@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
+import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -22,7 +25,7 @@ from starlette.types import Scope as AsgiScope
 
 from simplequeue.errors import InvalidArgumentError, InvalidJobError, JobNotFoundError
 from simplequeue.job import Job
-from simplequeue.operations import MAX_BULK
+from simplequeue.operations import MAX_BULK, as_uuid
 from simplequeue.queue import SimpleQueue
 from simplequeue.web.auth import Access, Scope
 from simplequeue.web.events import EventHub, Subscription
@@ -33,6 +36,13 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 MAX_PER_WRITE = 500
 """Events one write to a client carries at most."""
+
+MAX_BODY = 4 * 1024 * 1024
+"""Bytes a request body may have: a job's data is at most max_payload_bytes (1 MB by
+default), encoded."""
+
+MAX_AGE = 100 * 365.25 * 86400
+"""The oldest `older_than` (seconds): a century."""
 
 PING_EVERY = 15.0
 """Seconds between SSE comments that keep idle connections (and proxies) open."""
@@ -123,20 +133,20 @@ class Api:
         return JSONResponse({"jobs": [j.to_dict() for j in found], "next_after": following})
 
     async def get_job(self, request: Request) -> Response:
-        job_id = request.path_params["job_id"]
+        job_id = _job_id(request)
         job = await self.queue.get_job(job_id)
         if job is None:
             raise JobNotFoundError(f"no job with id {job_id}")
         return JSONResponse(job.to_dict())
 
     async def cancel_job(self, request: Request) -> Response:
-        job_id = request.path_params["job_id"]
+        job_id = _job_id(request)
         if not await self.queue.cancel_job(job_id):
             raise Conflict(f"job {job_id} is not pending or running")
         return JSONResponse({"id": job_id, "cancelled": True})
 
     async def reschedule_job(self, request: Request) -> Response:
-        job_id = request.path_params["job_id"]
+        job_id = _job_id(request)
         body = await _body(request)
         if set(body) != {"run_at"}:
             raise BadRequest('the body must be {"run_at": "<ISO 8601 time with a zone>"}')
@@ -146,7 +156,7 @@ class Api:
         return JSONResponse({"id": job_id, "run_at": run_at.isoformat()})
 
     async def retry_job(self, request: Request) -> Response:
-        job_id = request.path_params["job_id"]
+        job_id = _job_id(request)
         if not await self.queue.retry_job(job_id):
             raise Conflict(
                 f"job {job_id} is neither pending nor dead (or a live job holds its unique key)"
@@ -172,8 +182,12 @@ class Api:
         older_than = body.get("older_than")
         before = None
         if older_than is not None:
-            if isinstance(older_than, bool) or not isinstance(older_than, int | float):
-                raise BadRequest("older_than must be a number of seconds")
+            if (
+                isinstance(older_than, bool)
+                or not isinstance(older_than, int | float)
+                or not 0 <= older_than <= MAX_AGE
+            ):
+                raise BadRequest(f"older_than must be a number of seconds from 0 to {MAX_AGE:g}")
             before = datetime.now(UTC) - timedelta(seconds=older_than)
         return {
             "queue": body.get("queue"),
@@ -191,13 +205,13 @@ class Api:
         return JSONResponse({"purged": await self.queue.purge_dlq(**filters)})
 
     async def requeue_dead_job(self, request: Request) -> Response:
-        job_id = request.path_params["job_id"]
+        job_id = _job_id(request)
         if not await self.queue.requeue_dlq_job(job_id):
             raise Conflict(f"no dead job {job_id} to requeue (or a live job holds its unique key)")
         return JSONResponse({"id": job_id, "requeued": True})
 
     async def purge_dead_job(self, request: Request) -> Response:
-        job_id = request.path_params["job_id"]
+        job_id = _job_id(request)
         if not await self.queue.purge_dlq_job(job_id):
             raise Conflict(f"no dead job {job_id}")
         return JSONResponse({"id": job_id, "purged": True})
@@ -214,7 +228,7 @@ class Api:
             raise BadRequest(f"unknown field(s): {', '.join(sorted(unknown))}")
         until = body.get("until")
         info = await self.queue.pause_queue(
-            request.path_params["name"],
+            _queue_name(request),
             until=None if until is None else _time("until", until),
             by=body.get("by"),
             reason=body.get("reason"),
@@ -222,7 +236,7 @@ class Api:
         return JSONResponse(info.to_dict())
 
     async def resume_queue(self, request: Request) -> Response:
-        name = request.path_params["name"]
+        name = _queue_name(request)
         if not await self.queue.resume_queue(name):
             raise Conflict(f"queue {name} is not paused")
         return JSONResponse({"name": name, "resumed": True})
@@ -262,17 +276,23 @@ class Api:
             yield ": connected\n\n"
             while True:  # until the client goes: the response cancels this generator
                 try:
-                    first = await asyncio.wait_for(events.get(), PING_EVERY)
+                    # Not wait_for: on Python 3.11 it swallows a cancellation that meets an
+                    # event already there, and the stream of a client long gone runs on.
+                    async with asyncio.timeout(PING_EVERY):
+                        first = await events.get()
                 except TimeoutError:
                     yield ": ping\n\n"
                     continue
                 chunk = [first.sse]
                 while not events.empty() and len(chunk) < MAX_PER_WRITE:
                     chunk.append(events.get_nowait().sse)
-                if subscription.lagged:
-                    dropped = json.dumps({"dropped": subscription.lagged})
+                if subscription.lagged or subscription.gap:
+                    # dropped: how many (null: unknown, the server's connection came back)
+                    dropped = json.dumps(
+                        {"dropped": None if subscription.gap else subscription.lagged}
+                    )
                     chunk.insert(0, f"event: lagged\ndata: {dropped}\n\n")
-                    subscription.lagged = 0
+                    subscription.lagged, subscription.gap = 0, False
                 yield "".join(chunk)
 
 
@@ -289,11 +309,34 @@ class EventStream(StreamingResponse):
         finally:
             for task in (streaming, leaving):
                 task.cancel()
-            await asyncio.gather(streaming, leaving, return_exceptions=True)
-        if streaming.done() and not streaming.cancelled() and streaming.exception() is not None:
+            await asyncio.wait([streaming, leaving], timeout=5.0)
+        if not streaming.done() or streaming.cancelled():
+            return
+        if streaming.exception() is not None:
             exc = streaming.exception()
             if not isinstance(exc, OSError):  # a write to a client already gone
                 raise exc  # type: ignore[misc]
+
+
+def _job_id(request: Request) -> str:
+    """The job id of the path, in its one canonical form (400 for what is not a UUID)."""
+    return str(as_uuid(request.path_params["job_id"]))
+
+
+_QUEUE_IN_PATH = re.compile(rb"/queues/(.+)/(?:pause|resume)$", re.S)
+
+
+def _queue_name(request: Request) -> str:
+    """The queue name of the path, decoded strictly: percent-escapes that are not UTF-8
+    (which the router turns into U+FFFD) name no queue, rather than another one."""
+    raw = request.scope.get("raw_path")
+    found = _QUEUE_IN_PATH.search(raw) if isinstance(raw, bytes) else None
+    if found is not None:
+        try:
+            unquote_to_bytes(found[1]).decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest("the queue name in the path is not valid UTF-8") from None
+    return str(request.path_params["name"])
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -302,15 +345,20 @@ def _error(status: int, message: str) -> JSONResponse:
 
 async def _body(request: Request) -> dict[str, Any]:
     """A JSON object body (an empty body is an empty object)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared) > MAX_BODY:
+        raise BadRequest(f"the body is larger than {MAX_BODY} bytes")
     raw = await request.body()
+    if len(raw) > MAX_BODY:
+        raise BadRequest(f"the body is larger than {MAX_BODY} bytes")
     if not raw:
         return {}
     if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
         raise BadRequest("the body must be JSON (Content-Type: application/json)")
     try:
         body = json.loads(raw)
-    except ValueError as exc:
-        raise BadRequest(f"the body is not valid JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:
+        raise BadRequest(f"the body is not valid JSON: {str(exc)[:200]}") from None
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
     return body
@@ -334,15 +382,18 @@ def _int(value: object, default: int) -> int:
         return default
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    if isinstance(value, str) and value.isascii() and value.strip().lstrip("-").isdigit():
         return int(value)
-    raise BadRequest(f"not an integer: {value!r}")
+    raise BadRequest(f"not an integer: {value!r:.40}")
 
 
 def _float(value: str | None, default: float) -> float:
     if value is None:
         return default
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
-        raise BadRequest(f"not a number: {value!r}") from None
+        raise BadRequest(f"not a number: {value!r:.40}") from None
+    if not math.isfinite(number):
+        raise BadRequest(f"not a finite number: {value!r:.40}")
+    return number

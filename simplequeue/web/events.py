@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import json
 import logging
 import uuid
@@ -40,10 +41,27 @@ class Event:
     kind: str
     job_id: str
     queue: str | None
-    """None for a queue name longer than 120 bytes (the NOTIFY payload stays small)."""
+    """None for a queue name longer than 120 bytes once JSON-escaped (the NOTIFY payload
+    stays small): `queue_md5` names it then."""
+    queue_md5: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "id": self.job_id, "queue": self.queue}
+
+    @classmethod
+    def parse(cls, line: str) -> Event | None:
+        """One line of a NOTIFY payload; None for anything this library did not write
+        (any role may NOTIFY the channel)."""
+        try:
+            kind, job_id, queue, *rest = json.loads(line)
+            event = cls(str(kind), str(uuid.UUID(str(job_id))), queue, *rest[:1])
+        except (ValueError, TypeError, AttributeError):
+            return None
+        if event.kind not in KINDS or not isinstance(event.queue, str | None):
+            return None
+        if not isinstance(event.queue_md5, str | None):
+            return None
+        return event
 
     @functools.cached_property
     def sse(self) -> str:
@@ -60,14 +78,23 @@ class Subscription:
     events: asyncio.Queue[Event] = field(default_factory=lambda: asyncio.Queue(BUFFERED))
     lagged: int = 0
     """Events dropped because the client fell behind, not yet reported to it."""
+    gap: bool = False
+    """The server's LISTEN connection was re-established: events may have been missed."""
+
+    def __post_init__(self) -> None:
+        self._md5 = (
+            None
+            if self.queue is None
+            else hashlib.md5(self.queue.encode(), usedforsecurity=False).hexdigest()
+        )
 
     def wants(self, event: Event) -> bool:
         if self.job is not None and event.job_id != self.job:
             return False
         if self.queue is None:
             return True
-        if event.queue is None:  # a long queue name: only subscribers to long names
-            return len(self.queue.encode()) > 120
+        if event.queue is None:  # a long queue name, known by its md5
+            return event.queue_md5 == self._md5
         return event.queue == self.queue
 
     def offer(self, event: Event) -> None:
@@ -89,6 +116,7 @@ class EventHub:
         self._registering: asyncio.Task[None] | None = None
         self._registered = asyncio.Event()
         self._id = uuid.uuid4()
+        self._connections = 0
         self.received = 0
 
     @property
@@ -146,14 +174,16 @@ class EventHub:
 
     def _received(self, payload: str | None) -> None:
         if payload is None:  # (re)connected: what happened meanwhile is not known
+            if self._connections:
+                for subscription in self._subscriptions:
+                    subscription.gap = True
+            self._connections += 1
             return
         for line in payload.split("\n"):
-            try:
-                kind, job_id, queue = json.loads(line)
-            except (ValueError, TypeError):
+            event = Event.parse(line)
+            if event is None:
                 log.warning("events: a notification that is not an event was ignored")
                 continue
-            event = Event(str(kind), str(uuid.UUID(str(job_id))), queue)
             self.received += 1
             for subscription in self._subscriptions:
                 if subscription.wants(event):
