@@ -88,10 +88,13 @@ def quiet(change: str, also: str = "") -> str:
 
 # After a COPY (which cannot notify): the insert's NOTIFY and its events, from the ids and
 # queues of the jobs it wrote.
+# After a COPY, one row back whatever the batch's size: the events of its jobs (when
+# someone listens), and the NOTIFY that wakes workers.
 _COPIED = "SELECT * FROM unnest(%s::uuid[], %s::text[]) AS copied(id, queue)"
 _WAKE = ", (SELECT pg_notify(%s, %s))"
-NOTIFY_COPIED = publishing(_COPIED, "'inserted'", also=_WAKE)
-NOTIFY_COPIED_QUIET = quiet(_COPIED, also=_WAKE)
+NOTIFY_COPIED = (
+    "SELECT count(*) FROM (" + publishing(_COPIED, "'inserted'", also=_WAKE) + ") AS sent"
+)
 
 # Inserts with notifications: one NOTIFY naming the queues, on the channel that wakes
 # workers, and the events of the HTTP API.

@@ -202,7 +202,6 @@ class Store:
         self._copy_run_at = _q(q.COPY_RUN_AT, schema)
         self._notify = q.NOTIFY
         self._notify_copied = _q(q.NOTIFY_COPIED, schema)
-        self._notify_copied_quiet = _q(q.NOTIFY_COPIED_QUIET, schema)
         self._claim = _q(q.CLAIM, schema)
         self._claim_quiet = _q(q.CLAIM_QUIET, schema)
         self._write_outcomes = _q(q.WRITE_OUTCOMES, schema, latest=LATEST_TIME)
@@ -363,11 +362,12 @@ class Store:
         parts = tuple(
             (st, rows) for st, rows in ((self._copy, untimed), (self._copy_run_at, timed)) if rows
         )
-        copied = [[j.id for j in jobs], [j.queue for j in jobs]]
-        then = Run(
-            self._notify_copied if publish else self._notify_copied_quiet,
-            [*copied, self.channel, notify_payload({j.queue for j in jobs})],
-        )
+        wake = [self.channel, notify_payload({j.queue for j in jobs})]
+        if publish:  # the jobs' events too: their ids and queues go back to the server
+            copied = [[j.id for j in jobs], [j.queue for j in jobs]]
+            then = Run(self._notify_copied, [*copied, *wake])
+        else:
+            then = Run(self._notify, wake)
         return Copy(parts, then if notify else None)
 
     # -- the worker's hot path -------------------------------------------------------
