@@ -108,11 +108,13 @@ class Operations:
         Only an insert that commits on its own is known to have stored the jobs: in a
         caller's transaction, inserting the same objects again is a retry of it.
         """
+        # Readied before the first statement: a second insert of the same objects, begun
+        # while this one waits on the database, must see them sent, not stored already.
+        retry = any([job._begin_insert() for job in jobs])  # a list: every job is readied
         yield from self._check_queues({job.queue for job in jobs})
         notify = self.config.use_notify
         if notify and self.audience.stale():
             self.audience.heard((yield from self.store.events_listened()))
-        retry = any([job._begin_insert() for job in jobs])  # a list: every job is readied
         committed = conn.commits_each_statement()
         with tracing.inserting(jobs):
             inserted = yield from self.store.insert_jobs(
