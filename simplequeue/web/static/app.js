@@ -98,6 +98,20 @@
     return id.slice(0, 8) + "…" + id.slice(-4);
   }
 
+  // A job's cells in the jobs and DLQ tables: its link, queue, status, attempts, a time,
+  // its last error (every value as text).
+  function jobCells(job, time) {
+    return [
+      el("td", { className: "mono" }, el("a", { href: `#job/${encodeURIComponent(job.id)}`,
+        title: job.id }, shortId(job.id))),
+      el("td", {}, job.queue),
+      el("td", {}, el("span", { className: `badge ${job.status}` }, job.status)),
+      el("td", { className: "n" }, `${job.attempt}/${job.max_attempts}`),
+      el("td", {}, when(time)),
+      el("td", { className: "error-cell" }, job.last_error || ""),
+    ];
+  }
+
   let messageTimer = null;
   function message(text, kind) {
     const box = $("message");
@@ -376,14 +390,7 @@
     const answer = await api(`jobs?${params}`);
     state.jobs.next = answer.next_after;
     fillTable("jobs-table", "jobs", answer.jobs, (job) =>
-      el("tr", { dataset: { id: job.id } },
-        el("td", { className: "mono" }, el("a", { href: `#job/${encodeURIComponent(job.id)}`,
-          title: job.id }, shortId(job.id))),
-        el("td", {}, job.queue),
-        el("td", {}, el("span", { className: `badge ${job.status}` }, job.status)),
-        el("td", { className: "n" }, `${job.attempt}/${job.max_attempts}`),
-        el("td", {}, when(job.created_at)),
-        el("td", { className: "error-cell" }, job.last_error || "")));
+      el("tr", { dataset: { id: job.id } }, ...jobCells(job, job.created_at)));
     $("jobs-page").textContent = `page ${state.jobs.page + 1}`;
     $("jobs-prev").disabled = state.jobs.page === 0;
     $("jobs-first").disabled = state.jobs.page === 0;
@@ -443,13 +450,7 @@
     const answer = await api(`dlq?${params}`);
     fillTable("dlq-table", "dlq", answer.jobs, (job) =>
       el("tr", { dataset: { id: job.id } },
-        el("td", { className: "mono" }, el("a", { href: `#job/${encodeURIComponent(job.id)}`,
-          title: job.id }, shortId(job.id))),
-        el("td", {}, job.queue),
-        el("td", {}, el("span", { className: `badge ${job.status}` }, job.status)),
-        el("td", { className: "n" }, `${job.attempt}/${job.max_attempts}`),
-        el("td", {}, when(job.completed_at || job.updated_at)),
-        el("td", { className: "error-cell" }, job.last_error || ""),
+        ...jobCells(job, job.completed_at || job.updated_at),
         el("td", { className: "row-actions" },
           el("button", { type: "button", className: "requeue",
             onclick: () => dlqOne(job, "requeue") }, "Requeue"),
