@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from adapters import SYSTEMS, expand, make_adapter
 from adapters.base import Adapter, Control
+from adapters.simplequeue_adapter import QUEUE
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
@@ -465,6 +466,7 @@ class Workload:
     higher_is_better: bool
     run: Callable[[Adapter, str, Sizes], Awaitable[dict[str, float]]]
     scale_only: bool = False  # needs adapter.supports_scale
+    sq_only: bool = False  # simplequeue's own features: the peers have no equivalent
 
 
 def drain_timeout(n: int) -> float:
@@ -510,6 +512,50 @@ async def _scale(
         preload=preload,
         timeout=drain_timeout(sizes.scale_drain),
     )
+
+
+LIMITED_KEYS = 1_000
+"""Concurrency keys of the per-key drain: jobs spread evenly over them."""
+
+
+def _limited_case(
+    keys: int = 0, rate: int | None = None, **limits: Any
+) -> Callable[[Adapter, str, Sizes], Awaitable[dict[str, float]]]:
+    """The drain of drain_2x100 on a queue with fleet-wide limits (`configure_queue`;
+    `rate`: starts per second), its jobs spread over `keys` concurrency keys: what the
+    limits cost."""
+
+    async def run(adapter: Adapter, dsn: str, sizes: Sizes) -> dict[str, float]:
+        import simplequeue as sq
+
+        n = sizes.drain_jobs(adapter.name)
+
+        async def preload() -> None:
+            await adapter.preload(dsn, n, sizes.preload_chunk)
+            async with db_conn(dsn) as conn:
+                if keys:
+                    await conn.execute(
+                        "UPDATE simplequeue.jobs SET concurrency_key = "
+                        "'customer-' || (abs(hashtext(id::text)) %% %s)",
+                        [keys],
+                    )
+            if rate is not None:
+                limits["rate_limit"] = sq.Rate(rate, per=1.0)
+            async with sq.SimpleQueue.from_url(dsn) as queue:
+                await queue.configure_queue(QUEUE, **limits)
+
+        return await drain(
+            adapter,
+            dsn,
+            total=n,
+            target=n,
+            procs=2,
+            concurrency=100,
+            preload=preload,
+            timeout=drain_timeout(n),
+        ) | {"jobs": n}
+
+    return run
 
 
 async def _scale_pending(adapter: Adapter, dsn: str, sizes: Sizes) -> dict[str, float]:
@@ -563,6 +609,33 @@ WORKLOADS: tuple[Workload, ...] = (
         lambda a, d, s: pickup_latency(a, d, s.latency, s.latency_gap_s),
     ),
     Workload(
+        "limit_running",
+        "drain 2x100, max_running=100",
+        "jobs_per_s",
+        "jobs/s",
+        True,
+        _limited_case(max_running=100),
+        sq_only=True,
+    ),
+    Workload(
+        "limit_per_key",
+        "drain 2x100, 1,000 keys, max_running_per_key=1",
+        "jobs_per_s",
+        "jobs/s",
+        True,
+        _limited_case(keys=LIMITED_KEYS, max_running_per_key=1),
+        sq_only=True,
+    ),
+    Workload(
+        "limit_rate",
+        "drain 2x100, rate limit 1M/s (counted, not reached)",
+        "jobs_per_s",
+        "jobs/s",
+        True,
+        _limited_case(rate=1_000_000),
+        sq_only=True,
+    ),
+    Workload(
         "scale_pending", "drain with 1M pending", "jobs_per_s", "jobs/s", True, _scale_pending, True
     ),
     Workload(
@@ -586,6 +659,9 @@ REPORT_ROWS: tuple[tuple[str, str, str, str, bool], ...] = (
     ("drain 2 procs x c=100", "drain_2x100", "jobs_per_s", "jobs/s", True),
     ("pickup latency p50", "latency", "p50_ms", "ms", False),
     ("pickup latency p99", "latency", "p99_ms", "ms", False),
+    ("drain 2x100, max_running=100", "limit_running", "jobs_per_s", "jobs/s", True),
+    ("drain 2x100, 1,000 keys, 1 running per key", "limit_per_key", "jobs_per_s", "jobs/s", True),
+    ("drain 2x100, rate limit (counted)", "limit_rate", "jobs_per_s", "jobs/s", True),
     ("drain, {rows} pending", "scale_pending", "jobs_per_s", "jobs/s", True),
     ("drain, {rows} finished rows", "scale_finished", "jobs_per_s", "jobs/s", True),
     ("worker peak RSS (drain 1x100)", "drain_1x100", "peak_rss_mb", "MB", False),
@@ -607,6 +683,8 @@ async def run_case(workload: Workload, system: str, admin_dsn: str, sizes: Sizes
     adapter = make_adapter(system)
     if workload.scale_only and not adapter.supports_scale:
         return Outcome("SKIPPED", detail="scale workloads: simplequeue and the floor only")
+    if workload.sq_only and system != "sq":
+        return Outcome("SKIPPED", detail="fleet-wide limits: simplequeue only")
     t0 = time.perf_counter()
     try:
         async with fresh_db(

@@ -20,6 +20,7 @@ from simplequeue.errors import (
 from simplequeue.fleet import QueueInfo, WorkerInfo
 from simplequeue.handler import Handler
 from simplequeue.job import AttemptError, Job, JobResult, JobStatus
+from simplequeue.limits import QueueLimits, Rate
 from simplequeue.maintenance.janitor import JanitorReport
 from simplequeue.maintenance.reaper import ReapReport
 from simplequeue.migrate import setup
@@ -67,9 +68,11 @@ __all__ = [
     "Permit",
     "QueueConfig",
     "QueueInfo",
+    "QueueLimits",
     "QueueStateError",
     "QueueStats",
     "QueueSummary",
+    "Rate",
     "ReapReport",
     "RetryJob",
     "SchemaNotFoundError",

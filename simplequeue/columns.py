@@ -92,6 +92,8 @@ JOB_ROW: tuple[Column, ...] = (
         param_type="text",
         read_as="{c}::text",
     ),
+    # What fleet-wide per-key limits and parks count by ("customer-42").
+    Column("concurrency_key", "text", "concurrency_key", insert_from="concurrency_key"),
     # Due later: out of the claim's way until a poller promotes it.
     Column("scheduled", "boolean", insert_as="COALESCE({run_at} > now(), false)", live_only=True),
 )

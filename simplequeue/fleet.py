@@ -11,6 +11,8 @@ from datetime import datetime
 from importlib import metadata
 from typing import Any
 
+from simplequeue.limits import QueueLimits, Rate
+
 __all__ = ["QueueInfo", "WorkerIdentity", "WorkerInfo", "library_version"]
 
 WORKER_FORGOTTEN_AFTER = 3600.0
@@ -40,12 +42,38 @@ class QueueInfo:
     first_seen: datetime
     last_seen: datetime
     """The last time a worker declared it on start, or an operator paused it."""
+    limits: QueueLimits = field(default_factory=QueueLimits)
+    """Its fleet-wide limits (`configure_queue()`)."""
+    parked_until: datetime | None = None
+    """No job of it starts before then (a job without a concurrency key parked it)."""
     workers: int = 0
     """Live workers that handle it."""
 
     @classmethod
     def from_row(cls, row: Any) -> QueueInfo:
-        return cls(*row)
+        """From the columns of `statements._QUEUE_ROW` (and a count of workers after them)."""
+        name, paused, paused_at, paused_until, paused_by, reason, first, last = row[:8]
+        max_running, per_key, rate, period, rate_per_key, period_per_key, fair = row[8:15]
+        parked_until, *workers = row[15:]
+        return cls(
+            name,
+            paused,
+            paused_at,
+            paused_until,
+            paused_by,
+            reason,
+            first,
+            last,
+            limits=QueueLimits(
+                max_running,
+                per_key,
+                Rate.from_columns(rate, period),
+                Rate.from_columns(rate_per_key, period_per_key),
+                fair,
+            ),
+            parked_until=parked_until,
+            workers=workers[0] if workers else 0,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return _jsonable(self)
@@ -113,5 +141,7 @@ def _jsonable(info: Any) -> dict[str, Any]:
             value = value.isoformat()
         elif isinstance(value, tuple):
             value = list(value)
+        elif isinstance(value, QueueLimits):
+            value = value.to_dict()
         values[name] = value
     return values

@@ -217,6 +217,7 @@ class Job(Generic[PayloadT]):
         "_stored",
         "attempt",
         "completed_at",
+        "concurrency_key",
         "created_at",
         "data",
         "errors",
@@ -249,9 +250,11 @@ class Job(Generic[PayloadT]):
         max_attempts: int = 3,
         priority: int = 0,
         timeout: float | timedelta | None = None,
+        concurrency_key: str | None = None,
     ) -> None:
         self.queue = queue
         self.unique_key = unique_key
+        self.concurrency_key = concurrency_key
         self.fingerprint = fingerprint
         self.max_attempts = max_attempts
         self.priority = priority
@@ -290,6 +293,7 @@ class Job(Generic[PayloadT]):
         check_key("queue", self.queue, required=True)
         check_key("unique_key", self.unique_key, required=False)
         check_key("fingerprint", self.fingerprint, required=False)
+        check_key("concurrency_key", self.concurrency_key, required=False)
         check_int("max_attempts", self.max_attempts, 1)
         check_int("priority", self.priority, -INT32_MAX)
         if self.run_at is not None:
@@ -402,6 +406,7 @@ class ResultKind(enum.Enum):
     RETRY_AT = "retry_at"
     RESCHEDULE_AT = "reschedule_at"
     SNOOZE = "snooze"
+    PARK = "park"
     CANCEL = "cancel"
     CRITICAL = "critical"
     UNPROCESSABLE = "unprocessable"
@@ -445,6 +450,13 @@ class JobResult:
         return cls(
             ResultKind.SNOOZE, seconds=as_seconds("snooze delay", delay, error=InvalidJobError)
         )
+
+    @classmethod
+    def park(cls, until: datetime) -> JobResult:
+        """Not before `until`, for this job and every job of its concurrency key (of its
+        queue, when it has none): none of them starts before then, across the fleet. No
+        attempt is spent. For a service that said "not now" (a 429 with Retry-After)."""
+        return cls(ResultKind.PARK, at=check_time("park until", until))
 
     @classmethod
     def cancel(cls, error: str | None = None) -> JobResult:

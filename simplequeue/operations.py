@@ -19,6 +19,7 @@ from simplequeue.config import MAX_SETTING_SECONDS, QueueConfig
 from simplequeue.errors import InvalidArgumentError, InvalidJobError, UnknownQueueError
 from simplequeue.fleet import QueueInfo, WorkerInfo
 from simplequeue.job import Job, JobStatus
+from simplequeue.limits import QueueLimits, check_park_until
 from simplequeue.stats import QueueSummary
 from simplequeue.store import INSUFFICIENT_PRIVILEGE, UNDEFINED_TABLE, Plan, Store, sqlstate
 from simplequeue.validation import as_seconds, check_key, check_time
@@ -288,6 +289,20 @@ class Operations:
     def resume_queue(self, name: str) -> Plan[bool]:
         check_key("queue", name, required=True, error=InvalidArgumentError)
         return self.store.resume_queue(name)
+
+    def configure_queue(self, name: str, limits: QueueLimits) -> Plan[QueueInfo]:
+        check_key("queue", name, required=True, error=InvalidArgumentError)
+        return self.store.configure_queue(name, limits)
+
+    def park(self, name: str, until: datetime, key: str | None) -> Plan[None]:
+        check_key("queue", name, required=True, error=InvalidArgumentError)
+        check_key("key", key, required=False, error=InvalidArgumentError)
+        return self.store.park(name, check_park_until(until), key)
+
+    def unpark(self, name: str, key: str | None) -> Plan[bool]:
+        check_key("queue", name, required=True, error=InvalidArgumentError)
+        check_key("key", key, required=False, error=InvalidArgumentError)
+        return self.store.unpark(name, key)
 
     def declare_queues(self, names: Iterable[str]) -> Plan[None]:
         names = list(names) if not isinstance(names, str) else [names]

@@ -24,6 +24,7 @@ from simplequeue.errors import InvalidArgumentError, JobNotFoundError, QueueStat
 from simplequeue.fleet import QueueInfo, WorkerIdentity, WorkerInfo
 from simplequeue.handler import Handler
 from simplequeue.job import Job, JobStatus
+from simplequeue.limits import QueueLimits, Rate
 from simplequeue.maintenance.janitor import Janitor, JanitorReport
 from simplequeue.maintenance.reaper import Reaper, ReapReport
 from simplequeue.operations import (
@@ -436,6 +437,35 @@ class SimpleQueue:
         """Lift a pause; idle workers of the queue hear of it at once (NOTIFY). False when
         the queue was not paused."""
         return await self._run(self._ops.resume_queue(name))
+
+    async def configure_queue(
+        self,
+        name: str,
+        *,
+        max_running: int | None = None,
+        max_running_per_key: int | None = None,
+        rate_limit: Rate | None = None,
+        rate_limit_per_key: Rate | None = None,
+        fair: bool = False,
+    ) -> QueueInfo:
+        """Set the queue's fleet-wide limits, for every process (None: no limit; each call
+        sets them all). `max_running`: jobs of the queue running at once across the fleet;
+        `max_running_per_key`: per concurrency key (`Job(concurrency_key=...)`);
+        `rate_limit` / `rate_limit_per_key`: job starts per window (`Rate(n, per=...)`);
+        `fair`: claims take the next job of each key in turn, not the biggest key's first.
+        Enforced by the claim itself; workers follow within a second."""
+        limits = QueueLimits(max_running, max_running_per_key, rate_limit, rate_limit_per_key, fair)
+        return await self._run(self._ops.configure_queue(name, limits))
+
+    async def park(self, name: str, until: datetime, key: str | None = None) -> None:
+        """No job of the queue (of its concurrency `key`, when given) starts before `until`,
+        across the fleet; running ones finish. A park under way is never shortened: see
+        `unpark()`."""
+        await self._run(self._ops.park(name, until, key))
+
+    async def unpark(self, name: str, key: str | None = None) -> bool:
+        """Lift the park of the queue (or of its `key`); False when none was under way."""
+        return await self._run(self._ops.unpark(name, key))
 
     async def declare_queues(self, names: Iterable[str]) -> None:
         """Make queues known without a worker (inserts into them do not warn)."""

@@ -28,7 +28,18 @@ __all__ = [
     "validate_role_name",
 ]
 
-TABLES = ("jobs", "archive", "dlq", "queues", "workers", "event_listeners", "schema_migrations")
+TABLES = (
+    "jobs",
+    "archive",
+    "dlq",
+    "queues",
+    "workers",
+    "event_listeners",
+    "parked_keys",
+    "key_turns",
+    "rate_starts",
+    "schema_migrations",
+)
 """Every table simplequeue creates; a role holds on each exactly what the maps below say."""
 
 TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
@@ -76,16 +87,25 @@ WORKER_PRIVILEGES: dict[str, TablePrivileges] = {
     "archive": TablePrivileges(frozenset({"SELECT", "INSERT", "DELETE"})),
     "dlq": TablePrivileges(frozenset({"SELECT", "INSERT"})),
     "queues": TablePrivileges(
-        frozenset({"SELECT"}), {"INSERT": ("name",), "UPDATE": ("last_seen",)}
+        frozenset({"SELECT"}),
+        {
+            "INSERT": ("name", "parked_until", "keys_parked_until"),
+            "UPDATE": ("last_seen", "parked_until", "keys_parked_until"),
+        },
     ),
     "workers": TablePrivileges(frozenset({"SELECT", "INSERT", "UPDATE", "DELETE"})),
     "event_listeners": TablePrivileges(frozenset({"SELECT"})),
+    "parked_keys": TablePrivileges(frozenset({"SELECT", "INSERT", "UPDATE", "DELETE"})),
+    "key_turns": TablePrivileges(frozenset({"SELECT", "INSERT", "UPDATE", "DELETE"})),
+    "rate_starts": TablePrivileges(frozenset({"SELECT", "INSERT", "DELETE"})),
 }
 """Claim, results, heartbeats, reaper; janitor (jobs → archive and DLQ, archive purge);
 handlers inserting follow-up jobs; get_job, wait_for_job, cancel, reschedule, list_dlq,
-counts; declaring its queues, its own row in workers (and forgetting dead workers'). Not:
-deleting from the DLQ, so not requeue_dlq_job for rows already moved there; not pausing
-or resuming queues, which is for the schema's owner (operators)."""
+counts; declaring its queues, its own row in workers (and forgetting dead workers');
+claiming from controlled queues (counting and recording rate-limited starts) and parking
+keys or queues for its handlers (JobResult.park). Not: deleting from the DLQ, so not
+requeue_dlq_job for rows already moved there; not pausing, resuming or configuring
+queues, which is for the schema's owner (operators)."""
 
 
 def validate_role_name(name: object) -> str:

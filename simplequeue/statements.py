@@ -120,15 +120,23 @@ def paused_now(row: str) -> str:
     )
 
 
-def paused(queue: str) -> str:
-    """True when the queue named by the SQL `queue` is paused now: every claim skips it
-    (one primary-key probe of the small queues table per queue claimed)."""
+def controlled_now(row: str) -> str:
+    """True when the queues row is claimed by claim_controlled now: it has limits, is
+    fair, or some of its keys are parked."""
+    return f"({row}controlled OR {row}keys_parked_until > now())"
+
+
+def held(queue: str) -> str:
+    """True when the plain claim skips the queue named by the SQL `queue`: paused, parked
+    or controlled now (one primary-key probe of the small queues table per queue)."""
     return (
-        "EXISTS (SELECT 1 FROM {s}.queues AS paused WHERE paused.name = "
+        "EXISTS (SELECT 1 FROM {s}.queues AS held WHERE held.name = "
         + queue
-        + " AND "
-        + paused_now("paused.")
-        + ")"
+        + " AND ("
+        + paused_now("held.")
+        + " OR held.parked_until > now() OR "
+        + controlled_now("held.")
+        + "))"
     )
 
 
@@ -151,10 +159,19 @@ def with_error(error: str, status: str, *, nullable: bool = True) -> str:
 # the earliest first), so it stops after `limit` rows however many have come due.
 # Jobs of these queues a claim could take now, or right after a promotion: what
 # `drain()` waits to see run out.
-COUNT_DUE = """
+COUNT_DUE = (
+    """
 SELECT count(*) FROM {s}.jobs
 WHERE status = 'pending' AND queue = ANY(%s::text[]) AND run_at <= now()
-  AND attempt < max_attempts AND NOT """ + paused("jobs.queue")
+  AND attempt < max_attempts
+  AND NOT EXISTS (SELECT 1 FROM {s}.queues AS q WHERE q.name = jobs.queue
+                  AND ("""
+    + paused_now("q.")
+    + """ OR q.parked_until > now()))
+  AND NOT EXISTS (SELECT 1 FROM {s}.parked_keys AS p WHERE p.queue = jobs.queue
+                  AND p.key = jobs.concurrency_key AND p.until > now())
+"""
+)
 
 PROMOTE = """
 UPDATE {s}.jobs AS j SET scheduled = false
@@ -168,15 +185,33 @@ FROM (
 WHERE j.id = due.id
 """
 
+
 # heartbeat_at takes clock_timestamp(), not now(): a claim (or a beat) that waited on a lock
 # would otherwise stamp the time it started waiting, and the reaper would take the job at once.
-CLAIM = (
+def _claiming(candidates: str) -> str:
+    """The claim's one UPDATE: the jobs `candidates` (a CTE of ids) names become running
+    under a new lease, for the worker, attempt counted; the rows come back to read."""
+    return (
+        f"WITH candidates AS ({candidates}) "
+        """
+UPDATE {s}.jobs AS jobs
+SET status = 'running', attempt = jobs.attempt + 1, lease = jobs.lease + 1,
+    heartbeat_at = clock_timestamp(), updated_at = now(), worker_id = %(worker)s::uuid
+FROM candidates
+WHERE jobs.id = candidates.id
+RETURNING """ + columns.read_list("jobs.", claimed=True)
+    )
+
+
+# The plain claim: per queue, its first due jobs, skipping the queues it may not claim
+# from (paused, parked, or controlled: those are claimed by CLAIM_CONTROLLED).
+# The due-and-claimable test is also claim_controlled's (sql/0007_fleet_limits.sql).
+CLAIM = _claiming(
     """
-WITH candidates AS (
     SELECT j.id
     FROM (SELECT name, lim FROM unnest(%(queues)s::text[], %(limits)s::int[]) AS u(name, lim)
           WHERE NOT """
-    + paused("u.name")
+    + held("u.name")
     + """) AS q
     CROSS JOIN LATERAL (
         SELECT id, priority, run_at
@@ -189,17 +224,28 @@ WITH candidates AS (
     ) AS j
     ORDER BY j.priority DESC, j.run_at, j.id
     LIMIT %(total)s
-)
-UPDATE {s}.jobs AS jobs
-SET status = 'running', attempt = jobs.attempt + 1, lease = jobs.lease + 1,
-    heartbeat_at = clock_timestamp(), updated_at = now(), worker_id = %(worker)s::uuid
-FROM candidates
-WHERE jobs.id = candidates.id
-RETURNING """
-    + columns.read_list("jobs.", claimed=True)
+"""
 )
 CLAIM_QUIET = CLAIM
 CLAIM = publishing(CLAIM, "'started'")
+
+# The claim of controlled queues (fleet-wide limits, fairness or parked keys): the
+# schema's claim_controlled function picks each queue's jobs, one claim of a queue at a
+# time across the fleet. Queues in name order: two claims lock them in one order.
+CLAIM_CONTROLLED = _claiming(
+    """
+    SELECT c.id
+    FROM unnest(%(queues)s::text[], %(limits)s::int[]) AS u(name, lim)
+    CROSS JOIN LATERAL {s}.claim_controlled(u.name, u.lim) AS c(id)
+"""
+)
+CLAIM_CONTROLLED_QUIET = CLAIM_CONTROLLED
+CLAIM_CONTROLLED = publishing(CLAIM_CONTROLLED, "'started'")
+
+# Which of these queues the plain claim skips for being controlled (or having parked keys).
+CONTROLLED_QUEUES = (
+    "SELECT name FROM {s}.queues AS q WHERE name = ANY(%s::text[]) AND " + controlled_now("q.")
+)
 
 # Result writes lock their rows in a sub-select that skips rows another transaction holds
 # (a heartbeat, a cancel, a user's long transaction): the writer never waits, so one held
@@ -593,8 +639,11 @@ DECLARED_QUEUES = "SELECT name FROM {s}.queues WHERE name = ANY(%s::text[])"
 _QUEUE_ROW = (
     "name, "
     + paused_now("")
-    + ", paused_at, paused_until, paused_by, pause_reason, first_seen, last_seen"
+    + ", paused_at, paused_until, paused_by, pause_reason, first_seen, last_seen, "
+    "max_running, max_running_per_key, rate_limit, rate_period, rate_limit_per_key, "
+    "rate_period_per_key, fair, CASE WHEN parked_until > now() THEN parked_until END"
 )
+"""What `QueueInfo.from_row` reads (and `LIST_QUEUES` a count of workers after it)."""
 
 # Pausing a paused queue keeps the time it was paused since, and takes the new details.
 PAUSE_QUEUE = (
@@ -610,6 +659,83 @@ ON CONFLICT (name) DO UPDATE SET
 RETURNING """
     + _QUEUE_ROW
 )
+
+# Every limit at once (None lifts it); the NOTIFY wakes idle workers, which may start
+# more now. Workers see the new limits at their next claim.
+CONFIGURE_QUEUE = (
+    """
+WITH configured AS (
+    INSERT INTO {s}.queues AS q (name, max_running, max_running_per_key, rate_limit,
+                                 rate_period, rate_limit_per_key, rate_period_per_key, fair)
+    VALUES (%(name)s, %(max_running)s, %(max_running_per_key)s, %(rate_limit)s,
+            %(rate_period)s, %(rate_limit_per_key)s, %(rate_period_per_key)s, %(fair)s)
+    ON CONFLICT (name) DO UPDATE SET
+        max_running = EXCLUDED.max_running, max_running_per_key = EXCLUDED.max_running_per_key,
+        rate_limit = EXCLUDED.rate_limit, rate_period = EXCLUDED.rate_period,
+        rate_limit_per_key = EXCLUDED.rate_limit_per_key,
+        rate_period_per_key = EXCLUDED.rate_period_per_key, fair = EXCLUDED.fair,
+        last_seen = now()
+    RETURNING """
+    + _QUEUE_ROW
+    + """
+)
+SELECT configured.*, pg_notify(%(channel)s, %(queues)s) FROM configured
+"""
+)
+
+
+def _parking(parks: str) -> str:
+    """Park what `parks` (a select of queue, key, until) names: a key until then, or the
+    whole queue where the key is NULL. A park never ends sooner than one under way: two
+    handlers told to wait by the same service keep the later time."""
+    return (
+        f"WITH parks AS ({parks}), "
+        """keyed AS (
+    INSERT INTO {s}.parked_keys AS p (queue, key, until)
+    SELECT queue, key, max(until) FROM parks WHERE key IS NOT NULL
+    GROUP BY queue, key ORDER BY queue, key
+    ON CONFLICT (queue, key) DO UPDATE SET
+        until = GREATEST(p.until, EXCLUDED.until), parked_at = now()
+)
+INSERT INTO {s}.queues AS q (name, parked_until, keys_parked_until)
+SELECT queue, max(until) FILTER (WHERE key IS NULL), max(until) FILTER (WHERE key IS NOT NULL)
+FROM parks GROUP BY queue ORDER BY queue
+ON CONFLICT (name) DO UPDATE SET
+    parked_until = CASE WHEN EXCLUDED.parked_until IS NULL THEN q.parked_until
+                        WHEN q.parked_until > now()
+                        THEN GREATEST(q.parked_until, EXCLUDED.parked_until)
+                        ELSE EXCLUDED.parked_until END,
+    keys_parked_until = GREATEST(q.keys_parked_until, EXCLUDED.keys_parked_until)
+"""
+    )
+
+
+# An operator's park of a queue, or of one key of it.
+PARK = _parking(
+    "SELECT %(queue)s::text AS queue, %(key)s::text AS key, %(until)s::timestamptz AS until"
+)
+
+# Handlers' parks (JobResult.park): of each run still the job's, its key (its queue when it
+# has none). Written before the runs' outcomes, so no job of the key starts in between.
+PARK_RUNS = _parking(
+    "SELECT j.queue, j.concurrency_key AS key, r.until FROM {s}.jobs AS j "
+    "JOIN unnest(%s::uuid[], %s::int[], %s::timestamptz[]) AS r(id, lease, until) "
+    "ON j.id = r.id AND j.lease = r.lease WHERE j.status = 'running'"
+)
+
+# Lifts a park (of the queue, or of one key): its jobs may start at once.
+UNPARK = """
+WITH keyed AS (
+    DELETE FROM {s}.parked_keys WHERE queue = %(queue)s AND key = %(key)s AND until > now()
+    RETURNING 1
+), queued AS (
+    UPDATE {s}.queues SET parked_until = NULL
+    WHERE name = %(queue)s AND %(key)s::text IS NULL AND parked_until > now()
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM keyed) + (SELECT count(*) FROM queued),
+       pg_notify(%(channel)s, %(queues)s)
+"""
 
 # The NOTIFY wakes idle workers of the queue at once, not at their next poll.
 RESUME_QUEUE = (
@@ -671,6 +797,23 @@ FORGET_WORKERS = (
     "DELETE FROM {s}.workers WHERE id IN (SELECT id FROM {s}.workers"
     " WHERE expires_at < now() - make_interval(secs => %s) FOR UPDATE SKIP LOCKED)"
 )
+
+# Parks that ended, and the turns of keys no job of which started for a day (a fair
+# queue's key that comes back goes first, as a new one would); bounded batches.
+FORGET_CONTROLS = """
+WITH parks AS (
+    DELETE FROM {s}.parked_keys WHERE (queue, key) IN (
+        SELECT queue, key FROM {s}.parked_keys WHERE until < now()
+        LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
+    RETURNING 1
+), turns AS (
+    DELETE FROM {s}.key_turns WHERE (queue, key) IN (
+        SELECT queue, key FROM {s}.key_turns WHERE served_at < now() - interval '1 day'
+        LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM parks) + (SELECT count(*) FROM turns)
+"""
 
 LIST_WORKERS = """
 SELECT w.id, w.host, w.pid, w.version, w.queues, w.started_at, w.heartbeat_at,

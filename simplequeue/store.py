@@ -25,6 +25,7 @@ from simplequeue.config import events_channel, notify_channel
 from simplequeue.errors import JobNotFoundError
 from simplequeue.fleet import QueueInfo, WorkerIdentity, WorkerInfo
 from simplequeue.job import Job
+from simplequeue.limits import QueueLimits
 from simplequeue.stats import QueueSummary
 from simplequeue.validation import LATEST_TIME
 
@@ -49,6 +50,8 @@ class Outcome:
     delay: float = 0.0
     not_before: datetime | None = None
     error: str | None = None
+    park_until: datetime | None = None
+    """Park the job's concurrency key (its queue, without one) until then."""
 
     @property
     def is_plain_success(self) -> bool:
@@ -204,6 +207,13 @@ class Store:
         self._notify_copied = _q(q.NOTIFY_COPIED, schema)
         self._claim = _q(q.CLAIM, schema)
         self._claim_quiet = _q(q.CLAIM_QUIET, schema)
+        self._claim_controlled = _q(q.CLAIM_CONTROLLED, schema)
+        self._claim_controlled_quiet = _q(q.CLAIM_CONTROLLED_QUIET, schema)
+        self._controlled_queues = _q(q.CONTROLLED_QUEUES, schema)
+        self._configure_queue = _q(q.CONFIGURE_QUEUE, schema)
+        self._park = _q(q.PARK, schema)
+        self._park_runs = _q(q.PARK_RUNS, schema)
+        self._unpark = _q(q.UNPARK, schema)
         self._write_outcomes = _q(q.WRITE_OUTCOMES, schema, latest=LATEST_TIME)
         self._write_outcomes_quiet = _q(q.WRITE_OUTCOMES_QUIET, schema, latest=LATEST_TIME)
         self._complete = _q(q.COMPLETE, schema)
@@ -252,6 +262,7 @@ class Store:
         self._worker_gone = _q(q.WORKER_GONE, schema)
         self._forget_workers = _q(q.FORGET_WORKERS, schema)
         self._list_workers = _q(q.LIST_WORKERS, schema)
+        self._forget_controls = _q(q.FORGET_CONTROLS, schema)
         self._run_now = _q(q.RUN_NOW, schema)
         self._count_dead = _q(q.COUNT_DEAD, schema)
         self._dead_live_ids = _q(q.DEAD_LIVE_IDS, schema)
@@ -391,6 +402,32 @@ class Store:
         result = yield Run(self._claim if publish else self._claim_quiet, params)
         return [Job.from_row(row[:_READ_WIDTH], encoded=True) for row in result.rows]
 
+    def claim_controlled(
+        self,
+        queues: Sequence[str],
+        limits: Sequence[int],
+        worker: uuid.UUID | None = None,
+        *,
+        publish: bool = True,
+    ) -> Plan[list[Job]]:
+        """Claim from controlled queues (fleet-wide limits, fairness, parked keys): at most
+        `limits[i]` of `queues[i]`, within what their limits allow now."""
+        order = sorted(range(len(queues)), key=lambda i: queues[i])  # one lock order
+        params = {
+            "queues": [queues[i] for i in order],
+            "limits": [limits[i] for i in order],
+            "worker": worker,
+        }
+        result = yield Run(
+            self._claim_controlled if publish else self._claim_controlled_quiet, params
+        )
+        return [Job.from_row(row[:_READ_WIDTH], encoded=True) for row in result.rows]
+
+    def controlled_queues(self, queues: Sequence[str]) -> Plan[set[str]]:
+        """Which of these queues only `claim_controlled` claims from now."""
+        result = yield Run(self._controlled_queues, [list(queues)])
+        return {str(row[0]) for row in result.rows}
+
     def promote_due(self, queues: Sequence[str], limit: int) -> Plan[int]:
         """Make up to `limit` scheduled jobs of `queues` that have come due claimable."""
         result = yield Run(self._promote, {"queues": list(queues), "limit": limit})
@@ -415,6 +452,9 @@ class Store:
         for outcome in outcomes:
             (done if outcome.is_plain_success else rest).append(outcome)
         changed: set[uuid.UUID] = set()
+        parks = [o for o in rest if o.park_until is not None]
+        if parks:  # before the outcomes: the key's next jobs must not start in between
+            yield from self.park_runs(parks)
         if done:
             result = yield Run(
                 self._complete if publish else self._complete_quiet,
@@ -437,6 +477,11 @@ class Store:
             )
             changed.update(row[0] for row in result.rows)
         return changed
+
+    def park_runs(self, outcomes: Sequence[Outcome]) -> Plan[None]:
+        """Park the key (or queue) of each run that is still its job's, until its time."""
+        runs = [[o.job_id for o in outcomes], [o.lease for o in outcomes]]
+        yield Run(self._park_runs, [*runs, [o.park_until for o in outcomes]])
 
     def heartbeat(self, beats: Sequence[tuple[uuid.UUID, int]]) -> Plan[set[tuple[uuid.UUID, int]]]:
         """Beat every job a worker runs in one statement.
@@ -707,6 +752,30 @@ class Store:
         result = yield Run(self._pause_queue, params)
         return QueueInfo.from_row(result.rows[0])
 
+    def configure_queue(self, name: str, limits: QueueLimits) -> Plan[QueueInfo]:
+        params = {
+            "name": name,
+            **limits.params(),
+            "channel": self.channel,
+            "queues": notify_payload({name}),
+        }
+        result = yield Run(self._configure_queue, params)
+        return QueueInfo.from_row(result.rows[0][:-1])
+
+    def park(self, queue: str, until: datetime, key: str | None) -> Plan[None]:
+        yield Run(self._park, {"queue": queue, "key": key, "until": until})
+
+    def unpark(self, queue: str, key: str | None) -> Plan[bool]:
+        """Lift a park under way (and wake idle workers); False when there was none."""
+        params = {
+            "queue": queue,
+            "key": key,
+            "channel": self.channel,
+            "queues": notify_payload({queue}),
+        }
+        result = yield Run(self._unpark, params)
+        return bool(result.rows and result.rows[0][0])
+
     def resume_queue(self, name: str) -> Plan[bool]:
         """Lift the queue's pause and wake its idle workers; False when it was not paused."""
         result = yield Run(self._resume_queue, [name, self.channel, notify_payload({name})])
@@ -760,6 +829,12 @@ class Store:
         """Delete the rows of workers expired `after` seconds ago or more."""
         result = yield Run(self._forget_workers, [after])
         return result.rowcount
+
+    def forget_controls(self, limit: int = 1000) -> Plan[int]:
+        """Delete parks that ended and fair turns of keys long idle; how many rows."""
+        result = yield Run(self._forget_controls, {"limit": limit})
+        row = result.first()
+        return int(row[0]) if row else 0
 
     def list_workers(self) -> Plan[list[WorkerInfo]]:
         result = yield Run(self._list_workers)

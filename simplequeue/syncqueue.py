@@ -25,6 +25,7 @@ from simplequeue.drivers import PsycopgSync, SyncDriver, check_sync_conn, sync_d
 from simplequeue.errors import InvalidArgumentError, JobNotFoundError
 from simplequeue.fleet import QueueInfo, WorkerInfo
 from simplequeue.job import Job, JobStatus
+from simplequeue.limits import QueueLimits, Rate
 from simplequeue.operations import (
     MAX_BULK,
     WAIT_POLL,
@@ -298,6 +299,28 @@ class SyncQueue:
     def resume_queue(self, name: str) -> bool:
         """Lift a pause and wake the queue's idle workers; False when it was not paused."""
         return self._run(self._ops.resume_queue(name))
+
+    def configure_queue(
+        self,
+        name: str,
+        *,
+        max_running: int | None = None,
+        max_running_per_key: int | None = None,
+        rate_limit: Rate | None = None,
+        rate_limit_per_key: Rate | None = None,
+        fair: bool = False,
+    ) -> QueueInfo:
+        """Set the queue's fleet-wide limits (see SimpleQueue)."""
+        limits = QueueLimits(max_running, max_running_per_key, rate_limit, rate_limit_per_key, fair)
+        return self._run(self._ops.configure_queue(name, limits))
+
+    def park(self, name: str, until: datetime, key: str | None = None) -> None:
+        """No job of the queue (or of its `key`) starts before `until` (see SimpleQueue)."""
+        self._run(self._ops.park(name, until, key))
+
+    def unpark(self, name: str, key: str | None = None) -> bool:
+        """Lift the park of the queue (or of its `key`); False when none was under way."""
+        return self._run(self._ops.unpark(name, key))
 
     def declare_queues(self, names: Iterable[str]) -> None:
         """Make queues known without a worker (inserts into them do not warn)."""

@@ -459,6 +459,17 @@ def test_a_read_token_is_told_it_may_not_pause(page: Page, dsn: str) -> None:
     assert page.queue_cell("work", "td.state") == "active"
 
 
+def test_a_queues_limits_and_park_are_shown(page: Page, dsn: str) -> None:
+    with sq.SyncQueue.from_url(dsn) as queue:
+        queue.configure_queue("partner", max_running=3, rate_limit=sq.Rate(10, per=1), fair=True)
+        queue.park("partner", datetime.now(UTC) + timedelta(hours=1))
+    page.sign_in(ADMIN)
+    page.wait(lambda: page.queue_row("partner"), "queue partner")
+    shown = page.queue_cell("partner", "td.limits")
+    for part in ("≤3 running", "10/1s", "fair", "parked until"):
+        assert part in shown
+
+
 SHOTS = os.environ.get("SIMPLEQUEUE_DASHBOARD_SCREENSHOTS")
 
 

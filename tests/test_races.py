@@ -135,7 +135,17 @@ def test_every_statement_that_waits_for_row_locks_takes_them_in_id_order() -> No
         "listener_gone",
     }
     # one queue, or this worker's (or server's) own row: by primary key
-    single_key = {"pause_queue", "resume_queue", "worker_beat", "listener_beat"}
+    single_key = {
+        "pause_queue",
+        "resume_queue",
+        "worker_beat",
+        "listener_beat",
+        "configure_queue",
+        "unpark",
+    }
+    # the schema's function picks and locks them (FOR UPDATE SKIP LOCKED, under the
+    # queue's advisory lock): sql/0007_fleet_limits.sql
+    in_function = {"claim_controlled", "claim_controlled_quiet"}
     statements = {
         name: text
         for name, text in Store("simplequeue").statements().items()
@@ -145,10 +155,12 @@ def test_every_statement_that_waits_for_row_locks_takes_them_in_id_order() -> No
     for name, text in statements.items():
         flat = " ".join(text.split())
         ordered = re.search(r"ORDER BY (\w+\.)?id FOR UPDATE", flat) or re.search(
-            r"ORDER BY name ON CONFLICT", flat
+            r"ORDER BY (name|queue|queue, key) ON CONFLICT", flat
         )
-        if name in single_key:
-            assert re.search(r"(WHERE name = %s|VALUES \(%\((id|name)\)s)", flat), name
+        if name in in_function:
+            assert "claim_controlled(" in flat, name
+        elif name in single_key:
+            assert re.search(r"(WHERE name = %(s|\(queue\)s)|VALUES \(%\((id|name)\)s)", flat), name
         elif name in single_row:
             assert re.search(r"WHERE id = %(\(id\))?s", flat), name
         else:

@@ -27,6 +27,7 @@ TABLE: list[tuple[str, Any, str, int, int, bool]] = [
     ("retry_at", lambda: sq.JobResult.retry_at(later(), "no"), "pending", 1, 0, True),
     ("reschedule_at", lambda: sq.JobResult.reschedule_at(later()), "pending", 0, 1, True),
     ("snooze", lambda: sq.JobResult.snooze(HOUR), "pending", 0, 0, True),
+    ("park", lambda: sq.JobResult.park(later()), "pending", 0, 0, True),
     ("cancel", lambda: sq.JobResult.cancel("no"), "cancelled", 1, 0, False),
     ("critical", lambda: sq.JobResult.critical("no"), "critical_failure", 1, 0, False),
     ("unprocessable", lambda: sq.JobResult.unprocessable("no"), "unprocessable", 1, 0, False),

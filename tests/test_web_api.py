@@ -568,3 +568,56 @@ def query_one(dsn: str, statement: str, params: Any) -> None:
 
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(statement, params)
+
+
+async def test_limits_and_parks_over_http(client: httpx.AsyncClient, dsn: str) -> None:
+    body = {
+        "max_running": 4,
+        "max_running_per_key": 1,
+        "rate_limit": {"limit": 10, "per_seconds": 1},
+        "rate_limit_per_key": None,
+        "fair": True,
+    }
+    r = await client.put("/queues/lim%2Fx/limits", json=body)
+    assert r.status_code == 200, r.text
+    limits = r.json()["limits"]
+    assert limits["max_running"] == 4 and limits["rate_limit"] == {"limit": 10, "per_seconds": 1.0}
+    assert limits["fair"] is True
+    r = await client.post("/jobs", json={"queue": "lim/x", "data": {}, "concurrency_key": "c1"})
+    assert r.status_code == 201
+    assert count(dsn, "concurrency_key = 'c1'") == 1
+    until = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    r = await client.post("/queues/lim%2Fx/park", json={"until": until, "key": "c1"})
+    assert r.status_code == 200 and r.json()["key"] == "c1"
+    assert count(dsn, table="parked_keys") == 1
+    assert (await client.post("/queues/lim%2Fx/unpark", json={"key": "c1"})).status_code == 200
+    r = await client.post("/queues/lim%2Fx/unpark", json={"key": "c1"})
+    assert r.status_code == 409
+    r = await client.put("/queues/lim%2Fx/limits", json={}, headers=as_reader())
+    assert r.status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "needle"),
+    [
+        ("put", "/queues/q/limits", {"max_running": 0}, "max_running"),
+        ("put", "/queues/q/limits", {"max_running": "3"}, "max_running"),
+        ("put", "/queues/q/limits", {"rate_limit": 5}, "rate_limit"),
+        ("put", "/queues/q/limits", {"rate_limit": {"limit": 5}}, "rate_limit"),
+        ("put", "/queues/q/limits", {"rate_limit": {"limit": 5, "per_seconds": 0}}, "period"),
+        ("put", "/queues/q/limits", {"rate_limit": {"limit": 5, "per_seconds": "1"}}, "number"),
+        ("put", "/queues/q/limits", {"fair": 1}, "fair"),
+        ("put", "/queues/q/limits", {"max": 1}, "unknown"),
+        ("post", "/queues/q/park", {}, "until"),
+        ("post", "/queues/q/park", {"until": "2031-01-01T00:00:00"}, "zone"),
+        ("post", "/queues/q/park", {"until": "2031-01-01T00:00:00+00:00", "key": ""}, "key"),
+        ("post", "/queues/q/unpark", {"key": 3}, "key"),
+    ],
+)
+async def test_bad_limits_and_parks_are_refused_over_http(
+    client: httpx.AsyncClient, dsn: str, method: str, path: str, body: Any, needle: str
+) -> None:
+    r = await client.request(method.upper(), path, json=body)
+    assert r.status_code == 400, r.text
+    assert needle in r.json()["error"]
+    assert count(dsn, table="queues") == 0 and count(dsn, table="parked_keys") == 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
@@ -66,8 +67,37 @@ class Work(sq.Handler):
         return None
 
 
+class Limited(sq.Handler):
+    """For the fleet-wide limits: `sleep` seconds of work; `park`: the first run of the job
+    parks its key (its queue, without one) for that many seconds."""
+
+    QUEUE = "limited"
+
+    async def process(self, queue: sq.SimpleQueue, job: sq.Job) -> Any:
+        await record(job, end=False)
+        if job.data.get("park") and job.data.get("first", True):
+            assert _pool is not None
+            async with _pool.connection() as conn:
+                cur = await conn.execute(
+                    "SELECT count(*) FROM public.test_executions WHERE job_id = %s", [job.id]
+                )
+                row = await cur.fetchone()
+            if row and row[0] == 1:
+                await record(job, end=True)
+                return sq.JobResult.park(
+                    datetime.now(UTC) + timedelta(seconds=float(job.data["park"]))
+                )
+        await asyncio.sleep(float(job.data.get("sleep", 0)))
+        await record(job, end=True)
+        return None
+
+
 def configure(queue: sq.SimpleQueue) -> None:
     queue.register_handler(Work())
+
+
+def limited(queue: sq.SimpleQueue) -> None:
+    queue.register_handler(Limited())
 
 
 HANDLERS = [Work]

@@ -15,6 +15,8 @@ import psycopg
 
 from simplequeue import logs
 from simplequeue.config import QueueConfig
+from simplequeue.errors import InvalidArgumentError
+from simplequeue.limits import Rate
 from simplequeue.syncqueue import SyncQueue
 
 __all__ = ["cli", "connection_options", "log_options", "opened", "when"]
@@ -119,6 +121,21 @@ def when(text: str, *, ahead: bool) -> datetime:
             "duration (30s, 15m, 2h, 7d)"
         ) from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def rate(text: str | None) -> Rate | None:
+    """A rate given on the command line: starts per duration, `100/1s`, `10/1m`, `5/2h`;
+    `none` for no limit."""
+    if text is None or text.strip().lower() == "none":
+        return None
+    count, _, period = text.partition("/")
+    match = _DURATION.match(period)
+    if not count.strip().isdigit() or not match:
+        raise click.BadParameter(f"{text!r} is not a rate: starts per duration, e.g. 100/1s, 10/1m")
+    try:
+        return Rate(int(count), per=float(match[1]) * _UNIT[match[2]])
+    except InvalidArgumentError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def who() -> str:

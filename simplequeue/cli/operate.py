@@ -22,9 +22,11 @@ from simplequeue.cli.common import (
     reachable,
     who,
 )
+from simplequeue.cli.common import rate as parse_rate
 from simplequeue.cli.common import when as parse_when
 from simplequeue.cli.render import age, emit_json, fields, show, table
 from simplequeue.job import Job, JobStatus
+from simplequeue.limits import QueueLimits
 from simplequeue.operations import MAX_BULK, MAX_LIST
 from simplequeue.queue import SimpleQueue
 
@@ -390,10 +392,92 @@ def queues_list(as_json: bool, dsn: str, schema: str, **options: Any) -> None:
         as_json,
         [info.to_dict() for info in found],
         "queues",
-        ["queue", "paused", "since", "until", "by", "reason", "workers", "last seen"],
+        ["queue", "paused", "since", "until", "by", "reason", "limits", "parked until",
+         "workers", "last seen"],
         [(i.name, i.paused, i.paused_at if i.paused else None, i.paused_until if i.paused else None,
-          i.paused_by, i.pause_reason, i.workers, i.last_seen) for i in found],
+          i.paused_by, i.pause_reason, _limits(i.limits), i.parked_until, i.workers, i.last_seen)
+         for i in found],
     )  # fmt: skip
+
+
+def _limits(limits: QueueLimits) -> str:
+    """A queue's fleet-wide limits in a table cell."""
+    parts = []
+    if limits.max_running is not None:
+        parts.append(f"running≤{limits.max_running}")
+    if limits.max_running_per_key is not None:
+        parts.append(f"per key≤{limits.max_running_per_key}")
+    for label, rate in (("rate", limits.rate_limit), ("rate per key", limits.rate_limit_per_key)):
+        if rate is not None:
+            parts.append(f"{label} {rate.limit}/{rate.seconds:g}s")
+    if limits.fair:
+        parts.append("fair")
+    return ", ".join(parts)
+
+
+@queues.command(
+    "configure",
+    help="Set the queue's fleet-wide limits, for every worker (each call sets them all: a "
+    "limit left out is lifted).",
+)
+@click.argument("name")
+@click.option("--max-running", type=click.IntRange(min=1), help="jobs running at once")
+@click.option(
+    "--max-running-per-key", type=click.IntRange(min=1), help="jobs running at once per key"
+)
+@click.option("--rate", "rate_text", help="starts per window across the fleet: 100/1s, 10/1m")
+@click.option("--rate-per-key", "rate_per_key_text", help="starts per window per key")
+@click.option("--fair/--not-fair", default=False, help="take every key's next job in turn")
+@_common
+def queues_configure(
+    name: str,
+    max_running: int | None,
+    max_running_per_key: int | None,
+    rate_text: str | None,
+    rate_per_key_text: str | None,
+    fair: bool,
+    dsn: str,
+    schema: str,
+    **options: Any,
+) -> None:
+    _logs(options)
+    rate_limit, rate_per_key = parse_rate(rate_text), parse_rate(rate_per_key_text)
+    with opened(dsn, schema) as q:
+        info = q.configure_queue(
+            name,
+            max_running=max_running,
+            max_running_per_key=max_running_per_key,
+            rate_limit=rate_limit,
+            rate_limit_per_key=rate_per_key,
+            fair=fair,
+        )
+    click.echo(f"configured {name}: {_limits(info.limits) or 'no limits'}")
+
+
+@queues.command("park", help="No job of the queue (or of one key) starts before a time.")
+@click.argument("name")
+@click.option("--until", required=True, help="a duration ahead (30s, 15m, 2h) or an ISO 8601 time")
+@click.option("--key", help="only the jobs of this concurrency key")
+@_common
+def queues_park(
+    name: str, until: str, key: str | None, dsn: str, schema: str, **options: Any
+) -> None:
+    _logs(options)
+    moment = parse_when(until, ahead=True)
+    with opened(dsn, schema) as q:
+        q.park(name, moment, key=key)
+    click.echo(f"parked {name}{f' key {key}' if key else ''} until {moment.isoformat()}")
+
+
+@queues.command("unpark", help="Lift a park: the jobs may start at once.")
+@click.argument("name")
+@click.option("--key", help="the concurrency key parked")
+@_common
+def queues_unpark(name: str, key: str | None, dsn: str, schema: str, **options: Any) -> None:
+    _logs(options)
+    what = f"{name}{f' key {key}' if key else ''}"
+    with opened(dsn, schema) as q:
+        _done(q.unpark(name, key=key), f"unparked {what}", f"{what} is not parked")
 
 
 @queues.command(

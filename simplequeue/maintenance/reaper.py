@@ -106,6 +106,7 @@ class Reaper(Sweeper):
         exhausted = len(failed)
         async with borrow(self._pool) as conn:
             forgotten = await run(conn, store.forget_workers(WORKER_FORGOTTEN_AFTER))
+            await run(conn, store.forget_controls())
         poisoned = sum(1 for _, status in reaped if status == JobStatus.BAD_JOB)
         report = ReapReport(len(reaped) - poisoned, poisoned, exhausted, forgotten)
         if reaped or exhausted:

@@ -77,6 +77,15 @@ def outcome_for_result(
         return outcome_for_failure(job, result.error or "failed", backoff)
     if kind is ResultKind.RETRY_AT:
         return outcome_for_failure(job, result.error or "retry requested", backoff, result.at)
+    if kind is ResultKind.PARK and result.at is not None:  # its key waits with it
+        return Outcome(
+            job.id,
+            job.lease,
+            JobStatus.PENDING,
+            refund=1,
+            not_before=result.at,
+            park_until=result.at,
+        )
     if kind is ResultKind.SNOOZE:  # as if the attempt had not happened
         delay = clamp_delay(result.seconds)
         return Outcome(job.id, job.lease, JobStatus.PENDING, refund=1, delay=delay)

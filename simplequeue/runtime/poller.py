@@ -33,6 +33,14 @@ from simplequeue.store import Store
 
 __all__ = ["Poller", "claim_was_saturated", "plan_claim"]
 
+CONTROLS_REFRESH = 1.0
+"""Seconds between two looks at which of its queues are controlled (fleet-wide limits,
+fairness, parked keys): a new limit takes effect within this time."""
+
+CONTROLLED_RETRY = 0.1
+"""Seconds before a controlled queue that gave fewer jobs than asked is asked again (its
+limit may have held them back; the worker that frees a slot wakes its own poller)."""
+
 PROMOTE_BATCH = 1000
 """Scheduled jobs made claimable per statement; a poller promotes again at once while
 jobs keep coming due."""
@@ -111,6 +119,9 @@ class Poller(Service):
         self.pickup_seconds = Histogram(LATENCY_BUCKETS)
         self.claiming = False
         self._promoted_at = float("-inf")
+        self._controlled: set[str] = set()
+        self._controls_read_at = float("-inf")
+        self._held_rounds = 0
         self._unsubscribe = registry.on_change(self.poke)
 
     def wake(self, queues: set[str] | None) -> None:
@@ -143,16 +154,11 @@ class Poller(Service):
                 async with borrow(self._pool) as conn:
                     if self._audience.unknown:
                         self._audience.heard(await run(conn, self._store.events_listened()))
-                    jobs = await run(
-                        conn,
-                        self._store.claim(
-                            queues,
-                            limits,
-                            total,
-                            self._worker_id,
-                            publish=self._audience.listened,
-                        ),
-                    )
+                    if time.monotonic() - self._controls_read_at >= CONTROLS_REFRESH:
+                        handled = list(self._registry.handlers)
+                        self._controlled = await run(conn, self._store.controlled_queues(handled))
+                        self._controls_read_at = time.monotonic()
+                    jobs, asked = await self._claim(conn, queues, limits, total)
             except psycopg.OperationalError as exc:
                 self.claiming = False
                 await self.back_off(exc)
@@ -170,11 +176,63 @@ class Poller(Service):
             for job in jobs:
                 self._start(job)
             self.claiming = False  # the jobs it claimed are tasks now
-            saturated = claim_was_saturated([job.queue for job in jobs], queues, limits, total)
+            claimed = [job.queue for job in jobs]
+            saturated = claim_was_saturated(claimed, queues, limits, total)
             if self._promotion_due() and await self._promote(queues):
                 continue  # jobs came due: claim them now
             if not saturated and self._claiming:
-                await _wait(self._wake, self._config.empty_poll_sleep)
+                await _wait(self._wake, self._sleep_after(claimed, asked))
+
+    def _sleep_after(self, claimed: list[str], asked: dict[str, int]) -> float:
+        """How long to sleep, unwoken, after a claim that was not saturated: the fallback
+        poll; sooner when a controlled queue gave fewer jobs than asked (a limit may
+        have held them back), as soon as it keeps giving some, then less and less often."""
+        sleep = self._config.empty_poll_sleep
+        got = Counter(claimed)
+        if not any(got[name] < n for name, n in asked.items()):
+            return sleep
+        if any(got[name] for name in asked):
+            self._held_rounds = 0
+        else:
+            self._held_rounds = min(self._held_rounds + 1, 16)
+        return float(min(sleep, CONTROLLED_RETRY * 2**self._held_rounds))
+
+    async def _claim(
+        self, conn: Any, queues: list[str], limits: list[int], total: int
+    ) -> tuple[list[Job], dict[str, int]]:
+        """Claim from the plain queues in one statement, then from the controlled ones
+        with what is left of `total`; returns the jobs, and what each controlled queue
+        was asked for."""
+        plain = [(q, n) for q, n in zip(queues, limits, strict=True) if q not in self._controlled]
+        jobs: list[Job] = []
+        if plain:
+            jobs = await run(
+                conn,
+                self._store.claim(
+                    [q for q, _ in plain],
+                    [n for _, n in plain],
+                    total,
+                    self._worker_id,
+                    publish=self._audience.listened,
+                ),
+            )
+        asked: dict[str, int] = {}
+        left = total - len(jobs)
+        for name, n in zip(queues, limits, strict=True):
+            if name in self._controlled and left > 0:
+                asked[name] = min(n, left)
+                left -= asked[name]
+        if asked:
+            jobs += await run(
+                conn,
+                self._store.claim_controlled(
+                    list(asked),
+                    list(asked.values()),
+                    self._worker_id,
+                    publish=self._audience.listened,
+                ),
+            )
+        return jobs, asked
 
     def _promotion_due(self) -> bool:
         """Promote once per fallback poll, busy or idle: a job coming due waits no longer
@@ -221,6 +279,7 @@ class Poller(Service):
         self.global_permits.release()
         self._registry.permits(job.queue).release()
         self._capacity.set()
-        if job.queue in self._full:
-            # The poller may be asleep on the other queues' behalf: this one has room now.
+        if job.queue in self._full or job.queue in self._controlled:
+            # The poller may be asleep on the other queues' behalf: this one has room now
+            # (or, controlled, a slot of its fleet-wide limit is free).
             self._wake.set()

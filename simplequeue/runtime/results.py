@@ -81,7 +81,15 @@ class ResultWriter(Service):
         self._writing = 0
 
     async def submit(self, outcome: Outcome) -> None:
-        """Queue a result; waits only when too many are already waiting (back-pressure)."""
+        """Queue a result; waits only when too many are already waiting (back-pressure).
+
+        A park is written at once, before the job's permits are freed: the next job of its
+        key must not start in the meantime. (Should that write fail, the batch writes it
+        again, before the outcome.)"""
+        if outcome.park_until is not None:
+            with contextlib.suppress(psycopg.Error):
+                async with borrow(self._pool) as conn:
+                    await run(conn, self._store.park_runs([outcome]))
         while len(self._buffer) >= self._max_buffered:
             self._has_room.clear()
             await self._has_room.wait()

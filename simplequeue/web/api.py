@@ -25,6 +25,7 @@ from starlette.types import Scope as AsgiScope
 
 from simplequeue.errors import InvalidArgumentError, InvalidJobError, JobNotFoundError
 from simplequeue.job import Job
+from simplequeue.limits import Rate
 from simplequeue.operations import MAX_BULK, as_uuid
 from simplequeue.queue import SimpleQueue
 from simplequeue.web.auth import Access, Scope
@@ -56,6 +57,7 @@ JOB_FIELDS = {
     "max_attempts",
     "priority",
     "timeout",
+    "concurrency_key",
 }
 
 
@@ -241,6 +243,42 @@ class Api:
             raise Conflict(f"queue {name} is not paused")
         return JSONResponse({"name": name, "resumed": True})
 
+    async def configure_queue(self, request: Request) -> Response:
+        body = await _body(request)
+        fields = {"max_running", "max_running_per_key", "rate_limit", "rate_limit_per_key", "fair"}
+        unknown = set(body) - fields
+        if unknown:
+            raise BadRequest(f"unknown field(s): {', '.join(sorted(unknown))}")
+        info = await self.queue.configure_queue(
+            _queue_name(request),
+            max_running=body.get("max_running"),
+            max_running_per_key=body.get("max_running_per_key"),
+            rate_limit=_rate("rate_limit", body.get("rate_limit")),
+            rate_limit_per_key=_rate("rate_limit_per_key", body.get("rate_limit_per_key")),
+            fair=body.get("fair", False),
+        )
+        return JSONResponse(info.to_dict())
+
+    async def park(self, request: Request) -> Response:
+        body = await _body(request)
+        unknown = set(body) - {"until", "key"}
+        if unknown:
+            raise BadRequest(f"unknown field(s): {', '.join(sorted(unknown))}")
+        name, key = _queue_name(request), body.get("key")
+        until = _time("until", body.get("until"))
+        await self.queue.park(name, until, key=key)
+        return JSONResponse({"name": name, "key": key, "parked_until": until.isoformat()})
+
+    async def unpark(self, request: Request) -> Response:
+        body = await _body(request)
+        unknown = set(body) - {"key"}
+        if unknown:
+            raise BadRequest(f"unknown field(s): {', '.join(sorted(unknown))}")
+        name, key = _queue_name(request), body.get("key")
+        if not await self.queue.unpark(name, key=key):
+            raise Conflict(f"queue {name}{'' if key is None else ' key ' + str(key)} is not parked")
+        return JSONResponse({"name": name, "key": key, "unparked": True})
+
     async def list_workers(self, request: Request) -> Response:
         return JSONResponse([w.to_dict() for w in await self.queue.list_workers()])
 
@@ -323,7 +361,7 @@ def _job_id(request: Request) -> str:
     return str(as_uuid(request.path_params["job_id"]))
 
 
-_QUEUE_IN_PATH = re.compile(rb"/queues/(.+)/(?:pause|resume)$", re.S)
+_QUEUE_IN_PATH = re.compile(rb"/queues/(.+)/(?:pause|resume|limits|park|unpark)$", re.S)
 
 
 def _queue_name(request: Request) -> str:
@@ -375,6 +413,18 @@ def _time(name: str, value: object) -> datetime:
     if moment.tzinfo is None:
         raise BadRequest(f"{name} needs a time zone (2026-12-01T18:00:00+00:00), got {value!r}")
     return moment
+
+
+def _rate(name: str, value: object) -> Rate | None:
+    """A rate as JSON: {"limit": n, "per_seconds": s}, or null."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) != {"limit", "per_seconds"}:
+        raise BadRequest(f'{name} must be {{"limit": n, "per_seconds": s}} or null')
+    per = value["per_seconds"]
+    if isinstance(per, bool) or not isinstance(per, int | float):
+        raise BadRequest(f"{name}.per_seconds must be a number, got {per!r:.40}")
+    return Rate(value["limit"], per=per)
 
 
 def _int(value: object, default: int) -> int:

@@ -34,6 +34,9 @@ def _ok(schema: dict[str, Any], text: str = "done") -> dict[str, Any]:
 _JOB = {"$ref": "#/components/schemas/Job"}
 _JOBS: dict[str, Any] = {"type": "object", "properties": {"jobs": {"type": "array", "items": _JOB}}}
 _TIME = {"type": "string", "format": "date-time"}
+_LIMIT = {"type": ["integer", "null"], "minimum": 1, "description": "null: no limit"}
+_RATE = {"type": ["object", "null"], "required": ["limit", "per_seconds"], "properties": {
+    "limit": {"type": "integer", "minimum": 1}, "per_seconds": {"type": "number"}}}  # fmt: skip
 _FILTERS = {
     "type": "object",
     "properties": {
@@ -93,6 +96,22 @@ ENDPOINTS: list[tuple[str, str, str, str, dict[str, Any]]] = [
         "responses": {"200": _ok({"$ref": "#/components/schemas/Queue"})}}),
     ("post", "/queues/{name}/resume", "admin", "Lift a pause; idle workers start at once.", {
         "parameters": [_path("name")], "responses": {"200": _ok({"type": "object"}), "409": _ERROR}}),
+    ("put", "/queues/{name}/limits", "admin", "Set the queue's fleet-wide limits (each call sets them all).", {
+        "parameters": [_path("name")],
+        "requestBody": {"required": False, "content": {"application/json": {"schema": {"type": "object", "properties": {
+            "max_running": _LIMIT, "max_running_per_key": _LIMIT, "rate_limit": _RATE,
+            "rate_limit_per_key": _RATE, "fair": {"type": "boolean", "default": False}}}}}},
+        "responses": {"200": _ok({"$ref": "#/components/schemas/Queue"})}}),
+    ("post", "/queues/{name}/park", "admin", "No job of the queue (or of one key) starts before a time.", {
+        "parameters": [_path("name")],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object", "required": ["until"], "properties": {
+            "until": _TIME, "key": {"type": "string"}}}}}},
+        "responses": {"200": _ok({"type": "object"})}}),
+    ("post", "/queues/{name}/unpark", "admin", "Lift a park: the jobs may start at once.", {
+        "parameters": [_path("name")],
+        "requestBody": {"required": False, "content": {"application/json": {"schema": {"type": "object", "properties": {
+            "key": {"type": "string"}}}}}},
+        "responses": {"200": _ok({"type": "object"}), "409": _ERROR}}),
     ("get", "/workers", "read", "Every worker of the fleet.", {
         "responses": {"200": _ok({"type": "array", "items": {"type": "object"}})}}),
     ("get", "/stats", "read", "Per queue: due, scheduled, running, retrying, dead, DLQ, oldest wait, throughput.", {
@@ -154,6 +173,7 @@ def document() -> dict[str, Any]:
                         "data": {},
                         "unique_key": {"type": "string"},
                         "fingerprint": {"type": "string"},
+                        "concurrency_key": {"type": "string"},
                         "run_at": _TIME,
                         "max_attempts": {"type": "integer", "minimum": 1},
                         "priority": {"type": "integer"},

@@ -35,6 +35,7 @@ def running(attempt: int = 1, max_attempts: int = 3, reprocess: int = 0) -> sq.J
         (sq.JobResult.retry_at(NOW, "x"), JobStatus.PENDING, 0, 0),
         (sq.JobResult.reschedule_at(NOW), JobStatus.PENDING, 1, 1),
         (sq.JobResult.snooze(5), JobStatus.PENDING, 1, 0),
+        (sq.JobResult.park(NOW), JobStatus.PENDING, 1, 0),
         (sq.JobResult.cancel(), JobStatus.CANCELLED, 0, 0),
         (sq.JobResult.critical("x"), JobStatus.CRITICAL_FAILURE, 0, 0),
         (sq.JobResult.unprocessable("x"), JobStatus.UNPROCESSABLE, 0, 0),
@@ -50,7 +51,7 @@ def test_every_verdict_has_its_outcome(
 
 def test_every_kind_of_verdict_is_covered_above() -> None:
     kinds = {k for k in ResultKind}
-    assert len(kinds) == 8, "a new verdict needs its row in the table above and in the docs"
+    assert len(kinds) == 9, "a new verdict needs its row in the table above and in the docs"
 
 
 def test_the_last_attempt_fails_and_the_last_reprocess_is_poison() -> None:

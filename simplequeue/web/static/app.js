@@ -279,8 +279,24 @@
         el("td", { className: "n" }, s.completed_per_minute === undefined
           ? "—" : s.completed_per_minute.toFixed(1)),
         el("td", {}, q.workers === undefined ? "—" : q.workers),
+        el("td", { className: "limits" }, limitsText(q)),
         el("td", {}, toggle));
     });
+  }
+
+  // A queue's fleet-wide limits and park, in words.
+  function limitsText(q) {
+    const l = q.limits || {};
+    const parts = [];
+    if (l.max_running != null) parts.push(`≤${l.max_running} running`);
+    if (l.max_running_per_key != null) parts.push(`≤${l.max_running_per_key} per key`);
+    if (l.rate_limit) parts.push(`${l.rate_limit.limit}/${l.rate_limit.per_seconds}s`);
+    if (l.rate_limit_per_key) {
+      parts.push(`${l.rate_limit_per_key.limit}/${l.rate_limit_per_key.per_seconds}s per key`);
+    }
+    if (l.fair) parts.push("fair");
+    if (q.parked_until) parts.push(`parked until ${when(q.parked_until)}`);
+    return parts.length ? parts.join(", ") : "—";
   }
 
   function pauseTitle(q) {
