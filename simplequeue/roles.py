@@ -28,7 +28,16 @@ __all__ = [
     "validate_role_name",
 ]
 
-TABLES = ("jobs", "archive", "dlq", "queues", "workers", "event_listeners", "schema_migrations")
+TABLES = (
+    "jobs",
+    "archive",
+    "dlq",
+    "queues",
+    "workers",
+    "event_listeners",
+    "leader",
+    "schema_migrations",
+)
 """Every table simplequeue creates; a role holds on each exactly what the maps below say."""
 
 TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
@@ -80,10 +89,12 @@ WORKER_PRIVILEGES: dict[str, TablePrivileges] = {
     ),
     "workers": TablePrivileges(frozenset({"SELECT", "INSERT", "UPDATE", "DELETE"})),
     "event_listeners": TablePrivileges(frozenset({"SELECT"})),
+    "leader": TablePrivileges(frozenset({"SELECT", "INSERT", "UPDATE"})),
 }
 """Claim, results, heartbeats, reaper; janitor (jobs → archive and DLQ, archive purge);
 handlers inserting follow-up jobs; get_job, wait_for_job, cancel, reschedule, list_dlq,
-counts; declaring its queues, its own row in workers (and forgetting dead workers'). Not:
+counts; declaring its queues, its own row in workers (and forgetting dead workers'); the
+maintenance lease (taking, renewing, giving up the leader row). Not:
 deleting from the DLQ, so not requeue_dlq_job for rows already moved there; not pausing
 or resuming queues, which is for the schema's owner (operators)."""
 

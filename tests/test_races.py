@@ -135,7 +135,7 @@ def test_every_statement_that_waits_for_row_locks_takes_them_in_id_order() -> No
         "listener_gone",
     }
     # one queue, or this worker's (or server's) own row: by primary key
-    single_key = {"pause_queue", "resume_queue", "worker_beat", "listener_beat"}
+    single_key = {"pause_queue", "resume_queue", "worker_beat", "listener_beat", "lead", "resign"}
     statements = {
         name: text
         for name, text in Store("simplequeue").statements().items()
@@ -148,7 +148,7 @@ def test_every_statement_that_waits_for_row_locks_takes_them_in_id_order() -> No
             r"ORDER BY name ON CONFLICT", flat
         )
         if name in single_key:
-            assert re.search(r"(WHERE name = %s|VALUES \(%\((id|name)\)s)", flat), name
+            assert re.search(r"(WHERE name = %(\(name\))?s|VALUES \(%\((id|name)\)s)", flat), name
         elif name in single_row:
             assert re.search(r"WHERE id = %(\(id\))?s", flat), name
         else:

@@ -93,8 +93,8 @@ ENDPOINTS: list[tuple[str, str, str, str, dict[str, Any]]] = [
         "responses": {"200": _ok({"$ref": "#/components/schemas/Queue"})}}),
     ("post", "/queues/{name}/resume", "admin", "Lift a pause; idle workers start at once.", {
         "parameters": [_path("name")], "responses": {"200": _ok({"type": "object"}), "409": _ERROR}}),
-    ("get", "/workers", "read", "Every worker of the fleet.", {
-        "responses": {"200": _ok({"type": "array", "items": {"type": "object"}})}}),
+    ("get", "/workers", "read", "Every worker of the fleet; the leader runs the maintenance.", {
+        "responses": {"200": _ok({"type": "array", "items": {"$ref": "#/components/schemas/Worker"}})}}),
     ("get", "/stats", "read", "Per queue: due, scheduled, running, retrying, dead, DLQ, oldest wait, throughput.", {
         "parameters": [_query("window", {"type": "number", "default": 300}, "seconds of throughput")],
         "responses": {"200": _ok({"type": "array", "items": {"type": "object"}})}}),
@@ -162,6 +162,26 @@ def document() -> dict[str, Any]:
                     "additionalProperties": False,
                 },
                 "Queue": {"type": "object"},
+                "Worker": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "string", "format": "uuid"},
+                        "host": {"type": "string"},
+                        "pid": {"type": "integer"},
+                        "version": {"type": "string"},
+                        "queues": {"type": "array", "items": {"type": "string"}},
+                        "started_at": _TIME,
+                        "heartbeat_at": _TIME,
+                        "alive": {"type": "boolean"},
+                        "stopping_at": {"anyOf": [_TIME, {"type": "null"}]},
+                        "running": {"type": "integer"},
+                        "leader": {
+                            "type": "boolean",
+                            "description": "holds the maintenance lease: runs the reaper "
+                            "and the janitor",
+                        },
+                    },
+                },
             },
         },
     }
