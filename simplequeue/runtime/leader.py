@@ -140,6 +140,8 @@ class Leadership(Service):
         return self._ttl / 3
 
     def _hold(self, until: float, term: int) -> None:
+        if until <= time.monotonic():
+            return  # renewed too late to count on: the next try tells
         if self._expiry is not None:
             self._expiry.cancel()
         self._until = until
@@ -147,8 +149,6 @@ class Leadership(Service):
             max(until - time.monotonic(), 0.0), self._expired
         )
         if self.term != term:
-            if self.term is not None and self.term != term:
-                self._stop_duties()
             self.term = term
             self.elected += 1
             self.log.info(
