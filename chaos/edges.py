@@ -33,6 +33,12 @@ async def _runs_started(dsn: str, ids: list[Any]) -> int:
     return int(rows[0][0])
 
 
+async def _leads(dsn: str) -> bool:
+    """Some worker holds the maintenance lease (runs the reaper)."""
+    rows = await sql(dsn, "SELECT count(*) FROM simplequeue.leader WHERE expires_at > now()")
+    return bool(rows[0][0])
+
+
 async def _until(check: Any, timeout: float, every: float = 0.1) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -68,8 +74,10 @@ async def missed_beats(ctx: Context) -> Report:
         env={"CHAOS_QUEUES": "chaos_hung"},
     )
     reaper = ctx.fleet("beats-reaper", db, reaping, n=1)  # claims none of these jobs
+    reaper.start()  # first: it leads the maintenance, so its reaper is the one that runs
+    led = await _until(lambda: _leads(dsn), 30)
+    report.check(led, "the reaping worker did not become the leader")
     fleet.start()
-    reaper.start()
     held = rounds = reaping_rounds = 0
     async with producer(dsn) as queue:
         while reaping_rounds < size.edge_rounds and rounds < 4 * size.edge_rounds:

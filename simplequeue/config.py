@@ -111,6 +111,18 @@ class QueueConfig(BaseModel):
         7 * 86400.0, gt=0, description="seconds archived jobs are kept"
     )
     reaper_interval: Seconds | None = Field(None, gt=0, description="default: heartbeat_interval")
+    leader_election: bool = Field(
+        True,
+        description="run the reaper and the janitor in one elected worker of the schema "
+        "(off: in every worker)",
+    )
+    leader_ttl: Seconds | None = Field(
+        None,
+        ge=0.5,
+        le=3600,
+        description="seconds the leader's lease lasts unrenewed; renewed every third of it "
+        "(default: 2 x heartbeat_interval, between 1 and 5)",
+    )
     use_notify: bool = Field(True, description="wake on LISTEN/NOTIFY; off behind PgBouncer")
     strict_queues: bool = Field(
         False,
@@ -166,6 +178,14 @@ class QueueConfig(BaseModel):
         if config.pool_max_size < config.pool_min_size:
             raise ConfigError("invalid simplequeue configuration: pool_max_size < pool_min_size")
         return config
+
+    @property
+    def leader_lease(self) -> float:
+        """Seconds the maintenance lease lasts unrenewed: `leader_ttl`, or twice the
+        heartbeat interval between 1 and 5 s. A dead leader is replaced within 4/3 of it."""
+        if self.leader_ttl is not None:
+            return self.leader_ttl
+        return min(max(2 * self.heartbeat_interval, 1.0), 5.0)
 
     @property
     def stall_after(self) -> float:

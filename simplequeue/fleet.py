@@ -97,6 +97,8 @@ class WorkerInfo:
     """When it began a graceful stop (finishing its running jobs)."""
     running: int
     """Jobs it runs now."""
+    leader: bool = False
+    """It holds the maintenance lease now: the reaper and the janitor run in it."""
 
     @classmethod
     def from_row(cls, row: Any) -> WorkerInfo:

@@ -99,6 +99,7 @@ class ProcessCollector(Collector):
             "running": ("jobs running now", stats.running),
             "results_buffered": ("results waiting to be written", stats.results_buffered),
             "listener_connected": ("1 while LISTEN is in place", int(stats.listener_connected)),
+            "leader": ("1 while this worker leads the maintenance", int(stats.leader)),
         }
         for name, (help_text, value) in gauges.items():
             yield GaugeMetricFamily(f"simplequeue_worker_{name}", help_text, value=value)

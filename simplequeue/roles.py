@@ -38,6 +38,7 @@ TABLES = (
     "parked_keys",
     "key_turns",
     "rate_starts",
+    "leader",
     "schema_migrations",
 )
 """Every table simplequeue creates; a role holds on each exactly what the maps below say."""
@@ -98,12 +99,14 @@ WORKER_PRIVILEGES: dict[str, TablePrivileges] = {
     "parked_keys": TablePrivileges(frozenset({"SELECT", "INSERT", "UPDATE", "DELETE"})),
     "key_turns": TablePrivileges(frozenset({"SELECT", "INSERT", "UPDATE", "DELETE"})),
     "rate_starts": TablePrivileges(frozenset({"SELECT", "INSERT", "DELETE"})),
+    "leader": TablePrivileges(frozenset({"SELECT", "INSERT", "UPDATE"})),
 }
 """Claim, results, heartbeats, reaper; janitor (jobs → archive and DLQ, archive purge);
 handlers inserting follow-up jobs; get_job, wait_for_job, cancel, reschedule, list_dlq,
 counts; declaring its queues, its own row in workers (and forgetting dead workers');
 claiming from controlled queues (counting and recording rate-limited starts) and parking
-keys or queues for its handlers (JobResult.park). Not: deleting from the DLQ, so not
+keys or queues for its handlers (JobResult.park); the maintenance lease (taking, renewing,
+giving up the leader row). Not: deleting from the DLQ, so not
 requeue_dlq_job for rows already moved there; not pausing, resuming or configuring
 queues, which is for the schema's owner (operators)."""
 

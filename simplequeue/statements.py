@@ -818,8 +818,47 @@ SELECT (SELECT count(*) FROM parks) + (SELECT count(*) FROM turns)
 LIST_WORKERS = """
 SELECT w.id, w.host, w.pid, w.version, w.queues, w.started_at, w.heartbeat_at,
        w.expires_at > now(), w.stopping_at,
-       (SELECT count(*) FROM {s}.jobs AS j WHERE j.status = 'running' AND j.worker_id = w.id)
+       (SELECT count(*) FROM {s}.jobs AS j WHERE j.status = 'running' AND j.worker_id = w.id),
+       EXISTS (SELECT 1 FROM {s}.leader AS l WHERE l.worker_id = w.id AND l.expires_at > now())
 FROM {s}.workers AS w ORDER BY w.started_at, w.id
+"""
+
+# -- leadership ---------------------------------------------------------------------------
+
+# Acquire or renew a lease in one statement, on the database clock alone: taken when
+# nobody holds it or its holder let it expire, renewed when it is the caller's. A lease
+# another worker holds is seen in the snapshot and left unlocked (workers that follow try
+# every few seconds: they write nothing); a race for an expired one is settled by the row
+# lock of ON CONFLICT, whose WHERE is checked again on the version the winner wrote. The
+# term grows with every new holder. One row back: the holder after the statement, its
+# term, and whether it is the caller.
+LEAD = """
+WITH held AS (
+    SELECT worker_id, term, expires_at FROM {s}.leader WHERE name = %(name)s
+), taken AS (
+    INSERT INTO {s}.leader AS l (name, worker_id, expires_at)
+    SELECT %(name)s, %(worker)s::uuid, now() + make_interval(secs => %(ttl)s)
+    WHERE NOT EXISTS (SELECT 1 FROM held WHERE held.expires_at > now()
+                      AND held.worker_id IS DISTINCT FROM %(worker)s::uuid)
+    ON CONFLICT (name) DO UPDATE SET
+        worker_id = EXCLUDED.worker_id,
+        term = CASE WHEN l.worker_id = EXCLUDED.worker_id THEN l.term ELSE l.term + 1 END,
+        acquired_at = CASE WHEN l.worker_id = EXCLUDED.worker_id THEN l.acquired_at
+                           ELSE now() END,
+        renewed_at = now(),
+        expires_at = EXCLUDED.expires_at
+    WHERE l.worker_id = EXCLUDED.worker_id OR l.expires_at <= now()
+    RETURNING l.worker_id, l.term
+)
+SELECT worker_id, term, true FROM taken
+UNION ALL
+SELECT worker_id, term, false FROM held WHERE NOT EXISTS (SELECT 1 FROM taken)
+"""
+# Given up at once (a graceful stop): whoever asks next takes it, without waiting for
+# the expiry. By the worker's id alone: a renewal this worker had under way counts too.
+RESIGN = """
+UPDATE {s}.leader SET worker_id = NULL, expires_at = now()
+WHERE name = %(name)s AND worker_id = %(worker)s::uuid
 """
 
 NOTIFY = "SELECT pg_notify(%s, %s)"

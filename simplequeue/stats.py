@@ -107,7 +107,8 @@ class QueueStats:
 
     started: bool = False
     services: tuple[str, ...] = ()
-    """The background services running: poller, results, listener, reaper, janitor."""
+    """The background services running: poller, results, listener, leader, and the reaper
+    and the janitor while this worker leads."""
     claims: int = 0
     """Claim statements run by the poller."""
     claimed: int = 0
@@ -134,6 +135,11 @@ class QueueStats:
     """LISTEN connections made: more than one means it reconnected."""
     service_restarts: int = 0
     """Services that crashed and were started again (each logged with its traceback)."""
+    leader: bool = False
+    """This worker holds the schema's maintenance lease now: the reaper and the janitor
+    run here (`leader_election`; with it off, they run in every worker and this is False)."""
+    leader_term: int | None = None
+    """The term of the lease it holds (grows with every new leader); None when not leading."""
     outcomes: Mapping[str, int] = field(default_factory=dict)
     """Attempts whose outcome was stored, by the status it gave the job (`pending`: it
     runs again)."""

@@ -29,7 +29,7 @@ from simplequeue.limits import QueueLimits
 from simplequeue.stats import QueueSummary
 from simplequeue.validation import LATEST_TIME
 
-__all__ = ["Copy", "Outcome", "Plan", "Result", "Run", "Store", "sqlstate"]
+__all__ = ["Copy", "Lease", "Outcome", "Plan", "Result", "Run", "Store", "sqlstate"]
 
 T = TypeVar("T")
 
@@ -61,6 +61,18 @@ class Outcome:
             and not self.refund
             and not self.reprocess
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A leadership lease after an attempt to take or renew it."""
+
+    holder: uuid.UUID | None
+    """The worker that holds it (None: released, or never taken)."""
+    term: int
+    """Grows with every new holder: two leaders that overlapped are told apart by it."""
+    ours: bool
+    """The attempt's worker holds it now, for the TTL it asked."""
 
 
 _insert_row: Callable[[Job], tuple[Any, ...]] = operator.attrgetter(
@@ -263,6 +275,8 @@ class Store:
         self._forget_workers = _q(q.FORGET_WORKERS, schema)
         self._list_workers = _q(q.LIST_WORKERS, schema)
         self._forget_controls = _q(q.FORGET_CONTROLS, schema)
+        self._lead = _q(q.LEAD, schema)
+        self._resign = _q(q.RESIGN, schema)
         self._run_now = _q(q.RUN_NOW, schema)
         self._count_dead = _q(q.COUNT_DEAD, schema)
         self._dead_live_ids = _q(q.DEAD_LIVE_IDS, schema)
@@ -839,6 +853,20 @@ class Store:
     def list_workers(self) -> Plan[list[WorkerInfo]]:
         result = yield Run(self._list_workers)
         return [WorkerInfo.from_row(row) for row in result.rows]
+
+    def lead(self, name: str, worker_id: uuid.UUID, ttl: float) -> Plan[Lease]:
+        """Take or renew the lease `name` for `ttl` seconds (database clock): when nobody
+        holds it, its holder let it expire, or it is this worker's already."""
+        result = yield Run(self._lead, {"name": name, "worker": worker_id, "ttl": ttl})
+        row = result.first()
+        if row is None:  # a row released and deleted meanwhile by hand: nobody holds it
+            return Lease(None, 0, False)
+        return Lease(row[0], int(row[1]), bool(row[2]))
+
+    def resign(self, name: str, worker_id: uuid.UUID) -> Plan[bool]:
+        """Give the lease `name` up now, when this worker holds it; True when it did."""
+        result = yield Run(self._resign, {"name": name, "worker": worker_id})
+        return result.rowcount == 1
 
     def listen(self) -> Plan[None]:
         """LISTEN for inserts (what wakes workers)."""

@@ -73,6 +73,7 @@ def test_the_operators_day(
     # which worker runs what
     [row] = as_json(sq_cli, "workers", "list")
     assert row["alive"] and row["running"] == 1 and row["pid"] == worker.pid
+    assert row["leader"]  # the only worker runs the maintenance
     listed = as_json(sq_cli, "jobs", "list", "--worker", row["id"], "--status", "running")
     assert [j["id"] for j in listed["jobs"]] == [str(slow)]
 

@@ -48,8 +48,9 @@ async def test_a_missed_heartbeat_window_gives_exactly_one_rerun(dsn: str) -> No
     ):
         queue.register_handler(Slow())
         reaping.register_handler(Other())
+        await reaping.start()  # the leader: the maintenance runs there
+        await eventually(lambda: reaping.stats().leader)
         await queue.start()
-        await reaping.start()
         job_id = await queue.insert_job(sq.Job("slow", {}))
         await asyncio.wait_for(started.wait(), 10)
         # The beats skip the locked row for 1.1 s: released half an interval before the

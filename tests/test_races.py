@@ -142,6 +142,8 @@ def test_every_statement_that_waits_for_row_locks_takes_them_in_id_order() -> No
         "listener_beat",
         "configure_queue",
         "unpark",
+        "lead",
+        "resign",
     }
     # the schema's function picks and locks them (FOR UPDATE SKIP LOCKED, under the
     # queue's advisory lock): sql/0007_fleet_limits.sql
@@ -160,7 +162,8 @@ def test_every_statement_that_waits_for_row_locks_takes_them_in_id_order() -> No
         if name in in_function:
             assert "claim_controlled(" in flat, name
         elif name in single_key:
-            assert re.search(r"(WHERE name = %(s|\(queue\)s)|VALUES \(%\((id|name)\)s)", flat), name
+            by_key = r"(WHERE name = %(s|\(queue\)s|\(name\)s)|VALUES \(%\((id|name)\)s)"
+            assert re.search(by_key, flat), name
         elif name in single_row:
             assert re.search(r"WHERE id = %(\(id\))?s", flat), name
         else:

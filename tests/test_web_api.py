@@ -439,6 +439,7 @@ async def test_a_worker_serves_its_counters_and_histograms(dsn: str) -> None:
         assert 'simplequeue_worker_handler_seconds_bucket{le="+Inf"} 5.0' in text
         assert "simplequeue_worker_pickup_seconds_count 5.0" in text
         assert "simplequeue_worker_claim_batch_size_count" in text
+        assert "simplequeue_worker_leader 1.0" in text  # the only worker: it leads
     finally:
         worker.terminate()
         await worker.wait()

@@ -533,7 +533,9 @@ def workers() -> None:
     pass
 
 
-@workers.command("list", help="Every worker: host, pid, queues, last beat, alive, jobs running.")
+@workers.command(
+    "list", help="Every worker: host, pid, queues, last beat, alive, jobs running, the leader."
+)
 @_json_option
 @_common
 def workers_list(as_json: bool, dsn: str, schema: str, **options: Any) -> None:
@@ -544,9 +546,10 @@ def workers_list(as_json: bool, dsn: str, schema: str, **options: Any) -> None:
         as_json,
         [info.to_dict() for info in found],
         "workers",
-        ["id", "host", "pid", "queues", "started", "last beat", "alive", "stopping", "running"],
+        ["id", "host", "pid", "queues", "started", "last beat", "alive", "stopping", "running",
+         "leader"],
         [(w.id, w.host, w.pid, w.queues, w.started_at, w.heartbeat_at, w.alive,
-          w.stopping_at is not None, w.running) for w in found],
+          w.stopping_at is not None, w.running, w.leader) for w in found],
     )  # fmt: skip
 
 

@@ -44,6 +44,7 @@ class JanitorReport:
 
 class Janitor(Sweeper):
     name = "janitor"
+    leader_only = True
 
     def seconds_until_next(self, now: datetime | None = None) -> float:
         if self._config.janitor_schedule is None:

@@ -51,6 +51,7 @@ class Reaper(Sweeper):
 
     name = "reaper"
     first_round_at_start = True
+    leader_only = True
 
     def __init__(
         self,

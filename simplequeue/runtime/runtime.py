@@ -28,11 +28,12 @@ from simplequeue.maintenance.reaper import Reaper
 from simplequeue.registry import QueueRegistry
 from simplequeue.runtime.executor import Executor
 from simplequeue.runtime.heartbeat import Heartbeater, Presence
+from simplequeue.runtime.leader import RESIGN_TIMEOUT, Leadership
 from simplequeue.runtime.listener import Listener
 from simplequeue.runtime.outage import DatabaseHealth
 from simplequeue.runtime.poller import PROMOTE_BATCH, Poller
 from simplequeue.runtime.results import ResultWriter
-from simplequeue.runtime.service import Service
+from simplequeue.runtime.service import PeriodicService, Service
 from simplequeue.stats import QueueStats
 from simplequeue.store import Store
 
@@ -130,6 +131,15 @@ class Runtime:
         )
         self.reaper = Reaper(pool, store, config, health=health, own_runs=self.heartbeats.runs)
         self.janitor = Janitor(pool, store, config, health=health) if janitor_enabled() else None
+        self.leadership = (
+            Leadership(
+                pool, store, worker.id, config.leader_lease, self._launch_duty, health=health
+            )
+            if config.leader_election
+            else None
+        )
+        self._leader_task: asyncio.Task[None] | None = None
+        self._duties: list[asyncio.Task[None]] = []
         self._poller_task: asyncio.Task[None] | None = None
         self._results_task: asyncio.Task[None] | None = None
         self._services: list[asyncio.Task[None]] = []
@@ -146,14 +156,29 @@ class Runtime:
         self.heartbeats.start()
         self._results_task = self._launch(self.results)
         self._poller_task = self._launch(self.poller)
-        maintenance: list[Service | None] = [self.listener, self.reaper, self.janitor]
-        self._services = [self._launch(service) for service in maintenance if service is not None]
+        periodic: list[PeriodicService | None] = [self.reaper, self.janitor]
+        services: list[Service | None] = [self.listener]
+        for duty in periodic:
+            if duty is not None and duty.leader_only and self.leadership is not None:
+                self.leadership.add(duty)  # started while this worker leads
+            else:
+                services.append(duty)
+        self._services = [self._launch(service) for service in services if service is not None]
+        if self.leadership is not None:
+            self._leader_task = self._launch(self.leadership)
         if self.janitor is None:
             warn_no_janitor()
 
     def _launch(self, service: Service) -> asyncio.Task[None]:
         self._running.append(service)
         return asyncio.create_task(self._supervised(service), name=f"simplequeue-{service.name}")
+
+    def _launch_duty(self, service: Service) -> asyncio.Task[None]:
+        """A leader-only duty, started by the leadership (which cancels it)."""
+        self._duties = [task for task in self._duties if not task.done()]
+        task = asyncio.create_task(self._supervised(service), name=f"simplequeue-{service.name}")
+        self._duties.append(task)
+        return task
 
     async def _supervised(self, service: Service) -> None:
         """The one place that decides what a crashed service does: it is logged and
@@ -208,9 +233,13 @@ class Runtime:
 
     def stats(self) -> QueueStats:
         listener = self.listener
+        leadership = self.leadership
+        duties = [] if leadership is None else leadership.running_duties()
         return QueueStats(
             started=True,
-            services=tuple(service.name for service in self._running),
+            services=tuple(service.name for service in self._running) + tuple(duties),
+            leader=leadership is not None and leadership.leading,
+            leader_term=None if leadership is None else leadership.term,
             claims=self.poller.claims,
             claimed=self.poller.claimed,
             running=len(self.poller.tasks),
@@ -249,6 +278,8 @@ class Runtime:
         last_write = deadline + SHUTDOWN_WRITE_GRACE
         self.poller.stop_claiming()
         self._stopped.set()
+        # Another worker takes the maintenance over at once, while this one finishes.
+        resigning = asyncio.create_task(self._resign(), name="simplequeue-resign")
         self.heartbeats.signal_shutdown()  # handlers may wrap up early
         await _finish([self._poller_task], deadline)
         running = set(self.poller.tasks)
@@ -264,9 +295,17 @@ class Runtime:
                 await _finish(unfinished, time.monotonic())
         self.results.close(max(last_write, time.monotonic() + CANCEL_GRACE))
         await _finish([self._results_task], last_write)
-        await _finish(self._services, time.monotonic())
+        await _finish([resigning], time.monotonic() + RESIGN_TIMEOUT)
+        await _finish([*self._services, *self._duties], time.monotonic())
         await self.heartbeats.stop_async(CANCEL_GRACE)
         self.executor.shutdown()
+
+    async def _resign(self) -> None:
+        """Stop leading: no more renewals, the duties cancelled, the lease given up."""
+        if self.leadership is None:
+            return
+        await _finish([self._leader_task], time.monotonic())
+        await self.leadership.resign()
 
 
 async def _finish(tasks: Iterable[asyncio.Task[None] | None], until: float) -> None:

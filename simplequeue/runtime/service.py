@@ -5,7 +5,8 @@ stops. It meets database trouble the same way everywhere: a transient error
 (`is_transient`) is logged once per outage and retried with backoff, and the time of the
 failure goes into the runtime's `DatabaseHealth`, which the reaper consults. Duties done
 now and then (the reaper, the janitor) are `PeriodicService`s: `run_once()` does one
-round and returns its report, which operators may also call on their own.
+round and returns its report, which operators may also call on their own. One that sets
+`leader_only` runs in one worker of the schema, the elected leader (`runtime/leader.py`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import psycopg
@@ -73,10 +75,24 @@ class PeriodicService(Service):
     first_round_at_start: ClassVar[bool] = False
     """Run the first round as soon as the service starts, rather than one period later."""
 
+    leader_only: ClassVar[bool] = False
+    """Run only in the worker that holds the schema's maintenance lease (started when it
+    is elected, cancelled when it loses the lease); `run_once()` still runs anywhere."""
+
+    _gate: Callable[[], bool] | None = None
+
+    def guard(self, gate: Callable[[], bool]) -> None:
+        """Skip every round while `gate()` is false (the leader's lease, which a loop
+        blocked past its expiry no longer holds, though nothing has told it yet)."""
+        self._gate = gate
+
     async def run(self) -> None:
         wait = 0.0 if self.first_round_at_start else self.seconds_until_next()
         while True:
             await asyncio.sleep(wait)
+            if self._gate is not None and not self._gate():
+                wait = self.seconds_until_next()
+                continue
             hold = self.seconds_to_hold_off()
             if hold > 0:
                 wait = hold  # then ask again: the trouble may have come back meanwhile

@@ -112,8 +112,8 @@ ENDPOINTS: list[tuple[str, str, str, str, dict[str, Any]]] = [
         "requestBody": {"required": False, "content": {"application/json": {"schema": {"type": "object", "properties": {
             "key": {"type": "string"}}}}}},
         "responses": {"200": _ok({"type": "object"}), "409": _ERROR}}),
-    ("get", "/workers", "read", "Every worker of the fleet.", {
-        "responses": {"200": _ok({"type": "array", "items": {"type": "object"}})}}),
+    ("get", "/workers", "read", "Every worker of the fleet; the leader runs the maintenance.", {
+        "responses": {"200": _ok({"type": "array", "items": {"$ref": "#/components/schemas/Worker"}})}}),
     ("get", "/stats", "read", "Per queue: due, scheduled, running, retrying, dead, DLQ, oldest wait, throughput.", {
         "parameters": [_query("window", {"type": "number", "default": 300}, "seconds of throughput")],
         "responses": {"200": _ok({"type": "array", "items": {"type": "object"}})}}),
@@ -182,6 +182,26 @@ def document() -> dict[str, Any]:
                     "additionalProperties": False,
                 },
                 "Queue": {"type": "object"},
+                "Worker": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "string", "format": "uuid"},
+                        "host": {"type": "string"},
+                        "pid": {"type": "integer"},
+                        "version": {"type": "string"},
+                        "queues": {"type": "array", "items": {"type": "string"}},
+                        "started_at": _TIME,
+                        "heartbeat_at": _TIME,
+                        "alive": {"type": "boolean"},
+                        "stopping_at": {"anyOf": [_TIME, {"type": "null"}]},
+                        "running": {"type": "integer"},
+                        "leader": {
+                            "type": "boolean",
+                            "description": "holds the maintenance lease: runs the reaper "
+                            "and the janitor",
+                        },
+                    },
+                },
             },
         },
     }

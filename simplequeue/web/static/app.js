@@ -513,7 +513,9 @@
         el("td", {}, ago(w.heartbeat_at)),
         el("td", {}, el("span", { className: `badge ${w.alive ? "active" : "failed"}` },
           w.alive ? (w.stopping_at ? "stopping" : "alive") : "gone")),
-        el("td", { className: "n" }, w.running), el("td", { className: "mono" }, w.id)));
+        el("td", { className: "n" }, w.running),
+        el("td", {}, w.leader ? el("span", { className: "badge running" }, "leader") : ""),
+        el("td", { className: "mono" }, w.id)));
   }
 
   // -- live events: fetch() with the header, the SSE stream parsed here ------------------
