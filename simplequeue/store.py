@@ -38,7 +38,8 @@ class Outcome:
     """The end of one claimed attempt, as the result writer stores it.
 
     `refund` gives the attempt back (reschedules, shutdown); `reprocess` counts a run that
-    did not end in a verdict; `delay` and `not_before` set the next `run_at` when pending.
+    did not end in a verdict; `delay` and `not_before` set the next `run_at` when pending;
+    `result` is a success's value as JSON text, checked and encoded (None: none).
     """
 
     job_id: uuid.UUID
@@ -49,6 +50,7 @@ class Outcome:
     delay: float = 0.0
     not_before: datetime | None = None
     error: str | None = None
+    result: str | None = None
 
     @property
     def is_plain_success(self) -> bool:
@@ -90,8 +92,9 @@ MAX_ERROR_CHARS = 8192
 """`last_error` keeps at most this much of a handler's error text."""
 
 
-def storable_error(text: str | None) -> str | None:
-    """Error text as a text column can hold it: no NUL, no lone surrogate, bounded.
+def storable_error(text: str | None, most: int = MAX_ERROR_CHARS) -> str | None:
+    """Error text (or a progress message) as a text column can hold it: no NUL, no lone
+    surrogate, at most `most` characters.
 
     Handlers raise whatever they like; a message PostgreSQL refuses would make the
     result write fail and the job run again and again.
@@ -100,8 +103,8 @@ def storable_error(text: str | None) -> str | None:
         return None
     text = text.replace("\x00", "\\x00")
     text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    if len(text) > MAX_ERROR_CHARS:
-        text = text[: MAX_ERROR_CHARS - 20] + f" ... [{len(text) - MAX_ERROR_CHARS + 20} more]"
+    if len(text) > most:
+        text = text[: most - 20] + f" ... [{len(text) - most + 20} more]"
     return text
 
 
@@ -208,6 +211,8 @@ class Store:
         self._write_outcomes_quiet = _q(q.WRITE_OUTCOMES_QUIET, schema, latest=LATEST_TIME)
         self._complete = _q(q.COMPLETE, schema)
         self._complete_quiet = _q(q.COMPLETE_QUIET, schema)
+        self._progress = _q(q.PROGRESS, schema)
+        self._progress_quiet = _q(q.PROGRESS_QUIET, schema)
         self._events_listened = _q(q.EVENTS_LISTENED, schema)
         self._listener_beat = _q(q.LISTENER_BEAT, schema)
         self._listener_gone = _q(q.LISTENER_GONE, schema)
@@ -409,6 +414,8 @@ class Store:
 
         Plain successes, most of any batch, go in a statement of their own that needs
         only ids and leases: adapting eight arrays per batch costs more than the query.
+        Their results travel as a third array only when one of them has a result (NULL
+        otherwise, which unnest reads as no result for any).
         """
         done: list[Outcome] = []
         rest: list[Outcome] = []
@@ -416,9 +423,14 @@ class Store:
             (done if outcome.is_plain_success else rest).append(outcome)
         changed: set[uuid.UUID] = set()
         if done:
+            results = [o.result for o in done]
             result = yield Run(
                 self._complete if publish else self._complete_quiet,
-                [_array(o.job_id for o in done), _array(o.lease for o in done)],
+                [
+                    _array(o.job_id for o in done),
+                    _array(o.lease for o in done),
+                    results if any(r is not None for r in results) else None,
+                ],
             )
             changed.update(row[0] for row in result.rows)
         if rest:
@@ -437,6 +449,21 @@ class Store:
             )
             changed.update(row[0] for row in result.rows)
         return changed
+
+    def set_progress(
+        self,
+        job_id: uuid.UUID,
+        lease: int,
+        progress: str | None,
+        message: str | None,
+        *,
+        publish: bool = True,
+    ) -> Plan[bool]:
+        """Record a running attempt's progress (JSON text, checked), fenced by its lease:
+        False when this run no longer holds the job, and nothing changed."""
+        params = {"id": job_id, "lease": lease, "progress": progress, "message": message}
+        result = yield Run(self._progress if publish else self._progress_quiet, params)
+        return bool(result.rows)
 
     def heartbeat(self, beats: Sequence[tuple[uuid.UUID, int]]) -> Plan[set[tuple[uuid.UUID, int]]]:
         """Beat every job a worker runs in one statement.
