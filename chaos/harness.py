@@ -59,6 +59,7 @@ BEGIN
         CASE WHEN q LIKE '%WITH candidates AS%' THEN 'claim'
              WHEN q LIKE '%AS r(id, lease, status, refund%' THEN 'write'
              WHEN q LIKE '%AS r(id, lease)%' THEN 'write'
+             WHEN q LIKE '%AS r(id, lease, result)%' THEN 'write'
              WHEN q LIKE '%stalled: no heartbeat%' THEN 'reap'
              WHEN q LIKE '%no attempts left%' THEN 'exhausted'
              WHEN q LIKE '%SET status = ''cancelled''%' THEN 'cancel'

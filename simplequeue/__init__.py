@@ -19,7 +19,7 @@ from simplequeue.errors import (
 )
 from simplequeue.fleet import QueueInfo, WorkerInfo
 from simplequeue.handler import Handler
-from simplequeue.job import AttemptError, Job, JobResult, JobStatus
+from simplequeue.job import AttemptError, Job, JobResult, JobStatus, ProgressUpdate
 from simplequeue.limits import QueueLimits, Rate
 from simplequeue.maintenance.janitor import JanitorReport
 from simplequeue.maintenance.reaper import ReapReport
@@ -66,6 +66,7 @@ __all__ = [
     "MarkCompleted",
     "MigrationError",
     "Permit",
+    "ProgressUpdate",
     "QueueConfig",
     "QueueInfo",
     "QueueLimits",

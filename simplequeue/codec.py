@@ -41,9 +41,10 @@ _ENCODER = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(","
 """Built once: json.dumps with non-default options builds a new encoder at every call."""
 
 
-def encode_data(data: Any) -> str:
+def encode_data(data: Any, what: str = "job data") -> str:
     """The job's data as JSON text, or InvalidJobError when it could not be stored in jsonb
-    and read back equal: every check runs before anything is written.
+    and read back equal: every check runs before anything is written. `what` names the
+    value in the errors (a handler's result is encoded alike).
 
     Refused: what JSON cannot express (NaN, infinities, sets, objects, lone surrogates,
     circular references), NUL characters, non-string object keys (JSON would turn them into
@@ -57,44 +58,42 @@ def encode_data(data: Any) -> str:
         try:
             data = data.model_dump(mode="json")
         except ValueError as exc:  # pydantic's serialization errors are ValueErrors
-            raise InvalidJobError(f"job data (a pydantic model) cannot be serialised: {exc}") from (
-                exc
-            )
+            raise InvalidJobError(f"{what} (a pydantic model) cannot be serialised: {exc}") from exc
     try:
         text = _ENCODER.encode(data)
         # ASCII text holds no lone surrogate and is its own size; the rest is encoded to check.
         size = len(text) if text.isascii() else len(text.encode("utf-8"))
     except UnicodeEncodeError as exc:
         raise InvalidJobError(
-            "job data must be JSON-serialisable as UTF-8: it contains the lone surrogate "
+            f"{what} must be JSON-serialisable as UTF-8: it contains the lone surrogate "
             f"{exc.object[exc.start : exc.end]!r}, which is not a unicode character"
         ) from exc
     except (TypeError, ValueError) as exc:
         hint = " (NaN and infinities have no JSON form)" if "float" in str(exc) else ""
-        raise InvalidJobError(f"job data must be JSON-serialisable: {exc}{hint}") from exc
+        raise InvalidJobError(f"{what} must be JSON-serialisable: {exc}{hint}") from exc
     except RecursionError as exc:
-        raise InvalidJobError(_too_deep()) from exc
+        raise InvalidJobError(_too_deep(what)) from exc
     if "\\u0000" in text and _ESCAPED_NUL.search(text):
         raise InvalidJobError(
-            "job data contains a NUL character (\\u0000), which jsonb cannot store"
+            f"{what} contains a NUL character (\\u0000), which jsonb cannot store"
         )
     if size * (_JSONB_ENTRY_BYTES + 1) > JSONB_MAX_BYTES:
         entries = 1 + sum(text.count(char) for char in ",:[{")
         if size + entries * _JSONB_ENTRY_BYTES > JSONB_MAX_BYTES:
             raise InvalidJobError(
-                f"job data is too large for jsonb: {size} bytes of JSON holding up to "
+                f"{what} is too large for jsonb: {size} bytes of JSON holding up to "
                 f"{entries} values would exceed PostgreSQL's 256 MiB jsonb limit. Store "
                 "large blobs elsewhere and pass a reference."
             )
     if text.count("[") + text.count("{") > MAX_DATA_DEPTH and _nesting(text) > MAX_DATA_DEPTH:
-        raise InvalidJobError(_too_deep())
-    _check_keys(data)
+        raise InvalidJobError(_too_deep(what))
+    _check_keys(data, what)
     digits = sys.get_int_max_str_digits()
     if (digits == 0 or digits > NUMERIC_MAX_DIGITS) and any(
         match.group(1) for match in _LONG_INT.finditer(text)
     ):
         raise InvalidJobError(
-            f"job data holds an integer of more than {NUMERIC_MAX_DIGITS} digits, which "
+            f"{what} holds an integer of more than {NUMERIC_MAX_DIGITS} digits, which "
             "PostgreSQL's numeric cannot store; pass it as a string"
         )
     if "e+" in text and _EXPONENT_HINT.search(text):
@@ -102,10 +101,9 @@ def encode_data(data: Any) -> str:
     return text
 
 
-def _too_deep() -> str:
+def _too_deep(what: str) -> str:
     return (
-        f"job data is nested more than {MAX_DATA_DEPTH} levels deep (arrays and objects); "
-        "flatten it"
+        f"{what} is nested more than {MAX_DATA_DEPTH} levels deep (arrays and objects); flatten it"
     )
 
 
@@ -121,7 +119,7 @@ def _nesting(text: str) -> int:
     return deepest
 
 
-def _check_keys(data: Any) -> None:
+def _check_keys(data: Any, what: str) -> None:
     """Refuse object keys that JSON would turn into strings: they would not be read back.
     (Tuples become lists, which read back equal enough to index the same way.)"""
     stack = [data]
@@ -131,7 +129,7 @@ def _check_keys(data: Any) -> None:
             for key in value:
                 if type(key) is not str and not isinstance(key, str):
                     raise InvalidJobError(
-                        f"job data has the {type(key).__name__} object key {key!r}: JSON "
+                        f"{what} has the {type(key).__name__} object key {key!r}: JSON "
                         "object keys are strings, so it would be read back as a different "
                         "key; convert the keys to strings first"
                     )

@@ -94,6 +94,12 @@ JOB_ROW: tuple[Column, ...] = (
     ),
     # What fleet-wide per-key limits and parks count by ("customer-42").
     Column("concurrency_key", "text", "concurrency_key", insert_from="concurrency_key"),
+    # What a successful attempt returned (JSON), written with its completion; the latest
+    # progress the running attempt reported (cleared by every claim).
+    Column("result", "jsonb", "result"),
+    Column("progress", "jsonb", "progress"),
+    Column("progress_message", "text", "progress_message"),
+    Column("progress_at", "timestamptz", "progress_at"),
     # Due later: out of the claim's way until a poller promotes it.
     Column("scheduled", "boolean", insert_as="COALESCE({run_at} > now(), false)", live_only=True),
 )

@@ -134,6 +134,12 @@ class QueueConfig(BaseModel):
         0.002, ge=0, description="seconds a result waits for others to share its write"
     )
     max_payload_bytes: int = Field(1024 * 1024, ge=1, description="largest job data, encoded")
+    max_result_bytes: int = Field(
+        1024 * 1024, ge=1, description="largest value a handler may return, encoded"
+    )
+    max_progress_bytes: int = Field(
+        64 * 1024, ge=1, description="largest progress value a handler may report, encoded"
+    )
     pool_min_size: int = Field(2, ge=1, description="for from_url(): the pool it owns")
     pool_max_size: int = Field(10, ge=1, description="for from_url(): the pool it owns")
 

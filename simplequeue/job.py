@@ -9,7 +9,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Generator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic
@@ -18,7 +18,7 @@ from typing_extensions import TypeVar
 
 from simplequeue.codec import decode_data, encode_data
 from simplequeue.columns import READ
-from simplequeue.errors import InvalidJobError
+from simplequeue.errors import InvalidJobError, QueueStateError
 from simplequeue.stopping import StopSignal
 from simplequeue.validation import (
     INT32_MAX,
@@ -35,6 +35,7 @@ __all__ = [
     "Job",
     "JobResult",
     "JobStatus",
+    "ProgressUpdate",
     "ResultKind",
     "new_job_id",
 ]
@@ -213,6 +214,7 @@ class Job(Generic[PayloadT]):
         "_encoded",
         "_encoded_of",
         "_id",
+        "_reporter",
         "_sent",
         "_stored",
         "attempt",
@@ -227,8 +229,12 @@ class Job(Generic[PayloadT]):
         "max_attempts",
         "payload",
         "priority",
+        "progress",
+        "progress_at",
+        "progress_message",
         "queue",
         "reprocess_count",
+        "result",
         "run_at",
         "status",
         "stopping",
@@ -279,7 +285,12 @@ class Job(Generic[PayloadT]):
         self.worker_id: uuid.UUID | None = None
         self.errors: tuple[AttemptError, ...] = ()
         self.trace_context: dict[str, str] | None = None
+        self.result: Any = None
+        self.progress: Any = None
+        self.progress_message: str | None = None
+        self.progress_at: datetime | None = None
         self.stopping = StopSignal()
+        self._reporter: ProgressReporter | None = None
 
     @property
     def id(self) -> uuid.UUID:
@@ -342,6 +353,7 @@ class Job(Generic[PayloadT]):
         job.trace_context = _trace_context(job.trace_context)
         job._sent = job._stored = True
         job.stopping = StopSignal()
+        job._reporter = None  # bound by the worker that runs it
         data = job.data
         job._encoded = data if encoded else None
         job.data = job._encoded_of = None if encoded else data
@@ -384,6 +396,25 @@ class Job(Generic[PayloadT]):
         claimed.lease += 1
         return claimed
 
+    def set_progress(self, value: Any, message: str | None = None) -> ProgressUpdate:
+        """Record how far this attempt has come: any JSON value (at most
+        `max_progress_bytes`), and an optional short text. `get_job`, the command line,
+        the HTTP API and the dashboard show the latest; the next claim clears it.
+
+        `await job.set_progress(...)` in an async handler; in a sync handler (its thread)
+        it is a plain call that returns once written. Either way the answer is True when
+        recorded, False when this run no longer holds the job (cancelled, or reaped and
+        claimed elsewhere): nothing changes then. QueueStateError when no worker runs this
+        job object (one built or read by the application).
+        """
+        reporter = self._reporter
+        if reporter is None:
+            raise QueueStateError(
+                f"job {self.id} is not being processed by a worker: set_progress() is for "
+                "the handler running it (the job its process() received)"
+            )
+        return reporter(self, value, message)
+
     def decode_data(self) -> None:
         """Decode data claimed as JSON text; InvalidJobError if Python cannot read it."""
         if self._encoded is None or self.data is not None:
@@ -395,6 +426,42 @@ class Job(Generic[PayloadT]):
             f"Job(id={self.id}, queue={self.queue!r}, status={self.status.value}, "
             f"attempt={self.attempt}/{self.max_attempts})"
         )
+
+
+class ProgressUpdate:
+    """What `Job.set_progress` returns. In an async handler, await it: the write happens
+    then (an update never awaited is never written, as with any coroutine). In a sync
+    handler's thread the write is already done. Awaited, or taken as a bool once done, it
+    says whether the progress was recorded (False: the run no longer holds the job)."""
+
+    __slots__ = ("_pending", "_recorded")
+
+    def __init__(
+        self, pending: Coroutine[Any, Any, bool] | None = None, *, recorded: bool = False
+    ) -> None:
+        self._pending = pending
+        self._recorded = recorded
+
+    def __await__(self) -> Generator[Any, None, bool]:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            self._recorded = yield from pending.__await__()
+        return self._recorded
+
+    def __bool__(self) -> bool:
+        if self._pending is not None:
+            raise TypeError(
+                "in an async handler, await the progress update: `await job.set_progress(...)`"
+            )
+        return self._recorded
+
+    def __repr__(self) -> str:
+        state = "not awaited yet" if self._pending is not None else f"recorded={self._recorded}"
+        return f"ProgressUpdate({state})"
+
+
+ProgressReporter = Callable[["Job[Any]", Any, "str | None"], ProgressUpdate]
+"""What a worker binds to each job it runs: writes one progress update of that run."""
 
 
 class ResultKind(enum.Enum):
@@ -422,10 +489,14 @@ class JobResult:
     at: datetime | None = None
     seconds: float = 0.0
     """How long a snooze lasts."""
+    result: Any = None
+    """A success's value, stored as the job's `result` (JSON; None: no result)."""
 
     @classmethod
-    def success(cls) -> JobResult:
-        return cls(ResultKind.SUCCESS)
+    def success(cls, result: Any = None) -> JobResult:
+        """Completed; `result` (any JSON value, at most `max_result_bytes`) is stored as
+        the job's `result`. Returning the value itself from `process` does the same."""
+        return cls(ResultKind.SUCCESS, result=result)
 
     @classmethod
     def failed(cls, error: str | None = None) -> JobResult:

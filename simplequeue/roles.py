@@ -59,9 +59,13 @@ WORKER_UPDATE_COLUMNS = (
     "last_error",
     "worker_id",
     "errors",
+    "result",
+    "progress",
+    "progress_message",
+    "progress_at",
 )
-"""What claims, results, heartbeats, the reaper, cancel and reschedule change: never a
-job's id, queue, data, priority, attempts allowed, keys or creation time."""
+"""What claims, results, progress, heartbeats, the reaper, cancel and reschedule change:
+never a job's id, queue, data, priority, attempts allowed, keys or creation time."""
 
 
 @dataclass(frozen=True)

@@ -196,7 +196,8 @@ def _claiming(candidates: str) -> str:
         """
 UPDATE {s}.jobs AS jobs
 SET status = 'running', attempt = jobs.attempt + 1, lease = jobs.lease + 1,
-    heartbeat_at = clock_timestamp(), updated_at = now(), worker_id = %(worker)s::uuid
+    heartbeat_at = clock_timestamp(), updated_at = now(), worker_id = %(worker)s::uuid,
+    progress = NULL, progress_message = NULL, progress_at = NULL
 FROM candidates
 WHERE jobs.id = candidates.id
 RETURNING """ + columns.read_list("jobs.", claimed=True)
@@ -254,11 +255,16 @@ CONTROLLED_QUEUES = (
 # The sub-select checks status and lease on the version it locks; locked, the row cannot
 # change again before the UPDATE above it, which finds it by id.
 
+# A handler's returned values travel as a third array of JSON text, NULL when no job of
+# the batch returned one (unnest pads a NULL array with NULLs): plain completions, most of
+# them, send nothing more.
 COMPLETE = """
 UPDATE {s}.jobs AS j
-SET status = 'completed', completed_at = now(), heartbeat_at = NULL, updated_at = now()
+SET status = 'completed', completed_at = now(), heartbeat_at = NULL, updated_at = now(),
+    result = locked.result::jsonb
 FROM (
-    SELECT jobs.id FROM {s}.jobs JOIN unnest(%s::uuid[], %s::int[]) AS r(id, lease)
+    SELECT jobs.id, r.result FROM {s}.jobs
+    JOIN unnest(%s::uuid[], %s::int[], %s::text[]) AS r(id, lease, result)
         ON jobs.id = r.id AND jobs.lease = r.lease
     WHERE jobs.status = 'running'
     FOR UPDATE OF jobs SKIP LOCKED
@@ -322,6 +328,17 @@ WITH mine AS (
 )
 SELECT id, lease FROM mine
 """
+
+# A running attempt's progress, fenced by its lease like every write to a running job; it
+# waits for a row lock rather than skipping it (one row, one statement: no deadlock).
+PROGRESS = """
+UPDATE {s}.jobs SET progress = %(progress)s::jsonb, progress_message = %(message)s,
+    progress_at = now()
+WHERE id = %(id)s AND lease = %(lease)s AND status = 'running'
+RETURNING id, queue
+"""
+PROGRESS_QUIET = PROGRESS
+PROGRESS = publishing(PROGRESS, "'progress'")
 
 RUNNING_RUNS = """
 SELECT j.id, j.lease FROM {s}.jobs AS j

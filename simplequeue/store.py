@@ -39,7 +39,8 @@ class Outcome:
     """The end of one claimed attempt, as the result writer stores it.
 
     `refund` gives the attempt back (reschedules, shutdown); `reprocess` counts a run that
-    did not end in a verdict; `delay` and `not_before` set the next `run_at` when pending.
+    did not end in a verdict; `delay` and `not_before` set the next `run_at` when pending;
+    `result` is a success's value as JSON text, checked and encoded (None: none).
     """
 
     job_id: uuid.UUID
@@ -52,6 +53,7 @@ class Outcome:
     error: str | None = None
     park_until: datetime | None = None
     """Park the job's concurrency key (its queue, without one) until then."""
+    result: str | None = None
 
     @property
     def is_plain_success(self) -> bool:
@@ -105,8 +107,9 @@ MAX_ERROR_CHARS = 8192
 """`last_error` keeps at most this much of a handler's error text."""
 
 
-def storable_error(text: str | None) -> str | None:
-    """Error text as a text column can hold it: no NUL, no lone surrogate, bounded.
+def storable_error(text: str | None, most: int = MAX_ERROR_CHARS) -> str | None:
+    """Error text (or a progress message) as a text column can hold it: no NUL, no lone
+    surrogate, at most `most` characters.
 
     Handlers raise whatever they like; a message PostgreSQL refuses would make the
     result write fail and the job run again and again.
@@ -115,8 +118,8 @@ def storable_error(text: str | None) -> str | None:
         return None
     text = text.replace("\x00", "\\x00")
     text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    if len(text) > MAX_ERROR_CHARS:
-        text = text[: MAX_ERROR_CHARS - 20] + f" ... [{len(text) - MAX_ERROR_CHARS + 20} more]"
+    if len(text) > most:
+        text = text[: most - 20] + f" ... [{len(text) - most + 20} more]"
     return text
 
 
@@ -230,6 +233,8 @@ class Store:
         self._write_outcomes_quiet = _q(q.WRITE_OUTCOMES_QUIET, schema, latest=LATEST_TIME)
         self._complete = _q(q.COMPLETE, schema)
         self._complete_quiet = _q(q.COMPLETE_QUIET, schema)
+        self._progress = _q(q.PROGRESS, schema)
+        self._progress_quiet = _q(q.PROGRESS_QUIET, schema)
         self._events_listened = _q(q.EVENTS_LISTENED, schema)
         self._listener_beat = _q(q.LISTENER_BEAT, schema)
         self._listener_gone = _q(q.LISTENER_GONE, schema)
@@ -460,6 +465,8 @@ class Store:
 
         Plain successes, most of any batch, go in a statement of their own that needs
         only ids and leases: adapting eight arrays per batch costs more than the query.
+        Their results travel as a third array only when one of them has a result (NULL
+        otherwise, which unnest reads as no result for any).
         """
         done: list[Outcome] = []
         rest: list[Outcome] = []
@@ -470,9 +477,14 @@ class Store:
         if parks:  # before the outcomes: the key's next jobs must not start in between
             yield from self.park_runs(parks)
         if done:
+            results = [o.result for o in done]
             result = yield Run(
                 self._complete if publish else self._complete_quiet,
-                [_array(o.job_id for o in done), _array(o.lease for o in done)],
+                [
+                    _array(o.job_id for o in done),
+                    _array(o.lease for o in done),
+                    results if any(r is not None for r in results) else None,
+                ],
             )
             changed.update(row[0] for row in result.rows)
         if rest:
@@ -496,6 +508,21 @@ class Store:
         """Park the key (or queue) of each run that is still its job's, until its time."""
         runs = [[o.job_id for o in outcomes], [o.lease for o in outcomes]]
         yield Run(self._park_runs, [*runs, [o.park_until for o in outcomes]])
+
+    def set_progress(
+        self,
+        job_id: uuid.UUID,
+        lease: int,
+        progress: str | None,
+        message: str | None,
+        *,
+        publish: bool = True,
+    ) -> Plan[bool]:
+        """Record a running attempt's progress (JSON text, checked), fenced by its lease:
+        False when this run no longer holds the job, and nothing changed."""
+        params = {"id": job_id, "lease": lease, "progress": progress, "message": message}
+        result = yield Run(self._progress if publish else self._progress_quiet, params)
+        return bool(result.rows)
 
     def heartbeat(self, beats: Sequence[tuple[uuid.UUID, int]]) -> Plan[set[tuple[uuid.UUID, int]]]:
         """Beat every job a worker runs in one statement.

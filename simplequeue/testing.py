@@ -25,11 +25,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import glob
+import json
 import os
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -37,7 +38,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from simplequeue.codec import decode_data, encode_data
 from simplequeue.columns import READ
-from simplequeue.job import Job, JobStatus
+from simplequeue.job import Job, JobStatus, ProgressUpdate
 from simplequeue.queue import SimpleQueue
 from simplequeue.syncqueue import SyncQueue
 
@@ -331,7 +332,10 @@ class Performed:
     attempt_spent: bool
     """False when the attempt is given back (a reschedule, a snooze, a strategy delay)."""
     job: Job
-    """The job as the handler saw it (its `payload` validated, `attempt` counted)."""
+    """The job as the handler saw it (its `payload` validated, `attempt` counted), with
+    the last progress it reported (`job.progress`, `job.progress_message`)."""
+    result: Any = None
+    """What a success stores as the job's `result` (as JSON reads it back), or None."""
 
 
 async def perform_job(queue: SimpleQueue, job: Job) -> Performed:
@@ -342,6 +346,7 @@ async def perform_job(queue: SimpleQueue, job: Job) -> Performed:
     handler inserts through `queue` are inserted for real."""
     from simplequeue.runtime.executor import Executor
     from simplequeue.runtime.heartbeat import Heartbeater
+    from simplequeue.runtime.progress import checked_progress
     from simplequeue.runtime.results import ResultWriter
 
     if job.queue not in queue._registry.handlers:
@@ -349,6 +354,16 @@ async def perform_job(queue: SimpleQueue, job: Job) -> Performed:
             f"no handler for queue {job.queue!r} on this queue: register_handler() it first"
         )
     claimed = job._as_claimed()
+
+    def record_progress(running: Job, value: Any, message: str | None) -> ProgressUpdate:
+        """Progress kept on the job, checked as a worker checks it; nothing is written."""
+        progress, text = checked_progress(value, message, queue.config.max_progress_bytes)
+        running.progress = None if progress is None else json.loads(progress)
+        running.progress_message = text
+        running.progress_at = datetime.now(UTC)
+        return ProgressUpdate(recorded=True)
+
+    claimed._reporter = record_progress
     heartbeats = Heartbeater(_no_connection, queue._store, queue.config.heartbeat_interval)
     executor = Executor(
         queue,
@@ -358,6 +373,7 @@ async def perform_job(queue: SimpleQueue, job: Job) -> Performed:
         _still_ours,
         max_reprocess=queue.config.max_reprocess_count,
         threads=1,
+        max_result_bytes=queue.config.max_result_bytes,
     )
     try:
         outcome, _leftover = await executor.attempt(claimed)
@@ -371,6 +387,7 @@ async def perform_job(queue: SimpleQueue, job: Job) -> Performed:
         run_at=outcome.not_before,
         attempt_spent=not outcome.refund,
         job=claimed,
+        result=None if outcome.result is None else json.loads(outcome.result),
     )
 
 

@@ -408,6 +408,12 @@ def test_requeue_a_dead_job_and_purge_a_queue_from_the_dlq(
 def test_hostile_data_and_queue_names_show_as_text(page: Page, dsn: str, server: str) -> None:
     job_id = insert(dsn, sq.Job(HOSTILE_QUEUE, HOSTILE_DATA))
     insert(dsn, sq.Job(NEWLINE_QUEUE, {"text": "a\nb"}))
+    query(  # as a handler could have left them: its result, its progress
+        dsn,
+        "UPDATE simplequeue.jobs SET result = %s::jsonb, progress = %s::jsonb, "
+        "progress_message = %s, progress_at = now() WHERE id = %s",
+        [json.dumps(HOSTILE_DATA), json.dumps(HOSTILE_DATA["html"]), HOSTILE_DATA["s"], job_id],
+    )
     page.sign_in(ADMIN)
     for name in (HOSTILE_QUEUE, NEWLINE_QUEUE):
         row = page.wait(partial(page.queue_row, name), f"queue {name!r} listed")
@@ -429,6 +435,9 @@ def test_hostile_data_and_queue_names_show_as_text(page: Page, dsn: str, server:
     shown = page.by_id("job-data").text
     assert "<img src=x onerror=" in shown and "<script>document.title='pwned'</script>" in shown
     assert json.loads(page.text("job-data")) == HOSTILE_DATA
+    assert json.loads(page.text("job-result")) == HOSTILE_DATA
+    assert json.dumps(HOSTILE_DATA["html"]) in page.text("job-progress")  # as JSON
+    assert HOSTILE_DATA["s"] in page.text("job-progress")
     assert HOSTILE_QUEUE in page.text("job-fields")
 
     # The name goes percent-encoded in the path: pausing it pauses exactly that queue.

@@ -133,6 +133,8 @@ def test_every_statement_that_waits_for_row_locks_takes_them_in_id_order() -> No
         "run_now",
         "worker_gone",
         "listener_gone",
+        "progress",  # a running job's progress, by its id (and lease)
+        "progress_quiet",
     }
     # one queue, or this worker's (or server's) own row: by primary key
     single_key = {

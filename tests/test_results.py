@@ -39,7 +39,8 @@ class Scripted(sq.Handler):
             "cancel": sq.JobResult.cancel(),
             "critical": sq.JobResult.critical("fatal"),
             "unprocessable": sq.JobResult.unprocessable("bad input"),
-            "wrong_type": 42,
+            "value": 42,
+            "wrong_type": {1, 2},
         }[action]
 
 
@@ -145,10 +146,16 @@ async def test_rescheduling_forever_makes_a_bad_job(dsn: str) -> None:
     assert stored[0] == 3 and "poison" in stored[1]
 
 
-async def test_wrong_return_type_is_a_failure(queue: sq.SimpleQueue, dsn: str) -> None:
+async def test_a_returned_value_is_the_result(queue: sq.SimpleQueue, dsn: str) -> None:
+    job = await run_one(queue, Scripted(), {"do": "value"})
+    assert job.status is sq.JobStatus.COMPLETED and job.result == 42
+
+
+async def test_a_value_json_cannot_hold_is_a_failure(queue: sq.SimpleQueue, dsn: str) -> None:
     job = await run_one(queue, Scripted(), {"do": "wrong_type"}, max_attempts=1)
     await eventually(lambda: row(dsn, job.id)["status"] == "failed")
-    assert "handler returned int" in row(dsn, job.id)["last_error"]
+    error = row(dsn, job.id)["last_error"]
+    assert "result not stored" in error and "JSON-serialisable" in error and "set" in error
 
 
 async def test_sync_handler_runs_in_a_thread(queue: sq.SimpleQueue, dsn: str) -> None:

@@ -167,7 +167,25 @@ def _next(found: list[Job], limit: int) -> str | None:
     return str(found[-1].id) if len(found) == limit else None
 
 
-@jobs.command("show", help="One job: its fields, data, result of each attempt.")
+_JSON = ("result", "progress")
+"""Fields shown as JSON after the data (None: none, shown as such)."""
+
+SHOWN_JSON_CHARS = 2000
+"""Characters of a result or a progress value `jobs show` prints; --json gives them all."""
+
+
+def _shown_json(value: Any) -> str | None:
+    """A result or progress value on one line, cut short when long (a result may be a
+    megabyte): the line stays readable, and --json has the whole value."""
+    if value is None:
+        return None
+    text = json.dumps(value, ensure_ascii=False)
+    if len(text) > SHOWN_JSON_CHARS:
+        text = f"{text[:SHOWN_JSON_CHARS]} ... ({len(text)} characters; --json shows all)"
+    return text
+
+
+@jobs.command("show", help="One job: its fields, data, result, progress, and each failed attempt.")
 @click.argument("job_id")
 @_json_option
 @_common
@@ -182,8 +200,9 @@ def jobs_show(job_id: str, as_json: bool, dsn: str, schema: str, **options: Any)
         emit_json(values)
         return
     fields(
-        [(name, values[name]) for name in values if name not in ("data", "errors")]
+        [(name, values[name]) for name in values if name not in ("data", "errors", *_JSON)]
         + [("data", json.dumps(values["data"], ensure_ascii=False))]  # escaped by fields()
+        + [(name, _shown_json(values[name])) for name in _JSON]
     )
     table(
         "attempts that failed",

@@ -21,17 +21,19 @@ from simplequeue.backoff import Fixed
 from simplequeue.blocking import BlockingQueue
 from simplequeue.errors import InvalidJobError
 from simplequeue.handler import Handler
-from simplequeue.job import Job, JobResult, JobStatus
+from simplequeue.job import Job, JobResult, JobStatus, ProgressReporter
 from simplequeue.permits import Permit, StrategyDecision
 from simplequeue.registry import QueueRegistry
 from simplequeue.runtime.heartbeat import Heartbeater
 from simplequeue.runtime.outage import describe
 from simplequeue.runtime.outcomes import (
+    DEFAULT_MAX_RESULT_BYTES,
     FALLBACK_DELAY,
     describe_error,
     outcome_for_failure,
     outcome_for_result,
     outcome_for_shutdown,
+    outcome_for_success,
 )
 from simplequeue.runtime.results import ResultWriter
 from simplequeue.stats import LATENCY_BUCKETS, Histogram
@@ -59,10 +61,15 @@ class Executor:
         *,
         max_reprocess: int,
         threads: int,
+        max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
+        progress: ProgressReporter | None = None,
     ) -> None:
         """`queue` is what handlers receive as their first argument (the facade): the
-        runtime passes it on and never calls it."""
+        runtime passes it on and never calls it. `progress` is bound to each job it runs,
+        for `job.set_progress` to reach the database."""
         self._queue = queue
+        self._max_result_bytes = max_result_bytes
+        self._progress = progress
         self._blocking: BlockingQueue | None = None  # what sync handlers receive instead
         self._registry = registry
         self._heartbeats = heartbeats
@@ -85,6 +92,7 @@ class Executor:
         spending its attempt.
         """
         leftover: Leftover | None = None
+        job._reporter = self._progress
         self._heartbeats.track(job)  # not a context manager: this is the per-job hot path
         try:
             try:
@@ -125,7 +133,10 @@ class Executor:
         try:
             permit = await strategy.acquire(job)
         except StrategyDecision as decision:  # the same verdicts as a handler's
-            return outcome_for_result(job, decision.result, backoff, self._max_reprocess), None
+            outcome = outcome_for_result(
+                job, decision.result, backoff, self._max_reprocess, self._max_result_bytes
+            )
+            return outcome, None
         except BaseException as exc:
             _reraise_if_stopping(exc)
             log.exception("queue strategy failed for job %s", job.id, extra=_extra(job))
@@ -170,12 +181,13 @@ class Executor:
                 _release(permit, job)
             else:
                 leftover.add_done_callback(lambda _: _release(permit, job))
-        if result is None:
-            result = JobResult.success()
-        elif not isinstance(result, JobResult):
-            error = f"handler returned {type(result).__name__}; expected JobResult or None"
-            return outcome_for_failure(job, error, backoff), None
-        return outcome_for_result(job, result, backoff, self._max_reprocess), None
+        if isinstance(result, JobResult):
+            outcome = outcome_for_result(
+                job, result, backoff, self._max_reprocess, self._max_result_bytes
+            )
+            return outcome, None
+        # None: a success without result; any other value is the job's result.
+        return outcome_for_success(job, result, backoff, self._max_result_bytes), None
 
     async def _owned(self, job: Job) -> bool | None:
         """Still this worker's to run? Checked after a wait: a job cancelled (or reaped and

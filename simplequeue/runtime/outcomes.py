@@ -6,17 +6,25 @@ from __future__ import annotations
 import logging
 import traceback
 from datetime import datetime
+from typing import Any
 
 from simplequeue.backoff import BackoffStrategy, clamp_delay
+from simplequeue.codec import encode_data
+from simplequeue.errors import InvalidJobError
 from simplequeue.job import Job, JobResult, JobStatus, ResultKind
 from simplequeue.store import Outcome
 
 __all__ = [
+    "DEFAULT_MAX_RESULT_BYTES",
     "describe_error",
     "outcome_for_failure",
     "outcome_for_result",
     "outcome_for_shutdown",
+    "outcome_for_success",
 ]
+
+DEFAULT_MAX_RESULT_BYTES = 1024 * 1024
+"""QueueConfig.max_result_bytes' default, for executors built without a config."""
 
 log = logging.getLogger("simplequeue.executor")
 
@@ -67,10 +75,39 @@ def outcome_for_failure(
     )
 
 
+def outcome_for_success(
+    job: Job, value: Any, backoff: BackoffStrategy, max_result_bytes: int
+) -> Outcome:
+    """Completed, with the handler's value as JSON text. A value that cannot be stored
+    (not JSON, or over `max_result_bytes`) is the handler's bug: the attempt fails, saying
+    why, and is retried like any failure; the worker goes on."""
+    if value is None:
+        return Outcome(job.id, job.lease, JobStatus.COMPLETED)
+    try:
+        text = encode_data(value, "the handler's result")
+    except InvalidJobError as exc:
+        return outcome_for_failure(job, f"result not stored: {exc}", backoff)
+    size = len(text) if text.isascii() else len(text.encode("utf-8"))
+    if size > max_result_bytes:
+        error = (
+            f"result not stored: the handler's result is {size} bytes of JSON; the limit is "
+            f"{max_result_bytes} (max_result_bytes). Store large results elsewhere and "
+            "return a reference."
+        )
+        return outcome_for_failure(job, error, backoff)
+    return Outcome(job.id, job.lease, JobStatus.COMPLETED, result=text)
+
+
 def outcome_for_result(
-    job: Job, result: JobResult, backoff: BackoffStrategy, max_reprocess: int
+    job: Job,
+    result: JobResult,
+    backoff: BackoffStrategy,
+    max_reprocess: int,
+    max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
 ) -> Outcome:
     kind = result.kind
+    if kind is ResultKind.SUCCESS and result.error is None:
+        return outcome_for_success(job, result.result, backoff, max_result_bytes)
     if kind in _TERMINAL:
         return Outcome(job.id, job.lease, _TERMINAL[kind], error=result.error)
     if kind is ResultKind.FAILED:

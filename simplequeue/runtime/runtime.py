@@ -32,6 +32,7 @@ from simplequeue.runtime.leader import RESIGN_TIMEOUT, Leadership
 from simplequeue.runtime.listener import Listener
 from simplequeue.runtime.outage import DatabaseHealth
 from simplequeue.runtime.poller import PROMOTE_BATCH, Poller
+from simplequeue.runtime.progress import ProgressWriter
 from simplequeue.runtime.results import ResultWriter
 from simplequeue.runtime.service import PeriodicService, Service
 from simplequeue.stats import QueueStats
@@ -113,6 +114,14 @@ class Runtime:
             still_ours,
             max_reprocess=config.max_reprocess_count,
             threads=config.global_permits,
+            max_result_bytes=config.max_result_bytes,
+            progress=ProgressWriter(
+                pool,
+                store,
+                asyncio.get_running_loop(),
+                max_bytes=config.max_progress_bytes,
+                audience=self.audience,
+            ),
         )
         self.poller = Poller(
             pool,

@@ -33,7 +33,17 @@ BUFFERED = 1000
 LISTENER_TTL = 30.0
 """Seconds a server's row in event_listeners counts: it renews it every third of that."""
 
-KINDS = ("inserted", "started", "completed", "retried", "failed", "cancelled", "dead")
+KINDS = (
+    "inserted",
+    "started",
+    "completed",
+    "retried",
+    "failed",
+    "cancelled",
+    "dead",
+    "progress",
+)
+"""Job transitions, and `progress`: a running job reported how far it has come."""
 
 
 @dataclass(frozen=True)

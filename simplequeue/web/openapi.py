@@ -117,7 +117,7 @@ ENDPOINTS: list[tuple[str, str, str, str, dict[str, Any]]] = [
     ("get", "/stats", "read", "Per queue: due, scheduled, running, retrying, dead, DLQ, oldest wait, throughput.", {
         "parameters": [_query("window", {"type": "number", "default": 300}, "seconds of throughput")],
         "responses": {"200": _ok({"type": "array", "items": {"type": "object"}})}}),
-    ("get", "/events", "read", "Server-Sent Events of job transitions (inserted, started, completed, retried, failed, cancelled, dead); the token may be ?token=.", {
+    ("get", "/events", "read", "Server-Sent Events of job transitions (inserted, started, completed, retried, failed, cancelled, dead) and progress reports (progress); the token may be ?token=.", {
         "parameters": [_query("queue", {"type": "string"}, "only this queue"),
                        _query("job", {"type": "string", "format": "uuid"}, "only this job")],
         "responses": {"200": {"description": "an event stream", "content": {"text/event-stream": {}}}}}),
@@ -155,6 +155,10 @@ def document() -> dict[str, Any]:
         "last_error": {"type": ["string", "null"]},
         "worker_id": {"type": ["string", "null"]},
         "errors": {"type": "array", "items": {"type": "object"}},
+        "result": {"description": "what a successful attempt returned (any JSON; null: none)"},
+        "progress": {"description": "the latest progress reported (any JSON; null: none)"},
+        "progress_message": {"type": ["string", "null"]},
+        "progress_at": {"anyOf": [_TIME, {"type": "null"}]},
     }
     return {
         "openapi": "3.1.0",

@@ -12,6 +12,8 @@
   const THROTTLE_MS = 500; // at most one refresh of a part per this, on events
   const HISTORY = 120; // chart points kept (6 minutes at POLL_MS)
   const PAGE = 25;
+  const SHOWN_JSON = 100000; // characters of a result shown (it may be a megabyte)
+  const SHOWN_PROGRESS = 500; // characters of a progress value shown in the fields
   const STATS_WINDOW = 60; // seconds /stats counts completions over
   const DEAD = ["failed", "cancelled", "unprocessable", "critical_failure", "bad_job"];
   const COLORS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2",
@@ -442,11 +444,14 @@
       ["Unique key", job.unique_key === null ? "—" : job.unique_key],
       ["Fingerprint", job.fingerprint === null ? "—" : job.fingerprint],
       ["Timeout", job.timeout === null ? "—" : `${job.timeout} s`],
+      ["Progress", el("span", { id: "job-progress" }, progressText(job))],
       ["Last error", el("pre", { className: "error", id: "job-last-error" }, job.last_error || "—")],
     ];
     $("job-fields").replaceChildren(...fields.flatMap(([name, value]) =>
       [el("dt", {}, name), el("dd", {}, value)]));
     $("job-data").textContent = JSON.stringify(job.data, null, 2);
+    $("job-result").textContent = job.result === null || job.result === undefined
+      ? "—" : shorten(JSON.stringify(job.result, null, 2), SHOWN_JSON);
     const errors = job.errors || [];
     $("job-errors").tBodies[0].replaceChildren(...errors.map((e) =>
       el("tr", {}, el("td", { className: "n" }, e.attempt), el("td", {}, when(e.at)),
@@ -455,6 +460,22 @@
     show($("job-errors-empty"), errors.length === 0);
     $("job-cancel").disabled = !["pending", "running"].includes(job.status);
     $("job-retry").disabled = !(job.status === "pending" || DEAD.includes(job.status));
+  }
+
+  // The latest progress: its value as JSON, its message, when it was reported.
+  function progressText(job) {
+    const parts = [];
+    if (job.progress !== null && job.progress !== undefined) {
+      parts.push(shorten(JSON.stringify(job.progress), SHOWN_PROGRESS));
+    }
+    if (job.progress_message) parts.push(job.progress_message);
+    if (parts.length === 0) return "—";
+    if (job.progress_at) parts.push(`(${when(job.progress_at)})`);
+    return parts.join(" ");
+  }
+
+  function shorten(text, most) {
+    return text.length <= most ? text : `${text.slice(0, most)} … (${text.length} characters)`;
   }
 
   // -- the dead-letter queue ----------------------------------------------------------
@@ -604,6 +625,10 @@
     if (kind === "lagged") {
       refresh("stats");
       refreshView();
+      return;
+    }
+    if (kind === "progress") { // frequent: only the job shown follows it, not the feed
+      if (state.view === "job" && event.id === state.jobId) refresh("job");
       return;
     }
     state.feed.unshift({ at: new Date(), kind, id: event.id, queue: event.queue });
