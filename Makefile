@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.stamp-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: install demo test unit lint format bench chaos clean
+.PHONY: install demo test test-slow unit lint format bench chaos clean
 
 install: $(STAMP)
 
@@ -19,8 +19,14 @@ demo: install
 	$(BIN)/simplequeue demo
 
 # The suite: on $$SIMPLEQUEUE_TEST_DSN, else 127.0.0.1:5432 when reachable, else embedded.
+# The multi-process and long tests (marked slow) have their own target.
 test: install
-	$(BIN)/pytest
+	$(BIN)/pytest -m "not slow"
+
+# Real worker processes killed and restarted, fleet-wide limits across four processes,
+# leader failover, the chaos suite at a small size (about 7 minutes).
+test-slow: install
+	$(BIN)/pytest -m slow
 
 # The pure code alone, without a database (also part of `make test`).
 unit: install

@@ -37,8 +37,11 @@ class Rate:
             maximum=MAX_RATE_PERIOD,
             error=InvalidArgumentError,
         )
+        period = timedelta(seconds=seconds)
+        if period < timedelta(microseconds=1):  # what PostgreSQL keeps of it
+            raise InvalidArgumentError(f"rate period must be 1 microsecond or more, got {per!r}")
         object.__setattr__(self, "limit", limit)
-        object.__setattr__(self, "per", timedelta(seconds=seconds))
+        object.__setattr__(self, "per", period)
 
     @property
     def seconds(self) -> float:

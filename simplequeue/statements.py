@@ -232,11 +232,13 @@ CLAIM = publishing(CLAIM, "'started'")
 
 # The claim of controlled queues (fleet-wide limits, fairness or parked keys): the
 # schema's claim_controlled function picks each queue's jobs, one claim of a queue at a
-# time across the fleet. Queues in name order: two claims lock them in one order.
+# time across the fleet. Queues in the order of their locks' keys (the hash of the name):
+# two claims take their locks in one order, and cannot deadlock.
 CLAIM_CONTROLLED = _claiming(
     """
     SELECT c.id
-    FROM unnest(%(queues)s::text[], %(limits)s::int[]) AS u(name, lim)
+    FROM (SELECT name, lim FROM unnest(%(queues)s::text[], %(limits)s::int[]) AS u(name, lim)
+          ORDER BY hashtext(name), name) AS u
     CROSS JOIN LATERAL {s}.claim_controlled(u.name, u.lim) AS c(id)
 """
 )
@@ -740,15 +742,32 @@ PARK_RUNS = _parking(
     "ON j.id = r.id AND j.lease = r.lease WHERE j.status = 'running'"
 )
 
-# Lifts a park (of the queue, or of one key): its jobs may start at once.
+# Lifts a park (of the queue, or of one key): its jobs may start at once, the job whose
+# JobResult.park parked it too (due at the park's end, to the microsecond). The queue
+# stays controlled only for the parks of its keys that remain.
 UNPARK = """
 WITH keyed AS (
     DELETE FROM {s}.parked_keys WHERE queue = %(queue)s AND key = %(key)s AND until > now()
-    RETURNING 1
-), queued AS (
-    UPDATE {s}.queues SET parked_until = NULL
+    RETURNING key, until
+), before AS (
+    SELECT name, parked_until FROM {s}.queues
     WHERE name = %(queue)s AND %(key)s::text IS NULL AND parked_until > now()
-    RETURNING 1
+    FOR UPDATE
+), queued AS (
+    UPDATE {s}.queues AS q SET parked_until = NULL FROM before WHERE q.name = before.name
+    RETURNING before.parked_until AS until
+), released AS (
+    UPDATE {s}.jobs AS j SET run_at = now(), scheduled = false
+    WHERE j.status = 'pending' AND j.queue = %(queue)s AND (
+        EXISTS (SELECT 1 FROM keyed WHERE j.concurrency_key = keyed.key
+                AND j.run_at = keyed.until)
+        OR EXISTS (SELECT 1 FROM queued WHERE j.run_at = queued.until))
+), rest AS (
+    UPDATE {s}.queues AS q SET keys_parked_until = (
+        SELECT max(p.until) FROM {s}.parked_keys AS p
+        WHERE p.queue = q.name AND p.until > now()
+          AND NOT EXISTS (SELECT 1 FROM keyed WHERE keyed.key = p.key))
+    WHERE q.name = %(queue)s AND EXISTS (SELECT 1 FROM keyed)
 )
 SELECT (SELECT count(*) FROM keyed) + (SELECT count(*) FROM queued),
        pg_notify(%(channel)s, %(queues)s)
@@ -815,8 +834,9 @@ FORGET_WORKERS = (
     " WHERE expires_at < now() - make_interval(secs => %s) FOR UPDATE SKIP LOCKED)"
 )
 
-# Parks that ended, and the turns of keys no job of which started for a day (a fair
-# queue's key that comes back goes first, as a new one would); bounded batches.
+# Parks that ended, the turns of keys no job of which started for a day (a fair queue's
+# key that comes back goes first, as a new one would), and the starts no rate counts any
+# more (the rate lifted, the queue no longer claimed); bounded batches.
 FORGET_CONTROLS = """
 WITH parks AS (
     DELETE FROM {s}.parked_keys WHERE (queue, key) IN (
@@ -828,8 +848,17 @@ WITH parks AS (
         SELECT queue, key FROM {s}.key_turns WHERE served_at < now() - interval '1 day'
         LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
     RETURNING 1
+), starts AS (
+    DELETE FROM {s}.rate_starts WHERE ctid IN (
+        SELECT s.ctid FROM {s}.rate_starts AS s LEFT JOIN {s}.queues AS q ON q.name = s.queue
+        WHERE q.rate_period IS NULL AND q.rate_period_per_key IS NULL
+           OR s.at <= now() - make_interval(
+                  secs => GREATEST(q.rate_period, q.rate_period_per_key))
+        LIMIT %(limit)s FOR UPDATE OF s SKIP LOCKED)
+    RETURNING 1
 )
 SELECT (SELECT count(*) FROM parks) + (SELECT count(*) FROM turns)
+       + (SELECT count(*) FROM starts)
 """
 
 LIST_WORKERS = """

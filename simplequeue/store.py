@@ -431,12 +431,7 @@ class Store:
     ) -> Plan[list[Job]]:
         """Claim from controlled queues (fleet-wide limits, fairness, parked keys): at most
         `limits[i]` of `queues[i]`, within what their limits allow now."""
-        order = sorted(range(len(queues)), key=lambda i: queues[i])  # one lock order
-        params = {
-            "queues": [queues[i] for i in order],
-            "limits": [limits[i] for i in order],
-            "worker": worker,
-        }
+        params = {"queues": list(queues), "limits": list(limits), "worker": worker}
         result = yield Run(
             self._claim_controlled if publish else self._claim_controlled_quiet, params
         )

@@ -6,10 +6,11 @@ ALTER TABLE jobs ADD COLUMN concurrency_key text;
 ALTER TABLE archive ADD COLUMN concurrency_key text;
 ALTER TABLE dlq ADD COLUMN concurrency_key text;
 
--- The keys that have pending jobs, and each key's next job, without reading the others'
--- jobs. Only rows with a key: jobs without one cost nothing more to insert.
+-- The keys that have claimable jobs, and each key's next job, without reading the others'
+-- jobs. Only rows with a key (jobs without one cost nothing more to insert), and not the
+-- jobs due later (scheduled): a key whose jobs are all for tomorrow costs no claim today.
 CREATE INDEX jobs_pending_key ON jobs (queue, concurrency_key, priority DESC, run_at, id)
-    WHERE status = 'pending' AND concurrency_key IS NOT NULL;
+    WHERE status = 'pending' AND NOT scheduled AND concurrency_key IS NOT NULL;
 
 -- 2. The limits of a queue, for every process (configure_queue). NULL: no limit.
 --    A rate is `rate_limit` starts per `rate_period` seconds, in any window of that length.
@@ -31,6 +32,13 @@ ALTER TABLE queues
         max_running IS NOT NULL OR max_running_per_key IS NOT NULL
         OR rate_limit IS NOT NULL OR rate_limit_per_key IS NOT NULL OR fair) STORED,
     ADD CONSTRAINT queues_rate_whole CHECK ((rate_limit IS NULL) = (rate_period IS NULL)),
+    -- times every client reads back (as jobs.run_at, 0002): a park written by hand must
+    -- not break the listing of queues
+    ADD CONSTRAINT queues_parks_representable CHECK (
+        (parked_until IS NULL
+         OR parked_until BETWEEN '0001-01-02 00:00:00+00' AND '9999-12-30 00:00:00+00')
+        AND (keys_parked_until IS NULL
+             OR keys_parked_until BETWEEN '0001-01-02 00:00:00+00' AND '9999-12-30 00:00:00+00')),
     ADD CONSTRAINT queues_rate_per_key_whole
         CHECK ((rate_limit_per_key IS NULL) = (rate_period_per_key IS NULL));
 
@@ -38,13 +46,15 @@ ALTER TABLE queues
 CREATE TABLE parked_keys (
     queue     text        NOT NULL,
     key       text        NOT NULL,
-    until     timestamptz NOT NULL,
+    until     timestamptz NOT NULL
+        CHECK (until BETWEEN '0001-01-02 00:00:00+00' AND '9999-12-30 00:00:00+00'),
     parked_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (queue, key)
 );
 
 -- 4. Whose turn it is in a fair queue: when a job of each key last started. The key served
---    least recently goes first.
+--    least recently goes first. The jobs without a key take their turns as one more key,
+--    '' (no concurrency key is empty).
 CREATE TABLE key_turns (
     queue     text        NOT NULL,
     key       text        NOT NULL,
@@ -88,7 +98,10 @@ BEGIN
     IF p_want IS NULL OR p_want < 1 THEN
         RETURN;
     END IF;
-    PERFORM pg_advisory_xact_lock(hashtext('simplequeue.claim'), hashtext(p_queue));
+    -- Keyed by the schema and the queue's name; claims of several queues take their locks
+    -- in this key's order (statements.CLAIM_CONTROLLED), so two claims cannot deadlock.
+    PERFORM pg_advisory_xact_lock(hashtext('simplequeue.claim.' || current_schema()),
+                                  hashtext(p_queue));
     t := clock_timestamp();
     SELECT * INTO q FROM queues WHERE name = p_queue;
     IF NOT FOUND OR (q.paused_at IS NOT NULL AND (q.paused_until IS NULL OR q.paused_until > now()))
@@ -137,11 +150,12 @@ BEGIN
     RETURN QUERY
         WITH RECURSIVE keys(key) AS (
             (SELECT k.concurrency_key FROM jobs AS k
-             WHERE k.status = 'pending' AND k.queue = p_queue AND k.concurrency_key IS NOT NULL
+             WHERE k.status = 'pending' AND NOT k.scheduled AND k.queue = p_queue
+               AND k.concurrency_key IS NOT NULL
              ORDER BY k.concurrency_key LIMIT 1)
             UNION ALL
             SELECT (SELECT k.concurrency_key FROM jobs AS k
-                    WHERE k.status = 'pending' AND k.queue = p_queue
+                    WHERE k.status = 'pending' AND NOT k.scheduled AND k.queue = p_queue
                       AND k.concurrency_key > keys.key
                     ORDER BY k.concurrency_key LIMIT 1)
             FROM keys WHERE keys.key IS NOT NULL
@@ -184,7 +198,9 @@ BEGIN
             WHERE allowed.n > 0
             UNION ALL
             SELECT bare.id, NULL, bare.priority, bare.run_at, row_number() OVER (
-                       ORDER BY bare.priority DESC, bare.run_at, bare.id), NULL
+                       ORDER BY bare.priority DESC, bare.run_at, bare.id),
+                   (SELECT turn.served_at FROM key_turns AS turn
+                    WHERE q.fair AND turn.queue = p_queue AND turn.key = '')
             FROM (SELECT j.id, j.priority, j.run_at FROM jobs AS j
                   WHERE j.status = 'pending' AND NOT j.scheduled AND j.queue = p_queue
                     AND j.concurrency_key IS NULL AND j.run_at <= now()
@@ -203,7 +219,7 @@ BEGIN
             SELECT p_queue, picked.key, t FROM picked WHERE rated
         ), served AS (
             INSERT INTO key_turns AS turn (queue, key, served_at)
-            SELECT DISTINCT p_queue, picked.key, t FROM picked WHERE q.fair AND picked.key IS NOT NULL
+            SELECT DISTINCT p_queue, COALESCE(picked.key, ''), t FROM picked WHERE q.fair
             ON CONFLICT (queue, key) DO UPDATE SET served_at = EXCLUDED.served_at
         )
         SELECT picked.id FROM picked;

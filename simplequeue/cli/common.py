@@ -130,11 +130,12 @@ def rate(text: str | None) -> Rate | None:
         return None
     count, _, period = text.partition("/")
     match = _DURATION.match(period)
-    if not count.strip().isdigit() or not match:
+    count = count.strip()
+    if not (count.isascii() and count.isdigit()) or not match:
         raise click.BadParameter(f"{text!r} is not a rate: starts per duration, e.g. 100/1s, 10/1m")
     try:
         return Rate(int(count), per=float(match[1]) * _UNIT[match[2]])
-    except InvalidArgumentError as exc:
+    except (InvalidArgumentError, ValueError, OverflowError) as exc:
         raise click.BadParameter(str(exc)) from None
 
 

@@ -122,6 +122,7 @@ class Poller(Service):
         self._controlled: set[str] = set()
         self._controls_read_at = float("-inf")
         self._held_rounds = 0
+        self._controlled_first = False
         self._unsubscribe = registry.on_change(self.poke)
 
     def wake(self, queues: set[str] | None) -> None:
@@ -200,12 +201,26 @@ class Poller(Service):
     async def _claim(
         self, conn: Any, queues: list[str], limits: list[int], total: int
     ) -> tuple[list[Job], dict[str, int]]:
-        """Claim from the plain queues in one statement, then from the controlled ones
-        with what is left of `total`; returns the jobs, and what each controlled queue
-        was asked for."""
+        """Claim from the plain queues in one statement and from the controlled ones in
+        another, the second with what the first left of `total`; returns the jobs, and
+        what each controlled queue was asked for."""
         plain = [(q, n) for q, n in zip(queues, limits, strict=True) if q not in self._controlled]
+        if self._controlled_first and len(plain) < len(queues):
+            controlled_jobs, asked = await self._claim_controlled(conn, queues, limits, total)
+            plain_jobs = await self._claim_plain(conn, plain, total - len(controlled_jobs))
+        else:
+            plain_jobs = await self._claim_plain(conn, plain, total)
+            controlled_jobs, asked = await self._claim_controlled(
+                conn, queues, limits, total - len(plain_jobs)
+            )
+        # Turn about: with both kinds of queue, the one asked first may take every free
+        # permit; the other goes first next time.
+        self._controlled_first = not self._controlled_first
+        return plain_jobs + controlled_jobs, asked
+
+    async def _claim_plain(self, conn: Any, plain: list[tuple[str, int]], total: int) -> list[Job]:
         jobs: list[Job] = []
-        if plain:
+        if plain and total > 0:
             jobs = await run(
                 conn,
                 self._store.claim(
@@ -216,14 +231,20 @@ class Poller(Service):
                     publish=self._audience.listened,
                 ),
             )
+        return jobs
+
+    async def _claim_controlled(
+        self, conn: Any, queues: list[str], limits: list[int], total: int
+    ) -> tuple[list[Job], dict[str, int]]:
         asked: dict[str, int] = {}
-        left = total - len(jobs)
+        left = total
         for name, n in zip(queues, limits, strict=True):
             if name in self._controlled and left > 0:
                 asked[name] = min(n, left)
                 left -= asked[name]
+        jobs: list[Job] = []
         if asked:
-            jobs += await run(
+            jobs = await run(
                 conn,
                 self._store.claim_controlled(
                     list(asked),
