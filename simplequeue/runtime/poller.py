@@ -122,6 +122,7 @@ class Poller(Service):
         self._controlled: set[str] = set()
         self._controls_read_at = float("-inf")
         self._held_rounds = 0
+        self._held_back = False
         self._controlled_first = False
         self._unsubscribe = registry.on_change(self.poke)
 
@@ -134,6 +135,14 @@ class Poller(Service):
         """Something changed (a handler, a limit): look again now."""
         self._wake.set()
         self._capacity.set()
+
+    def results_written(self) -> None:
+        """Results were written: jobs left `running`, and a controlled queue's limit that
+        held the last claim back may have room now (the local permits were freed
+        earlier, when the jobs ended; the fleet's count follows the write)."""
+        if self._held_back:
+            self._held_rounds = 0
+            self._wake.set()
 
     def stop_claiming(self) -> None:
         self._claiming = False
@@ -190,7 +199,8 @@ class Poller(Service):
         have held them back), as soon as it keeps giving some, then less and less often."""
         sleep = self._config.empty_poll_sleep
         got = Counter(claimed)
-        if not any(got[name] < n for name, n in asked.items()):
+        self._held_back = any(got[name] < n for name, n in asked.items())
+        if not self._held_back:
             return sleep
         if any(got[name] for name in asked):
             self._held_rounds = 0

@@ -13,6 +13,7 @@ import contextlib
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -62,6 +63,8 @@ class ResultWriter(Service):
         self._flush_interval = flush_interval
         self._max_buffered = max_buffered
         self._buffer: list[Outcome] = []
+        self.on_written: Callable[[], None] | None = None
+        """Called after each batch written: permits of the fleet's limits were freed."""
         # A batch is full at batch_size, or when the buffer is: nothing more can come then.
         self._full_batch = min(batch_size, max_buffered)
         self._filled = asyncio.Event()
@@ -216,6 +219,8 @@ class ResultWriter(Service):
                 await asyncio.sleep(delay)
                 continue
             self.outage.recovered()
+            if self.on_written is not None:
+                self.on_written()
             self.written += len(changed)
             self.batch_sizes.observe(len(batch))
             self.written_by_status.update(o.status for o in batch if o.job_id in changed)

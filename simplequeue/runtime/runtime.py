@@ -133,6 +133,8 @@ class Runtime:
             worker_id=worker.id,
             audience=self.audience,
         )
+        # Results written free slots of fleet-wide limits the poller may be waiting for.
+        self.results.on_written = self.poller.results_written
         self.listener = (
             Listener(connect_async, store.listen, self._inserted, health=health)
             if config.use_notify
