@@ -231,11 +231,16 @@ class Runtime:
         before = self.results.written_by_status.copy()
         while True:
             queues = sorted(self._registry.handlers)
+            # The count holds only if nothing ran meanwhile: a job running when it was
+            # counted, whose retry was written before the end, would be in neither.
+            moves = (self.poller.claimed, self.results.written)
+            idle_before = not (self.poller.claiming or self.poller.tasks or self.results.pending)
             async with borrow(self._pool) as conn:
                 await run(conn, self._store.promote_due(queues, PROMOTE_BATCH))
                 due = await run(conn, self._store.count_due(queues)) if queues else 0
             idle = not (self.poller.claiming or self.poller.tasks or self.results.pending)
-            if not due and idle:
+            still = moves == (self.poller.claimed, self.results.written)
+            if not due and idle_before and idle and still:
                 break
             self.poller.poke()  # claim now, not at the next fallback poll
             await asyncio.sleep(0.005)
