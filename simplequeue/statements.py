@@ -154,11 +154,8 @@ def with_error(error: str, status: str, *, nullable: bool = True) -> str:
     return f"CASE WHEN {error} IS NULL THEN j.errors ELSE {appended} END" if nullable else appended
 
 
-# Promotes scheduled jobs that have come due, so that the claim finds them: a bounded
-# batch of the queues the poller claims from, read in jobs_scheduled's order (per queue,
-# the earliest first), so it stops after `limit` rows however many have come due.
-# Jobs of these queues a claim could take now, or right after a promotion: what
-# `drain()` waits to see run out.
+# Jobs of these queues a claim could take now, or right after a promotion (not those of
+# a paused or parked queue, or of a parked key): what `drain()` waits to see run out.
 COUNT_DUE = (
     """
 SELECT count(*) FROM {s}.jobs
@@ -173,6 +170,9 @@ WHERE status = 'pending' AND queue = ANY(%s::text[]) AND run_at <= now()
 """
 )
 
+# Promotes scheduled jobs that have come due, so that the claim finds them: a bounded
+# batch of the queues the poller claims from, read in jobs_scheduled's order (per queue,
+# the earliest first), so it stops after `limit` rows however many have come due.
 PROMOTE = """
 UPDATE {s}.jobs AS j SET scheduled = false
 FROM (

@@ -43,9 +43,8 @@ def claim_controlled(dsn: str, queue: str, want: int) -> list[str | None]:
 
 
 async def test_fair_queue_jobs_without_a_key_do_not_starve_the_keys(dsn: str) -> None:
-    """A fair queue's jobs without a key rank as a key never served, at every claim: one
-    claim at a time (max_running=1, or a worker with one permit), every one of them runs
-    before any key gets its second turn."""
+    """Jobs without a key take their turns as one key: ranked as a key never served at
+    every claim, they would all run, one claim at a time, before any key's second job."""
     async with sq.SimpleQueue.from_url(dsn, **FAST) as queue:
         await queue.configure_queue("fair", fair=True)
         jobs = [sq.Job("fair", {}, concurrency_key=k) for k in ("a", "b") for _ in range(5)]
@@ -144,8 +143,8 @@ async def test_a_timed_out_sync_handler_holds_its_fleet_slot_while_its_thread_ru
 async def test_a_rate_period_that_rounds_to_zero_is_refused_cleanly(
     queue: sq.SimpleQueue, dsn: str
 ) -> None:
-    """Rate(1, per=1e-7) is accepted, stored as timedelta(0), and the queue's CHECK
-    constraint then fails with a raw psycopg.errors.CheckViolation."""
+    """Rate(1, per=1e-7) rounds to timedelta(0): refused when built, not by the queue's
+    CHECK constraint as a raw psycopg.errors.CheckViolation."""
     try:
         rate = sq.Rate(1, per=1e-7)
     except sq.InvalidArgumentError:
@@ -186,10 +185,9 @@ def test_a_bad_rate_on_the_command_line_is_a_usage_error(dsn: str, text: str) ->
 async def test_a_controlled_claim_does_not_pay_for_keys_whose_jobs_are_not_due(
     queue: sq.SimpleQueue, dsn: str
 ) -> None:
-    """Per-key limits skip-scan every key with a *pending* job, scheduled for tomorrow or
-    not, and probe each key's next due job: 20,000 customers with a reminder due tomorrow
-    make every claim of the queue take ~0.2 s under the queue's lock (50,000: ~0.5 s), so
-    the whole queue claims a few times a second at most, and idle polls hold it too."""
+    """The per-key skip scan reads claimable jobs only: were it to visit every key with a
+    pending job, 20,000 customers with a reminder due tomorrow would make each claim of
+    the queue take about 0.4 s under the queue's lock."""
     await queue.configure_queue("reminders", max_running_per_key=1)
     query(
         dsn,
@@ -220,9 +218,8 @@ async def test_a_controlled_claim_does_not_pay_for_keys_whose_jobs_are_not_due(
 async def test_unparking_a_key_returns_the_queue_to_the_plain_claim(
     queue: sq.SimpleQueue, dsn: str
 ) -> None:
-    """A key parked for a year, then unparked: no key is parked any more, yet
-    keys_parked_until stays a year ahead, so the queue stays 'controlled' (every claim
-    of it serialised under the advisory lock, per-key skip scans) for a year."""
+    """A key parked for a year, then unparked: keys_parked_until follows the parks that
+    remain, so the queue does not stay on the serialised claim for a year."""
     await queue.insert_job(sq.Job("plain", {}, concurrency_key="k"))
     await queue.park("plain", datetime.now(UTC) + timedelta(days=365), key="k")
     assert await queue.unpark("plain", key="k")
@@ -238,9 +235,9 @@ async def test_unparking_a_key_returns_the_queue_to_the_plain_claim(
 
 
 async def test_no_raw_park_time_can_break_list_queues(queue: sq.SimpleQueue, dsn: str) -> None:
-    """The worker role may write queues.parked_until (and keys_parked_until); unlike
-    jobs.run_at, no CHECK keeps them representable: 'infinity' makes every list_queues
-    (the CLI, the dashboard, GET /queues) fail with psycopg.DataError."""
+    """The worker role may write queues.parked_until (and keys_parked_until): a CHECK
+    keeps them representable, as for jobs.run_at, or 'infinity' would make every
+    list_queues (the CLI, the dashboard, GET /queues) fail with psycopg.DataError."""
     try:
         query(dsn, "INSERT INTO simplequeue.queues (name, parked_until) VALUES ('p', 'infinity')")
     except psycopg.errors.CheckViolation:
@@ -298,11 +295,9 @@ async def test_claims_of_several_controlled_queues_cannot_deadlock(
 
 
 async def test_a_controlled_queue_is_not_starved_by_a_busy_plain_queue(dsn: str) -> None:
-    """The poller claims the plain queues first with all of `total` (the process's free
-    permits), then the controlled ones with what is left: while a plain queue has a
-    backlog that fills the free permits, a controlled queue of the same worker is never
-    even asked, however old its jobs (the single claim ordered every queue's jobs by
-    priority and age)."""
+    """Plain and controlled queues are claimed by two statements that take turns going
+    first: the one always asked first would take every free permit while its backlog
+    lasts, and the other queue would never be asked, however old its jobs."""
     order: list[str] = []
 
     def make(name: str, sleep: float) -> sq.Handler:
@@ -331,9 +326,8 @@ async def test_a_controlled_queue_is_not_starved_by_a_busy_plain_queue(dsn: str)
 
 
 async def test_unpark_lets_the_job_that_parked_its_key_start_at_once(dsn: str) -> None:
-    """JobResult.park(until) writes the park and also sets the job's own run_at to until:
-    unpark deletes the parked_keys row ("the jobs may start at once"), but the very job
-    that was told "not now" stays due only at until (an hour here)."""
+    """JobResult.park(until) also sets the job's own run_at to until: unpark makes that
+    job due at once too, not only the key's other jobs."""
     ran: list[int] = []
 
     class Partner(sq.Handler):
@@ -362,9 +356,8 @@ async def test_unpark_lets_the_job_that_parked_its_key_start_at_once(dsn: str) -
 async def test_rate_starts_of_a_queue_no_longer_rate_limited_are_forgotten(
     queue: sq.SimpleQueue, dsn: str
 ) -> None:
-    """Only a claim of a rate-limited queue deletes its old rate_starts: lift the rate (or
-    stop using the queue) and its rows, up to a year of starts, stay for good; the
-    reaper's forget_controls does not look at rate_starts."""
+    """Claims delete only their own queue's old rate_starts: when the rate is lifted (or
+    the queue no longer claimed), the reaper's forget_controls deletes them."""
     await queue.configure_queue("rated", rate_limit=sq.Rate(1000, per=0.2))
     await queue.insert_jobs([sq.Job("rated", {}) for _ in range(50)])
     assert len(claim_controlled(dsn, "rated", 50)) == 50

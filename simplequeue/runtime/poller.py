@@ -195,8 +195,9 @@ class Poller(Service):
 
     def _sleep_after(self, claimed: list[str], asked: dict[str, int]) -> float:
         """How long to sleep, unwoken, after a claim that was not saturated: the fallback
-        poll; sooner when a controlled queue gave fewer jobs than asked (a limit may
-        have held them back), as soon as it keeps giving some, then less and less often."""
+        poll; but when a controlled queue gave fewer jobs than asked (a limit may have
+        held them back), CONTROLLED_RETRY while it still gives some, then twice as long
+        each round it gives none, up to the fallback poll."""
         sleep = self._config.empty_poll_sleep
         got = Counter(claimed)
         self._held_back = any(got[name] < n for name, n in asked.items())
