@@ -11,7 +11,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[dev,janitor,embedded,sqlalchemy,django,testing,web,metrics,otel]"
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[dev,janitor,cron,embedded,sqlalchemy,django,testing,web,metrics,otel]"
 	rm -f $(VENV)/.stamp-* && touch $@
 
 # The guided tour: on $$SIMPLEQUEUE_DSN when set, else on an embedded PostgreSQL.

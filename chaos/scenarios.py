@@ -704,9 +704,14 @@ async def shutdown(ctx: Context) -> Report:
     dsn = await create_database(ctx.server, db, transitions=True)
     ctx.background(sample_sizes(dsn, report))
     n = size.shutdown_jobs
+    # Heartbeats every second (stalled after 2.5 s), not the harness's 0.3 s: this scenario
+    # holds what a stop does, and 300 jobs ending at once on two cores can delay a beat past
+    # 0.75 s, which would let the leader's reaper take a live worker's job (the reaper's own
+    # scenarios hold that case).
+    beats = {"heartbeat_interval": 1.0}
     first = ctx.fleet(
         "shutdown-1", db,
-        WorkerSettings(global_permits=100, queue_permits=100, shutdown_timeout=2.0),
+        WorkerSettings(global_permits=100, queue_permits=100, shutdown_timeout=2.0, **beats),
     )  # fmt: skip
     # 70% short jobs, 30% that outlive the 2 s shutdown timeout
     jobs = [
@@ -750,7 +755,7 @@ async def shutdown(ctx: Context) -> Report:
         # -- a second SIGTERM cancels the handlers at once, and still writes their jobs back
         second = ctx.fleet(
             "shutdown-2", db,
-            WorkerSettings(global_permits=100, queue_permits=100, shutdown_timeout=60.0),
+            WorkerSettings(global_permits=100, queue_permits=100, shutdown_timeout=60.0, **beats),
         )  # fmt: skip
         long_jobs = [job("slow", rng, long=True, sync_share=0.0, work=8.0) for _ in range(60)]
         long_jobs += [job("slow", rng, long=True, sync_share=1.0, work=8.0) for _ in range(9)]

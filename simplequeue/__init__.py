@@ -36,6 +36,7 @@ from simplequeue.permits import (
     TryAfter,
 )
 from simplequeue.queue import SimpleQueue
+from simplequeue.schedules import Schedule, ScheduleInfo
 from simplequeue.stats import QueueStats, QueueSummary
 from simplequeue.stopping import StopReason, StopSignal
 from simplequeue.syncqueue import SyncQueue
@@ -76,6 +77,8 @@ __all__ = [
     "Rate",
     "ReapReport",
     "RetryJob",
+    "Schedule",
+    "ScheduleInfo",
     "SchemaNotFoundError",
     "SimpleQueue",
     "SimpleQueueError",

@@ -13,7 +13,7 @@ from typing import Any
 
 from simplequeue.limits import QueueLimits, Rate
 
-__all__ = ["QueueInfo", "WorkerIdentity", "WorkerInfo", "library_version"]
+__all__ = ["QueueInfo", "WorkerIdentity", "WorkerInfo", "jsonable", "library_version"]
 
 WORKER_FORGOTTEN_AFTER = 3600.0
 """Seconds past its expiry after which the reaper deletes a dead worker's row."""
@@ -76,7 +76,7 @@ class QueueInfo:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return _jsonable(self)
+        return jsonable(self)
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ class WorkerInfo:
         return cls(*values)
 
     def to_dict(self) -> dict[str, Any]:
-        return _jsonable(self)
+        return jsonable(self)
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,8 @@ class WorkerIdentity:
         return f"simplequeue worker {self.id}"
 
 
-def _jsonable(info: Any) -> dict[str, Any]:
+def jsonable(info: Any) -> dict[str, Any]:
+    """An info dataclass as JSON values (ids and times as text)."""
     values: dict[str, Any] = {}
     for name, value in vars(info).items():
         if isinstance(value, uuid.UUID):

@@ -20,6 +20,7 @@ from simplequeue.errors import InvalidArgumentError, InvalidJobError, UnknownQue
 from simplequeue.fleet import QueueInfo, WorkerInfo
 from simplequeue.job import Job, JobStatus
 from simplequeue.limits import QueueLimits, check_park_until
+from simplequeue.schedules import ScheduleInfo
 from simplequeue.stats import QueueSummary
 from simplequeue.store import INSUFFICIENT_PRIVILEGE, UNDEFINED_TABLE, Plan, Store, sqlstate
 from simplequeue.validation import as_seconds, check_key, check_time
@@ -314,6 +315,19 @@ class Operations:
             self._declared.update(names)  # once the database has them
 
         return plan()
+
+    # -- schedules -------------------------------------------------------------------
+
+    def list_schedules(self) -> Plan[list[ScheduleInfo]]:
+        return self.store.list_schedules()
+
+    def pause_schedule(self, name: str, paused: bool) -> Plan[ScheduleInfo | None]:
+        check_key("schedule", name, required=True, error=InvalidArgumentError)
+        return self.store.pause_schedule(name, paused)
+
+    def delete_schedule(self, name: str) -> Plan[bool]:
+        check_key("schedule", name, required=True, error=InvalidArgumentError)
+        return self.store.delete_schedule(name)
 
     def list_queues(self) -> Plan[list[QueueInfo]]:
         return self.store.list_queues()

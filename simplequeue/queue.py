@@ -9,7 +9,7 @@ import dataclasses
 import uuid
 import warnings
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, Union
 
@@ -39,6 +39,7 @@ from simplequeue.operations import (
 from simplequeue.permits import JobStrategy
 from simplequeue.registry import QueueRegistry
 from simplequeue.runtime.runtime import Runtime
+from simplequeue.schedules import JobSource, Missed, Schedule, ScheduleBook, ScheduleInfo
 from simplequeue.stats import QueueStats, QueueSummary
 from simplequeue.store import Plan, Store
 
@@ -81,6 +82,7 @@ class SimpleQueue:
         self._store = Store(self.config.schema_name)
         self._ops = Operations(self._store, self.config)
         self._registry = QueueRegistry(self.config)
+        self._schedules = ScheduleBook()
         self._worker = WorkerIdentity()
         self._runtime: Runtime | None = None
         self._stopping: Runtime | None = None
@@ -153,6 +155,38 @@ class SimpleQueue:
     def set_queue_strategy(self, queue: str, strategy: JobStrategy) -> None:
         self._registry.set_strategy(queue, strategy)
 
+    def schedule(
+        self,
+        name: str,
+        job: JobSource,
+        *,
+        cron: str | None = None,
+        every: float | timedelta | None = None,
+        timezone: str = "UTC",
+        missed: Missed = "skip",
+    ) -> Schedule:
+        """Enqueue `job` at every slot of `cron` (read in `timezone`; the `cron` extra) or
+        `every` interval (seconds or a timedelta: its multiples since 1970-01-01 UTC), from
+        the fleet's workers: each slot once, however many workers register it. `job` is
+        a Job (a copy is enqueued per slot) or a callable returning one, given the slot's
+        time if it takes an argument. `missed` says what a fleet that was down enqueues for
+        the slots it missed: "skip" none, "latest" the last one, "all" each (at most 100).
+
+        Like `register_handler`, it registers in this process, before or after `start()`;
+        the running workers write it to the database and the maintenance leader enqueues
+        it. Registering the same name again replaces it.
+        """
+        registered = Schedule.define(
+            name, job, cron=cron, every=every, timezone=timezone, missed=missed
+        )
+        self._schedules.add(registered)
+        return registered
+
+    @property
+    def schedules(self) -> list[Schedule]:
+        """The schedules registered in this process."""
+        return self._schedules.all()
+
     # -- workers ---------------------------------------------------------------------
 
     @property
@@ -168,7 +202,14 @@ class SimpleQueue:
                 "the connection pool is closed: use `async with queue:` or open your pool first"
             )
         self._runtime = Runtime(
-            self, self._pool, self._store, self._registry, self.config, self._worker
+            self,
+            self._pool,
+            self._store,
+            self._registry,
+            self.config,
+            self._worker,
+            self._schedules,
+            self._ops.insert,
         )
         await self._runtime.start()
 
@@ -466,6 +507,25 @@ class SimpleQueue:
     async def unpark(self, name: str, key: str | None = None) -> bool:
         """Lift the park of the queue (or of its `key`); False when none was under way."""
         return await self._run(self._ops.unpark(name, key))
+
+    async def list_schedules(self) -> list[ScheduleInfo]:
+        """Every schedule the workers of the fleet registered: its rule, paused or not,
+        its last and next slot, the jobs it enqueued, when a worker last registered it."""
+        return await self._run(self._ops.list_schedules())
+
+    async def pause_schedule(self, name: str) -> bool:
+        """Stop enqueuing the schedule's slots, fleet-wide, until `resume_schedule()`;
+        the slots that pass meanwhile are not enqueued later. False: no such schedule."""
+        return await self._run(self._ops.pause_schedule(name, True)) is not None
+
+    async def resume_schedule(self, name: str) -> bool:
+        """Enqueue the schedule again from its next slot on. False: no such schedule."""
+        return await self._run(self._ops.pause_schedule(name, False)) is not None
+
+    async def delete_schedule(self, name: str) -> bool:
+        """Forget a schedule no code registers any more (a worker that still registers
+        it writes it again within a minute). False: no such schedule."""
+        return await self._run(self._ops.delete_schedule(name))
 
     async def declare_queues(self, names: Iterable[str]) -> None:
         """Make queues known without a worker (inserts into them do not warn)."""

@@ -39,6 +39,7 @@ TABLES = (
     "key_turns",
     "rate_starts",
     "leader",
+    "schedules",
     "schema_migrations",
 )
 """Every table simplequeue creates; a role holds on each exactly what the maps below say."""
@@ -66,6 +67,12 @@ WORKER_UPDATE_COLUMNS = (
 )
 """What claims, results, progress, heartbeats, the reaper, cancel and reschedule change:
 never a job's id, queue, data, priority, attempts allowed, keys or creation time."""
+
+
+SCHEDULE_DEFINITION = ("name", "queue", "cron", "every", "timezone", "missed", "next_slot")
+"""What a worker writes of the schedules its code registers."""
+SCHEDULE_PROGRESS = ("seen_at", "last_slot", "enqueued", "last_job_id", "last_enqueued_at")
+"""What the enqueuer moves on; not the pause, which is for operators."""
 
 
 @dataclass(frozen=True)
@@ -104,15 +111,23 @@ WORKER_PRIVILEGES: dict[str, TablePrivileges] = {
     "key_turns": TablePrivileges(frozenset({"SELECT", "INSERT", "UPDATE", "DELETE"})),
     "rate_starts": TablePrivileges(frozenset({"SELECT", "INSERT", "DELETE"})),
     "leader": TablePrivileges(frozenset({"SELECT", "INSERT", "UPDATE"})),
+    "schedules": TablePrivileges(
+        frozenset({"SELECT"}),
+        {
+            "INSERT": SCHEDULE_DEFINITION,
+            "UPDATE": (*SCHEDULE_DEFINITION, *SCHEDULE_PROGRESS),
+        },
+    ),
 }
 """Claim, results, heartbeats, reaper; janitor (jobs → archive and DLQ, archive purge);
 handlers inserting follow-up jobs; get_job, wait_for_job, cancel, reschedule, list_dlq,
 counts; declaring its queues, its own row in workers (and forgetting dead workers');
 claiming from controlled queues (counting and recording rate-limited starts) and parking
 keys or queues for its handlers (JobResult.park); the maintenance lease (taking, renewing,
-giving up the leader row). Not: deleting from the DLQ, so not
-requeue_dlq_job for rows already moved there; not pausing, resuming or configuring
-queues, which is for the schema's owner (operators)."""
+giving up the leader row); registering its schedules and enqueuing their slots. Not:
+deleting from the DLQ, so not requeue_dlq_job for rows already moved there; not pausing,
+resuming or configuring queues, nor pausing or deleting schedules, which is for the
+schema's owner (operators)."""
 
 
 def validate_role_name(name: object) -> str:

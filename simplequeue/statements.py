@@ -907,6 +907,65 @@ UPDATE {s}.leader SET worker_id = NULL, expires_at = now()
 WHERE name = %(name)s AND worker_id = %(worker)s::uuid
 """
 
+# -- schedules (sql/0010_schedules.sql, simplequeue/schedules.py) ------------------------
+
+_SCHEDULE_ROW = """name, queue, cron, every, timezone, missed, paused, paused_at, last_slot,
+    next_slot, last_job_id, last_enqueued_at, enqueued, created_at, seen_at"""
+"""What `ScheduleInfo.from_row` reads, in its order."""
+
+# The schedules a worker registered, written as they are in its code. A new one starts at
+# the database's now: no slot before it was registered is due. A changed rule keeps
+# `last_slot`: the slots it passed are not enqueued again.
+REGISTER_SCHEDULES = """
+INSERT INTO {s}.schedules AS sc (name, queue, cron, every, timezone, missed, next_slot)
+SELECT * FROM unnest(%(names)s::text[], %(queues)s::text[], %(crons)s::text[],
+                     %(everys)s::interval[], %(zones)s::text[], %(missed)s::text[],
+                     %(next)s::timestamptz[])
+ON CONFLICT (name) DO UPDATE SET
+    queue = COALESCE(EXCLUDED.queue, sc.queue), cron = EXCLUDED.cron, every = EXCLUDED.every,
+    timezone = EXCLUDED.timezone, missed = EXCLUDED.missed,
+    next_slot = CASE WHEN sc.cron IS NOT DISTINCT FROM EXCLUDED.cron
+                      AND sc.every IS NOT DISTINCT FROM EXCLUDED.every
+                      AND sc.timezone = EXCLUDED.timezone
+                     THEN sc.next_slot ELSE EXCLUDED.next_slot END,
+    seen_at = now()
+"""
+
+# What the enqueuer reads each round: where each of its schedules stands, and the
+# database's clock, which alone says which slots are due.
+SCHEDULES_DUE = """
+SELECT name, last_slot, now() FROM {s}.schedules WHERE name = ANY(%s) AND NOT paused
+"""
+
+# A round's slots of one schedule, taken: only while `last_slot` is what the enqueuer read
+# (the row lock makes a second enqueuer wait, then find it moved) and the schedule is not
+# paused. The jobs are inserted in the same transaction.
+TAKE_SLOTS = """
+UPDATE {s}.schedules
+SET last_slot = %(last_slot)s, next_slot = %(next_slot)s, queue = COALESCE(%(queue)s, queue)
+WHERE name = %(name)s AND last_slot = %(seen)s AND NOT paused
+RETURNING 1
+"""
+SLOTS_ENQUEUED = """
+UPDATE {s}.schedules
+SET enqueued = enqueued + %(n)s, last_job_id = COALESCE(%(job)s, last_job_id),
+    last_enqueued_at = CASE WHEN %(n)s > 0 THEN now() ELSE last_enqueued_at END
+WHERE name = %(name)s
+"""
+
+LIST_SCHEDULES = "SELECT " + _SCHEDULE_ROW + " FROM {s}.schedules ORDER BY name"
+# A pause stops the enqueuing; the slots that pass meanwhile are not enqueued later.
+PAUSE_SCHEDULE = (
+    "UPDATE {s}.schedules SET paused = true, paused_at = COALESCE(paused_at, now()) "
+    "WHERE name = %s RETURNING " + _SCHEDULE_ROW
+)
+RESUME_SCHEDULE = (
+    "UPDATE {s}.schedules SET paused = false, paused_at = NULL, "
+    "last_slot = CASE WHEN paused THEN GREATEST(last_slot, now()) ELSE last_slot END "
+    "WHERE name = %s RETURNING " + _SCHEDULE_ROW
+)
+DELETE_SCHEDULE = "DELETE FROM {s}.schedules WHERE name = %s"
+
 NOTIFY = "SELECT pg_notify(%s, %s)"
 LISTEN = "LISTEN {}"
 PROBE = "SELECT 1"

@@ -26,6 +26,7 @@ from simplequeue.errors import JobNotFoundError
 from simplequeue.fleet import QueueInfo, WorkerIdentity, WorkerInfo
 from simplequeue.job import Job
 from simplequeue.limits import QueueLimits
+from simplequeue.schedules import ScheduleInfo
 from simplequeue.stats import QueueSummary
 from simplequeue.validation import LATEST_TIME
 
@@ -283,6 +284,14 @@ class Store:
         self._lead = _q(q.LEAD, schema)
         self._resign = _q(q.RESIGN, schema)
         self._run_now = _q(q.RUN_NOW, schema)
+        self._register_schedules = _q(q.REGISTER_SCHEDULES, schema)
+        self._schedules_due = _q(q.SCHEDULES_DUE, schema)
+        self._take_slots = _q(q.TAKE_SLOTS, schema)
+        self._slots_enqueued = _q(q.SLOTS_ENQUEUED, schema)
+        self._list_schedules = _q(q.LIST_SCHEDULES, schema)
+        self._pause_schedule = _q(q.PAUSE_SCHEDULE, schema)
+        self._resume_schedule = _q(q.RESUME_SCHEDULE, schema)
+        self._delete_schedule = _q(q.DELETE_SCHEDULE, schema)
         self._count_dead = _q(q.COUNT_DEAD, schema)
         self._dead_live_ids = _q(q.DEAD_LIVE_IDS, schema)
         self._requeue_dlq_bulk = _q(q.REQUEUE_DLQ_BULK, schema)
@@ -888,6 +897,67 @@ class Store:
     def resign(self, name: str, worker_id: uuid.UUID) -> Plan[bool]:
         """Give the lease `name` up now, when this worker holds it; True when it did."""
         result = yield Run(self._resign, {"name": name, "worker": worker_id})
+        return result.rowcount == 1
+
+    # -- schedules ---------------------------------------------------------------------
+
+    def register_schedules(self, definitions: Sequence[tuple[Any, ...]]) -> Plan[None]:
+        """Write the schedules registered here (`Schedule.definition()` rows)."""
+        names, queues, crons, everys, zones, missed, next_slots = (
+            list(column) for column in zip(*definitions, strict=True)
+        )
+        params = {
+            "names": names,
+            "queues": queues,
+            "crons": crons,
+            "everys": everys,
+            "zones": zones,
+            "missed": missed,
+            "next": next_slots,
+        }
+        yield Run(self._register_schedules, params)
+
+    def schedules_due(self, names: Sequence[str]) -> Plan[list[tuple[str, datetime, datetime]]]:
+        """(name, last slot, the database's now) of each of `names` that is not paused."""
+        result = yield Run(self._schedules_due, [list(names)])
+        return [(row[0], row[1], row[2]) for row in result.rows]
+
+    def take_slots(
+        self,
+        name: str,
+        seen: datetime,
+        last_slot: datetime,
+        next_slot: datetime,
+        queue: str | None,
+    ) -> Plan[bool]:
+        """Move the schedule past `last_slot`, when it still stands at `seen` and is not
+        paused; True when this transaction took the slots (and so enqueues them)."""
+        params = {
+            "name": name,
+            "seen": seen,
+            "last_slot": last_slot,
+            "next_slot": next_slot,
+            "queue": queue,
+        }
+        result = yield Run(self._take_slots, params)
+        return bool(result.rows)
+
+    def slots_enqueued(self, name: str, n: int, last_job: Sequence[uuid.UUID]) -> Plan[None]:
+        """Count the jobs a round enqueued, and remember the last one (if any)."""
+        params = {"name": name, "n": n, "job": last_job[0] if last_job else None}
+        yield Run(self._slots_enqueued, params)
+
+    def list_schedules(self) -> Plan[list[ScheduleInfo]]:
+        result = yield Run(self._list_schedules)
+        return [ScheduleInfo.from_row(row) for row in result.rows]
+
+    def pause_schedule(self, name: str, paused: bool) -> Plan[ScheduleInfo | None]:
+        """Pause or resume it; None when no such schedule is stored."""
+        result = yield Run(self._pause_schedule if paused else self._resume_schedule, [name])
+        return ScheduleInfo.from_row(result.rows[0]) if result.rows else None
+
+    def delete_schedule(self, name: str) -> Plan[bool]:
+        result = yield Run(self._delete_schedule, [name])
         return result.rowcount == 1
 
     def listen(self) -> Plan[None]:

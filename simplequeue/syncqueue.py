@@ -35,6 +35,7 @@ from simplequeue.operations import (
     seconds,
     wait_timed_out,
 )
+from simplequeue.schedules import ScheduleInfo
 from simplequeue.stats import QueueSummary
 from simplequeue.store import Plan, Store
 
@@ -321,6 +322,22 @@ class SyncQueue:
     def unpark(self, name: str, key: str | None = None) -> bool:
         """Lift the park of the queue (or of its `key`); False when none was under way."""
         return self._run(self._ops.unpark(name, key))
+
+    def list_schedules(self) -> list[ScheduleInfo]:
+        """`SimpleQueue.list_schedules`."""
+        return self._run(self._ops.list_schedules())
+
+    def pause_schedule(self, name: str) -> bool:
+        """`SimpleQueue.pause_schedule`."""
+        return self._run(self._ops.pause_schedule(name, True)) is not None
+
+    def resume_schedule(self, name: str) -> bool:
+        """`SimpleQueue.resume_schedule`."""
+        return self._run(self._ops.pause_schedule(name, False)) is not None
+
+    def delete_schedule(self, name: str) -> bool:
+        """`SimpleQueue.delete_schedule`."""
+        return self._run(self._ops.delete_schedule(name))
 
     def declare_queues(self, names: Iterable[str]) -> None:
         """Make queues known without a worker (inserts into them do not warn)."""

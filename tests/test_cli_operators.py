@@ -183,6 +183,9 @@ def test_one_dead_job_requeued_and_purged_by_id(dsn: str, ops: sq.SyncQueue, sq_
         (("jobs", "list", "--since", "9999999999d"), "further than a calendar goes"),
         (("jobs", "reschedule", str(uuid.UUID(int=1)), "99999999d"), "further than"),
         (("queues", "resume", "never"), "is not paused"),
+        (("schedules", "pause", "never"), "no schedule named never"),
+        (("schedules", "resume", ""), "schedule must be a non-empty string"),
+        (("schedules", "delete", "never"), "no schedule named never"),
         (("stats", "--window", "0"), "window"),
         (("nonsense",), "No such command"),
     ],
@@ -268,3 +271,23 @@ def test_worker_settings_come_from_flags_or_the_environment(
     monkeypatch.setenv("SIMPLEQUEUE_STALL_FACTOR", "1")
     code, _, err = sq_cli("worker", "tests.worker_app:configure")
     assert code == 2 and "stall_factor" in err
+
+
+def test_schedules_from_the_command_line(
+    dsn: str, sq_cli: Run, workers: Callable[..., WorkerProcess]
+) -> None:
+    worker = workers(target="tests.worker_app:scheduled")
+    assert_eventually(lambda: bool(query(dsn, "SELECT 1 FROM simplequeue.schedules")))
+    [row] = as_json(sq_cli, "schedules", "list")
+    assert row["name"] == "tick" and row["every_seconds"] == 1.0 and row["missed"] == "all"
+    code, out, _ = sq_cli("schedules", "list")
+    assert code == 0 and "tick" in out and "every 0:00:01" in out
+    code, out, _ = sq_cli("schedules", "pause", "tick")
+    assert code == 0 and "paused schedule tick" in out
+    assert query(dsn, "SELECT paused FROM simplequeue.schedules") == [(True,)]
+    code, out, _ = sq_cli("schedules", "resume", "tick")
+    assert code == 0 and "resumed schedule tick" in out
+    worker.terminate()
+    code, out, _ = sq_cli("schedules", "delete", "tick")
+    assert code == 0 and "deleted schedule tick" in out
+    assert as_json(sq_cli, "schedules", "list") == []

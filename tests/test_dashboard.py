@@ -479,6 +479,39 @@ def test_a_queues_limits_and_park_are_shown(page: Page, dsn: str) -> None:
         assert part in shown
 
 
+def test_schedules_are_listed_and_paused_from_the_dashboard(
+    page: Page, dsn: str, workers: Workers
+) -> None:
+    workers(target="tests.worker_app:scheduled")
+    page.sign_in(ADMIN)
+    page.go("schedules")
+
+    def row() -> WebElement | None:
+        found = page.driver.find_elements(By.CSS_SELECTOR, "#schedules-table tbody tr")
+        return next((r for r in found if r.get_attribute("data-schedule") == "tick"), None)
+
+    shown = page.wait(row, "schedule tick")
+    assert "every 1.0 s" in shown.text and "all" in shown.text
+    page.wait(lambda: (r := row()) and r.find_element(By.CSS_SELECTOR, "button.pause"), "pause")
+    page.wait(lambda: _click(row, "button.pause"), "the pause button")
+    page.wait(lambda: query(dsn, "SELECT paused FROM simplequeue.schedules")[0][0], "paused")
+    page.wait(
+        lambda: (r := row()) and r.find_element(By.CSS_SELECTOR, "td.state").text == "paused",
+        "shown paused",
+    )
+    page.wait(lambda: _click(row, "button.resume"), "the resume button")
+    page.wait(lambda: not query(dsn, "SELECT paused FROM simplequeue.schedules")[0][0], "resumed")
+    assert page.severe_logs() == []
+
+
+def _click(row: Callable[[], WebElement | None], css: str) -> bool:
+    found = row()
+    if found is None:
+        return False
+    found.find_element(By.CSS_SELECTOR, css).click()
+    return True
+
+
 SHOTS = os.environ.get("SIMPLEQUEUE_DASHBOARD_SCREENSHOTS")
 
 

@@ -296,6 +296,25 @@ async def test_a_worker_runs_jobs_end_to_end_with_the_janitor(roles: Roles, dsn:
         assert await worker.requeue_dlq_job(live) is False  # type: ignore[arg-type]
 
 
+async def test_a_worker_registers_and_enqueues_schedules_but_may_not_pause_them(
+    roles: Roles, dsn: str
+) -> None:
+    async with sq.SimpleQueue.from_url(roles.worker_dsn, **FAST) as worker:
+        worker.schedule("tick", sq.Job("ticks", {}), every=1)
+        await worker.declare_queues(["ticks"])
+        await worker.start()
+        await eventually(lambda: count(dsn, "queue = 'ticks'") >= 2, timeout=10)
+        [info] = await worker.list_schedules()
+        assert info.enqueued >= 2
+        with pytest.raises(DENIED):
+            await worker.pause_schedule("tick")
+        with pytest.raises(DENIED):
+            await worker.delete_schedule("tick")
+    async with sq.SimpleQueue.from_url(roles.producer_dsn) as producer:
+        with pytest.raises(DENIED):
+            await producer.list_schedules()
+
+
 def _later() -> Any:
     from datetime import UTC, datetime, timedelta
 

@@ -18,7 +18,7 @@ import uvicorn
 
 import simplequeue as sq
 from simplequeue.web import create_app
-from tests.conftest import FAST, ROOT, count
+from tests.conftest import FAST, ROOT, count, eventually, query
 
 ADMIN = "admin-token-0123456789"
 READER = "read-token-0123456789ab"
@@ -622,3 +622,38 @@ async def test_bad_limits_and_parks_are_refused_over_http(
     assert r.status_code == 400, r.text
     assert needle in r.json()["error"]
     assert count(dsn, table="queues") == 0 and count(dsn, table="parked_keys") == 0
+
+
+async def test_schedules_over_http(
+    client: httpx.AsyncClient, queue: sq.SimpleQueue, dsn: str
+) -> None:
+    assert (await client.get("/schedules")).json() == []
+    queue.schedule(
+        "nightly/report", sq.Job("reports", {}), cron="0 2 * * *", timezone="Europe/Paris"
+    )
+    await queue.start()
+    listed = await eventually(lambda: _schedules(client))
+    [nightly] = listed
+    assert nightly["name"] == "nightly/report" and nightly["queue"] == "reports"
+    assert nightly["cron"] == "0 2 * * *" and nightly["every_seconds"] is None
+    assert nightly["timezone"] == "Europe/Paris" and nightly["paused"] is False
+    r = await client.post("/schedules/nightly%2Freport/pause", headers=as_reader())
+    assert r.status_code == 403
+    r = await client.post("/schedules/nightly%2Freport/pause")
+    assert r.status_code == 200, r.text
+    assert query(dsn, "SELECT paused FROM simplequeue.schedules") == [(True,)]
+    assert (await client.post("/schedules/nightly%2Freport/resume")).status_code == 200
+    assert query(dsn, "SELECT paused FROM simplequeue.schedules") == [(False,)]
+    for path in ("/schedules/nope/pause", "/schedules/nope/resume"):
+        r = await client.post(path)
+        assert r.status_code == 404 and "no schedule named nope" in r.json()["error"]
+    assert (await client.delete("/schedules/nope")).status_code == 404
+    assert (await client.post("/schedules/%FF/pause")).status_code == 400
+    await queue.stop()
+    assert (await client.delete("/schedules/nightly%2Freport")).status_code == 200
+    assert (await client.get("/schedules")).json() == []
+
+
+async def _schedules(client: httpx.AsyncClient) -> list[dict[str, Any]] | None:
+    found: list[dict[str, Any]] = (await client.get("/schedules")).json()
+    return found or None

@@ -101,3 +101,14 @@ def limited(queue: sq.SimpleQueue) -> None:
 
 
 HANDLERS = [Work]
+
+
+def scheduled(queue: sq.SimpleQueue) -> None:
+    """A schedule every second into `ticks` (no handler: the jobs stay to be counted)."""
+    queue.register_handler(Work())
+    queue.schedule(
+        "tick",
+        lambda slot: sq.Job("ticks", {"slot": slot.isoformat()}),
+        every=1,
+        missed="all",
+    )

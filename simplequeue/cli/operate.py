@@ -1,4 +1,4 @@
-"""The operator's commands: stats, jobs, dlq, queues, workers, janitor, reap.
+"""The operator's commands: stats, jobs, dlq, queues, schedules, workers, janitor, reap.
 
 Each reads or changes the queue through `SyncQueue` (the janitor and the reaper through
 `SimpleQueue`): the same calls an application makes, the same checks, the same errors.
@@ -40,7 +40,7 @@ DEAD = [s.value for s in JobStatus if s.is_dead]
 
 def register(cli: click.Group) -> None:
     """Add these commands to the group."""
-    for command in (stats, jobs, dlq, queues, workers, janitor, reap):
+    for command in (stats, jobs, dlq, queues, schedules, workers, janitor, reap):
         cli.add_command(command)
 
 
@@ -545,6 +545,63 @@ def queues_declare(names: tuple[str, ...], dsn: str, schema: str, **options: Any
     with opened(dsn, schema) as q:
         q.declare_queues(names)
     click.echo(f"declared {', '.join(names)}")
+
+
+@click.group(help="The schedules the workers registered: list, pause, resume, delete.")
+def schedules() -> None:
+    pass
+
+
+@schedules.command(
+    "list", help="Every schedule: its rule, paused or not, last and next slot, jobs enqueued."
+)
+@_json_option
+@_common
+def schedules_list(as_json: bool, dsn: str, schema: str, **options: Any) -> None:
+    _logs(options)
+    with opened(dsn, schema) as q:
+        found = q.list_schedules()
+    show(
+        as_json,
+        [info.to_dict() for info in found],
+        "schedules",
+        ["schedule", "queue", "rule", "missed", "paused", "last slot", "next slot", "enqueued",
+         "last registered"],
+        [(i.name, i.queue, f"cron {i.cron} ({i.timezone})" if i.cron else f"every {i.every}",
+          i.missed, i.paused, i.last_slot, None if i.paused else i.next_slot, i.enqueued,
+          i.seen_at) for i in found],
+    )  # fmt: skip
+
+
+@schedules.command("pause", help="Stop enqueuing a schedule, fleet-wide, until resumed.")
+@click.argument("name")
+@_common
+def schedules_pause(name: str, dsn: str, schema: str, **options: Any) -> None:
+    _logs(options)
+    with opened(dsn, schema) as q:
+        _done(q.pause_schedule(name), f"paused schedule {name}", f"no schedule named {name}")
+
+
+@schedules.command("resume", help="Enqueue a paused schedule again, from its next slot.")
+@click.argument("name")
+@_common
+def schedules_resume(name: str, dsn: str, schema: str, **options: Any) -> None:
+    _logs(options)
+    with opened(dsn, schema) as q:
+        _done(q.resume_schedule(name), f"resumed schedule {name}", f"no schedule named {name}")
+
+
+@schedules.command(
+    "delete",
+    help="Forget a schedule no code registers any more (a worker that does writes it "
+    "again within a minute).",
+)
+@click.argument("name")
+@_common
+def schedules_delete(name: str, dsn: str, schema: str, **options: Any) -> None:
+    _logs(options)
+    with opened(dsn, schema) as q:
+        _done(q.delete_schedule(name), f"deleted schedule {name}", f"no schedule named {name}")
 
 
 @click.group(help="The workers of the fleet.")

@@ -76,7 +76,7 @@ class Leadership(Service):
 
     def add(self, duty: PeriodicService) -> None:
         """Run `duty` only while this worker leads (before `run()` starts)."""
-        duty.guard(self._may_run)
+        duty.guard(self.may_run_duties)
         self._duties.append(duty)
 
     @property
@@ -89,7 +89,8 @@ class Leadership(Service):
         running = zip(self._duties, self._tasks, strict=False)  # no tasks while not leading
         return [duty.name for duty, task in running if not task.done()]
 
-    def _may_run(self) -> bool:
+    def may_run_duties(self) -> bool:
+        """This worker leads now, or no worker can (no lease to be had: every one runs them)."""
         return self._unelected or self.leading
 
     async def run(self) -> None:

@@ -34,7 +34,9 @@ from simplequeue.runtime.outage import DatabaseHealth
 from simplequeue.runtime.poller import PROMOTE_BATCH, Poller
 from simplequeue.runtime.progress import ProgressWriter
 from simplequeue.runtime.results import ResultWriter
+from simplequeue.runtime.scheduler import Insert, Scheduler
 from simplequeue.runtime.service import PeriodicService, Service
+from simplequeue.schedules import ScheduleBook
 from simplequeue.stats import QueueStats
 from simplequeue.store import Store
 
@@ -64,7 +66,11 @@ class Runtime:
         registry: QueueRegistry,
         config: QueueConfig,
         worker: WorkerIdentity,
+        schedules: ScheduleBook,
+        insert: Insert,
     ) -> None:
+        """`insert` is the facade's insert plan: the scheduler's jobs are checked and
+        announced like any other."""
         self.worker = worker
         self._config = config
         self._pool = pool
@@ -149,6 +155,15 @@ class Runtime:
             if config.leader_election
             else None
         )
+        leadership = self.leadership
+        self.scheduler = Scheduler(
+            pool,
+            store,
+            schedules,
+            insert,
+            leading=(lambda: True) if leadership is None else leadership.may_run_duties,
+            health=health,
+        )
         self._leader_task: asyncio.Task[None] | None = None
         self._duties: list[asyncio.Task[None]] = []
         self._poller_task: asyncio.Task[None] | None = None
@@ -168,7 +183,7 @@ class Runtime:
         self._results_task = self._launch(self.results)
         self._poller_task = self._launch(self.poller)
         periodic: list[PeriodicService | None] = [self.reaper, self.janitor]
-        services: list[Service | None] = [self.listener]
+        services: list[Service | None] = [self.listener, self.scheduler]
         for duty in periodic:
             if duty is not None and duty.leader_only and self.leadership is not None:
                 self.leadership.add(duty)  # started while this worker leads

@@ -2,7 +2,7 @@
 the Python API and the command, with the same checks), and answers JSON.
 
 Errors answer `{"error": "..."}`: 400 for bad input, 401 without a valid token, 403 for a
-read token on a change, 404 for an unknown job, 409 when nothing could change (a job
+read token on a change, 404 for an unknown job or schedule, 409 when nothing could change (a job
 that is not pending, a queue that is not paused).
 """
 
@@ -69,6 +69,10 @@ class Conflict(Exception):
     """Nothing could change."""
 
 
+class NotFound(Exception):
+    """What the path names does not exist (a schedule)."""
+
+
 class Api:
     """The endpoints of one queue, behind `access`."""
 
@@ -92,7 +96,7 @@ class Api:
                 return await handler(request)
             except (BadRequest, InvalidArgumentError, InvalidJobError) as exc:
                 return _error(400, str(exc))
-            except JobNotFoundError as exc:
+            except (JobNotFoundError, NotFound) as exc:
                 return _error(404, str(exc))
             except Conflict as exc:
                 return _error(409, str(exc))
@@ -279,6 +283,27 @@ class Api:
             raise Conflict(f"queue {name}{'' if key is None else ' key ' + str(key)} is not parked")
         return JSONResponse({"name": name, "key": key, "unparked": True})
 
+    async def list_schedules(self, request: Request) -> Response:
+        return JSONResponse([s.to_dict() for s in await self.queue.list_schedules()])
+
+    async def pause_schedule(self, request: Request) -> Response:
+        name = _schedule_name(request)
+        if not await self.queue.pause_schedule(name):
+            raise NotFound(f"no schedule named {name}")
+        return JSONResponse({"name": name, "paused": True})
+
+    async def resume_schedule(self, request: Request) -> Response:
+        name = _schedule_name(request)
+        if not await self.queue.resume_schedule(name):
+            raise NotFound(f"no schedule named {name}")
+        return JSONResponse({"name": name, "paused": False})
+
+    async def delete_schedule(self, request: Request) -> Response:
+        name = _schedule_name(request)
+        if not await self.queue.delete_schedule(name):
+            raise NotFound(f"no schedule named {name}")
+        return JSONResponse({"name": name, "deleted": True})
+
     async def list_workers(self, request: Request) -> Response:
         return JSONResponse([w.to_dict() for w in await self.queue.list_workers()])
 
@@ -362,18 +387,28 @@ def _job_id(request: Request) -> str:
 
 
 _QUEUE_IN_PATH = re.compile(rb"/queues/(.+)/(?:pause|resume|limits|park|unpark)$", re.S)
+_SCHEDULE_IN_PATH = re.compile(rb"/schedules/(.+?)(?:/pause|/resume)?$", re.S)
 
 
 def _queue_name(request: Request) -> str:
     """The queue name of the path, decoded strictly: percent-escapes that are not UTF-8
     (which the router turns into U+FFFD) name no queue, rather than another one."""
+    return _name_in_path(request, _QUEUE_IN_PATH, "queue")
+
+
+def _schedule_name(request: Request) -> str:
+    """The schedule name of the path, decoded as strictly as a queue's."""
+    return _name_in_path(request, _SCHEDULE_IN_PATH, "schedule")
+
+
+def _name_in_path(request: Request, pattern: re.Pattern[bytes], what: str) -> str:
     raw = request.scope.get("raw_path")
-    found = _QUEUE_IN_PATH.search(raw) if isinstance(raw, bytes) else None
+    found = pattern.search(raw) if isinstance(raw, bytes) else None
     if found is not None:
         try:
             unquote_to_bytes(found[1]).decode("utf-8")
         except UnicodeDecodeError:
-            raise BadRequest("the queue name in the path is not valid UTF-8") from None
+            raise BadRequest(f"the {what} name in the path is not valid UTF-8") from None
     return str(request.path_params["name"])
 
 

@@ -112,6 +112,14 @@ ENDPOINTS: list[tuple[str, str, str, str, dict[str, Any]]] = [
         "requestBody": {"required": False, "content": {"application/json": {"schema": {"type": "object", "properties": {
             "key": {"type": "string"}}}}}},
         "responses": {"200": _ok({"type": "object"}), "409": _ERROR}}),
+    ("get", "/schedules", "read", "Every schedule the workers registered: rule, paused, last and next slot, jobs enqueued.", {
+        "responses": {"200": _ok({"type": "array", "items": {"$ref": "#/components/schemas/Schedule"}})}}),
+    ("post", "/schedules/{name}/pause", "admin", "Stop enqueuing a schedule, fleet-wide, until resumed.", {
+        "parameters": [_path("name")], "responses": {"200": _ok({"type": "object"}), "404": _ERROR}}),
+    ("post", "/schedules/{name}/resume", "admin", "Enqueue a paused schedule again, from its next slot.", {
+        "parameters": [_path("name")], "responses": {"200": _ok({"type": "object"}), "404": _ERROR}}),
+    ("delete", "/schedules/{name}", "admin", "Forget a schedule no code registers any more.", {
+        "parameters": [_path("name")], "responses": {"200": _ok({"type": "object"}), "404": _ERROR}}),
     ("get", "/workers", "read", "Every worker of the fleet; the leader runs the maintenance.", {
         "responses": {"200": _ok({"type": "array", "items": {"$ref": "#/components/schemas/Worker"}})}}),
     ("get", "/stats", "read", "Per queue: due, scheduled, running, retrying, dead, DLQ, oldest wait, throughput.", {
@@ -186,6 +194,7 @@ def document() -> dict[str, Any]:
                     "additionalProperties": False,
                 },
                 "Queue": {"type": "object"},
+                "Schedule": {"type": "object"},
                 "Worker": {
                     "type": "object",
                     "properties": {

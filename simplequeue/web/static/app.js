@@ -180,6 +180,7 @@
     jobs: refreshJobs,
     job: refreshJob,
     dlq: refreshDlq,
+    schedules: refreshSchedules,
     workers: refreshWorkers,
   };
   const pending = new Set();
@@ -213,7 +214,10 @@
   }
 
   function refreshView() {
-    const part = { queues: "stats", jobs: "jobs", job: "job", dlq: "dlq", workers: "workers" };
+    const part = {
+      queues: "stats", jobs: "jobs", job: "job", dlq: "dlq", schedules: "schedules",
+      workers: "workers",
+    };
     refresh(part[state.view]);
   }
 
@@ -520,6 +524,37 @@
     refresh("dlq", "stats");
   }
 
+  // -- schedules ----------------------------------------------------------------------
+
+  async function refreshSchedules() {
+    if (!state.running || state.view !== "schedules") return;
+    const schedules = await api("schedules");
+    state.rendered.schedules = null; // "last registered" is relative to now
+    fillTable("schedules-table", "schedules", schedules, (s) => {
+      const rule = s.cron ? `cron ${s.cron} (${s.timezone})` : `every ${duration(s.every_seconds)}`;
+      const badge = s.paused
+        ? el("span", { className: "badge paused", title: `since ${when(s.paused_at)}` }, "paused")
+        : el("span", { className: "badge active" }, "active");
+      const path = `schedules/${encodeURIComponent(s.name)}/${s.paused ? "resume" : "pause"}`;
+      const toggle = el("button", {
+        type: "button",
+        className: s.paused ? "resume" : "pause",
+        onclick: async () => {
+          if (await act(`Schedule "${s.name}" ${s.paused ? "resumed" : "paused"}.`, path)) {
+            refresh("schedules");
+          }
+        },
+      }, s.paused ? "Resume" : "Pause");
+      return el("tr", { dataset: { schedule: s.name } },
+        el("td", {}, s.name), el("td", {}, s.queue === null ? "—" : s.queue),
+        el("td", { className: "rule" }, rule), el("td", {}, s.missed),
+        el("td", { className: "state" }, badge), el("td", {}, when(s.last_slot)),
+        el("td", {}, s.paused || !s.next_slot ? "—" : when(s.next_slot)),
+        el("td", { className: "n" }, s.enqueued), el("td", {}, ago(s.seen_at)),
+        el("td", {}, toggle));
+    });
+  }
+
   // -- workers ------------------------------------------------------------------------
 
   async function refreshWorkers() {
@@ -695,6 +730,7 @@
     pollTimer = setInterval(() => {
       refresh("stats");
       if (state.view === "workers") refresh("workers");
+      if (state.view === "schedules") refresh("schedules");
     }, POLL_MS);
     connectEvents();
   }
