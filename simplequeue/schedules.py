@@ -10,9 +10,12 @@ Slots are computed here, from the database's clock.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import inspect
 import threading
-from collections.abc import Callable
+import zoneinfo
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, get_args
@@ -49,11 +52,19 @@ MIN_EVERY = timedelta(seconds=1)
 MAX_EVERY = timedelta(days=366)
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_TIME = datetime(9999, 1, 1, tzinfo=UTC)
+"""No slot after it (times past it cannot be stored as a due time)."""
 """The slots of `every=` are its multiples since then: the same on every host."""
 
-JobSource = Job | Callable[[datetime], Job] | Callable[[], Job]
-"""What a schedule enqueues per slot: a copy of a Job, or what a callable returns (given
-the slot's time, when it takes an argument)."""
+JobSource = (
+    Job
+    | Callable[[datetime], Job]
+    | Callable[[], Job]
+    | Callable[[datetime], Awaitable[Job]]
+    | Callable[[], Awaitable[Job]]
+)
+"""What a schedule enqueues per slot: a copy of a Job, or what a callable returns or its
+coroutine gives (called with the slot's time, when it takes an argument)."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +91,7 @@ class Schedule:
     missed: Missed = "skip"
     _zone: ZoneInfo = field(init=False, repr=False)
     _takes_slot: bool = field(init=False, repr=False)
+    _is_async: bool = field(init=False, repr=False, default=False)
 
     @classmethod
     def define(
@@ -106,11 +118,16 @@ class Schedule:
             raise InvalidArgumentError(
                 f"schedule {self.name!r}: give exactly one of cron= and every="
             )
-        if self.cron is not None:
-            _check_cron(self.name, self.cron)
         if self.every is not None:
             _check_every(self.name, self.every)
         object.__setattr__(self, "_zone", _zone(self.name, self.timezone))
+        if self.cron is not None:
+            _check_cron(self.name, self.cron)
+            if self.next_after(datetime.now(UTC)) is None:
+                raise InvalidArgumentError(
+                    f"schedule {self.name!r}: the cron expression {self.cron!r} has no slot "
+                    "from now on"
+                )
         if self.every is not None and self.timezone != "UTC":
             raise InvalidArgumentError(
                 f"schedule {self.name!r}: timezone= applies to cron= only (the slots of "
@@ -131,6 +148,7 @@ class Schedule:
             takes_slot = False
         elif callable(self.job):
             takes_slot = _takes_an_argument(self.name, self.job)
+            object.__setattr__(self, "_is_async", _is_async(self.job))
         else:
             raise InvalidArgumentError(
                 f"schedule {self.name!r}: job must be a Job or a callable returning one, "
@@ -147,15 +165,26 @@ class Schedule:
         """The rule, as operators read it."""
         return f"cron {self.cron} ({self.timezone})" if self.cron else f"every {self.every}"
 
-    def plan(self, last_slot: datetime, now: datetime) -> SlotPlan | None:
+    def plan(
+        self,
+        last_slot: datetime,
+        now: datetime,
+        *,
+        min_grace: float = MIN_GRACE,
+        tried: Collection[datetime] = (),
+    ) -> SlotPlan | None:
         """The slots after `last_slot` due by `now` (the database's clock) that this round
-        enqueues, by the `missed` policy; None when no slot is due."""
+        enqueues, by the `missed` policy; None when no slot is due. A slot is on time
+        within one period of its time, at least `min_grace` seconds (what a leader's
+        failover takes) and at most MAX_GRACE; so is a slot `tried` on time before (its
+        insert was refused)."""
         due = self._due(last_slot, now, MAX_MISSED_SLOTS + 1)
         if not due:
             return None
         newest = due[-1]
-        grace = min(max(self._period(newest).total_seconds(), MIN_GRACE), MAX_GRACE)
-        on_time = [slot for slot in due if (now - slot).total_seconds() <= grace]
+        period = self._period(newest).total_seconds()
+        grace = max(min(max(period, MIN_GRACE), MAX_GRACE), min_grace)
+        on_time = [s for s in due if (now - s).total_seconds() <= grace or s in tried]
         if self.missed == "all":
             take = due[-MAX_MISSED_SLOTS:]
         elif on_time or self.missed == "skip":
@@ -164,29 +193,59 @@ class Schedule:
             take = [newest]
         return SlotPlan(tuple(take), newest, len(due) - len(take))
 
-    def next_after(self, moment: datetime) -> datetime:
-        """The first slot after `moment`."""
+    def next_after(self, moment: datetime) -> datetime | None:
+        """The first slot after `moment`; None when the rule has none (before MAX_TIME)."""
         if self.every is not None:
             step = _micros(self.every)
-            return EPOCH + timedelta(microseconds=(_micros(moment - EPOCH) // step + 1) * step)
-        following: datetime = _cron(self.cron or "", moment.astimezone(self._zone)).get_next(
-            datetime
-        )
-        return following.astimezone(UTC)
+            following = EPOCH + timedelta(microseconds=(_micros(moment - EPOCH) // step + 1) * step)
+            return following if following <= MAX_TIME else None
+        try:
+            it = _cron(self.cron or "", moment.astimezone(self._zone))
+            while True:
+                slot: datetime = it.get_next(datetime)
+                if slot > MAX_TIME:
+                    return None
+                if not _repeated(slot):
+                    return slot.astimezone(UTC)
+        except (ValueError, OverflowError, _cron_error()):
+            return None
 
     def job_for(self, slot: datetime) -> Job:
-        """A new job for `slot` (a copy of the Job, or the callable's)."""
+        """A new job for `slot`: a copy of the Job, or of what the callable returns (a
+        callable that returns one object every time makes a new job every time)."""
         source = self.job
         if isinstance(source, Job):
             return _copy(source)
-        local = slot.astimezone(self._zone)
-        made = source(local) if self._takes_slot else source()  # type: ignore[call-arg]
+        if self._is_async:
+            raise InvalidArgumentError(f"schedule {self.name!r}: its callable is async")
+        return self._checked(_called(source, self._arguments(slot)))
+
+    async def make_job(self, slot: datetime) -> Job:
+        """`job_for`, off the event loop: a sync callable runs in a thread (it may read a
+        file or a database), an async one is awaited."""
+        source = self.job
+        if isinstance(source, Job):
+            return _copy(source)
+        if self._is_async:
+            made = await source(*self._arguments(slot))  # type: ignore[misc]
+        else:
+            made = await asyncio.to_thread(_called, source, self._arguments(slot))
+        return self._checked(made)
+
+    def _arguments(self, slot: datetime) -> tuple[datetime, ...]:
+        return (slot.astimezone(self._zone),) if self._takes_slot else ()
+
+    def _checked(self, made: object) -> Job:
         if not isinstance(made, Job):
             raise InvalidArgumentError(
                 f"schedule {self.name!r}: its callable returned {type(made).__name__}, not a Job"
             )
         made._check()
-        return made
+        return _copy(made)
+
+    def same_rule(self, cron: str | None, every: timedelta | None, timezone: str) -> bool:
+        """Whether a stored definition has this rule."""
+        return (cron, every, timezone) == (self.cron, self.every, self.timezone)
 
     def _due(self, last_slot: datetime, now: datetime, most: int) -> list[datetime]:
         """Slots s with last_slot < s <= now: the latest `most` of them, oldest first."""
@@ -201,19 +260,26 @@ class Schedule:
         else:
             it = _cron(self.cron or "", now.astimezone(self._zone))
             while len(due) < most:
-                slot_at: datetime = it.get_prev(datetime)
+                try:
+                    slot_at: datetime = it.get_prev(datetime)
+                except _cron_error():  # no slot before (a rule that starts in the future)
+                    break
                 if slot_at <= last_slot:
                     break
-                if slot_at.utcoffset() != slot_at.replace(fold=0).utcoffset():
-                    continue  # the second time of a wall time the autumn change repeats
-                due.append(slot_at.astimezone(UTC))
+                if not _repeated(slot_at):
+                    due.append(slot_at.astimezone(UTC))
         due.reverse()
         return due
 
     def _period(self, slot: datetime) -> timedelta:
         if self.every is not None:
             return self.every
-        before: datetime = _cron(self.cron or "", slot.astimezone(self._zone)).get_prev(datetime)
+        try:
+            before: datetime = _cron(self.cron or "", slot.astimezone(self._zone)).get_prev(
+                datetime
+            )
+        except _cron_error():  # its first slot: as late as a slot may be
+            return timedelta(seconds=MAX_GRACE)
         return slot - before
 
     def definition(self, now: datetime) -> tuple[Any, ...]:
@@ -293,8 +359,13 @@ def _check_cron(name: str, cron: object) -> None:
         raise InvalidArgumentError(
             f"schedule {name!r}: cron must be a cron expression, got {cron!r}"
         )
-    croniter = _croniter()
-    if not croniter.is_valid(cron):
+    fields = cron.split()
+    if len(fields) != 5 and not (len(fields) == 1 and fields[0].startswith("@")):
+        raise InvalidArgumentError(
+            f"schedule {name!r}: {cron!r} is not a cron expression of five fields (minute "
+            "hour day month weekday) or an @alias such as @daily"
+        )
+    if not _croniter().is_valid(cron):
         raise InvalidArgumentError(f"schedule {name!r}: {cron!r} is not a valid cron expression")
 
 
@@ -317,12 +388,49 @@ def _check_every(name: str, every: object) -> timedelta:
 def _zone(name: str, timezone: object) -> ZoneInfo:
     if not isinstance(timezone, str) or not timezone or "\x00" in timezone:
         raise InvalidArgumentError(f"schedule {name!r}: timezone must be a name, got {timezone!r}")
+    # not "localtime" and the like: a zone every host reads the same
+    if timezone != "UTC" and timezone not in _iana_zones():
+        raise InvalidArgumentError(
+            f"schedule {name!r}: unknown timezone {timezone!r} (an IANA name, e.g. 'Europe/Paris')"
+        )
     try:
         return ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError):
         raise InvalidArgumentError(
-            f"schedule {name!r}: unknown timezone {timezone!r} (an IANA name, e.g. 'Europe/Paris')"
+            f"schedule {name!r}: timezone {timezone!r} is not installed on this host"
         ) from None
+
+
+@functools.cache
+def _iana_zones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones()) - {"localtime", "posixrules", "Factory"}
+
+
+def _is_async(source: Callable[..., Any]) -> bool:
+    call = getattr(source, "__call__", None)  # noqa: B004 (a callable object's method)
+    return inspect.iscoroutinefunction(source) or inspect.iscoroutinefunction(call)
+
+
+def _called(source: Callable[..., Any], arguments: tuple[datetime, ...]) -> object:
+    """The callable's result; what it raises, as an Exception (a SystemExit too), so that
+    it cannot end the scheduler."""
+    try:
+        made = source(*arguments)
+    except Exception:
+        raise
+    except BaseException as exc:
+        raise RuntimeError(f"the schedule's callable raised {exc!r}") from exc
+    if inspect.isawaitable(made):
+        close = getattr(made, "close", None)
+        if close is not None:
+            close()  # never awaited: not left to warn
+        raise InvalidArgumentError("the schedule's callable returned an awaitable, not a Job")
+    return made
+
+
+def _repeated(slot: datetime) -> bool:
+    """The second time of a wall time the autumn change repeats (one slot: the first)."""
+    return slot.utcoffset() != slot.replace(fold=0).utcoffset()
 
 
 _POSITIONAL = (
@@ -382,3 +490,10 @@ def _croniter() -> Any:
 
 def _cron(expression: str, start: datetime) -> Any:
     return _croniter()(expression, start)
+
+
+def _cron_error() -> type[Exception]:
+    from croniter import CroniterError
+
+    error: type[Exception] = CroniterError
+    return error

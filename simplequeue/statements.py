@@ -909,40 +909,54 @@ WHERE name = %(name)s AND worker_id = %(worker)s::uuid
 
 # -- schedules (sql/0010_schedules.sql, simplequeue/schedules.py) ------------------------
 
+_SAME_RULE = """(sc.cron IS NOT DISTINCT FROM EXCLUDED.cron
+    AND sc.every IS NOT DISTINCT FROM EXCLUDED.every AND sc.timezone = EXCLUDED.timezone)"""
+
 _SCHEDULE_ROW = """name, queue, cron, every, timezone, missed, paused, paused_at, last_slot,
     next_slot, last_job_id, last_enqueued_at, enqueued, created_at, seen_at"""
 """What `ScheduleInfo.from_row` reads, in its order."""
 
-# The schedules a worker registered, written as they are in its code. A new one starts at
-# the database's now: no slot before it was registered is due. A changed rule keeps
-# `last_slot`: the slots it passed are not enqueued again.
-REGISTER_SCHEDULES = """
+# The schedules a worker registered, written as they are in its code (in name order, as
+# every upsert of several rows). A new one starts at the database's now: no slot before it
+# was registered is due; so does a changed rule, whose slots before the change were never
+# its own (and the old rule's passed slots are not enqueued again).
+REGISTER_SCHEDULES = (
+    """
 INSERT INTO {s}.schedules AS sc (name, queue, cron, every, timezone, missed, next_slot)
 SELECT * FROM unnest(%(names)s::text[], %(queues)s::text[], %(crons)s::text[],
                      %(everys)s::interval[], %(zones)s::text[], %(missed)s::text[],
-                     %(next)s::timestamptz[])
+                     %(next)s::timestamptz[]) AS d (name, queue, cron, every, timezone,
+                                                    missed, next_slot)
+ORDER BY name
 ON CONFLICT (name) DO UPDATE SET
     queue = COALESCE(EXCLUDED.queue, sc.queue), cron = EXCLUDED.cron, every = EXCLUDED.every,
     timezone = EXCLUDED.timezone, missed = EXCLUDED.missed,
-    next_slot = CASE WHEN sc.cron IS NOT DISTINCT FROM EXCLUDED.cron
-                      AND sc.every IS NOT DISTINCT FROM EXCLUDED.every
-                      AND sc.timezone = EXCLUDED.timezone
-                     THEN sc.next_slot ELSE EXCLUDED.next_slot END,
+    last_slot = CASE WHEN """
+    + _SAME_RULE
+    + """ THEN sc.last_slot
+                     ELSE GREATEST(sc.last_slot, now()) END,
+    next_slot = CASE WHEN """
+    + _SAME_RULE
+    + """ THEN sc.next_slot ELSE EXCLUDED.next_slot END,
     seen_at = now()
 """
+)
 
 # What the enqueuer reads each round: where each of its schedules stands, and the
 # database's clock, which alone says which slots are due.
 SCHEDULES_DUE = """
-SELECT name, last_slot, now() FROM {s}.schedules WHERE name = ANY(%s) AND NOT paused
+SELECT name, last_slot, now(), cron, every, timezone
+FROM {s}.schedules WHERE name = ANY(%s) AND NOT paused
 """
 
 # A round's slots of one schedule, taken: only while `last_slot` is what the enqueuer read
 # (the row lock makes a second enqueuer wait, then find it moved) and the schedule is not
-# paused. The jobs are inserted in the same transaction.
+# paused. The jobs are inserted in the same transaction. The row shows the rule that runs:
+# the enqueuer's, when workers of two versions of the code disagree.
 TAKE_SLOTS = """
 UPDATE {s}.schedules
-SET last_slot = %(last_slot)s, next_slot = %(next_slot)s, queue = COALESCE(%(queue)s, queue)
+SET last_slot = %(last_slot)s, next_slot = %(next_slot)s, queue = COALESCE(%(queue)s, queue),
+    cron = %(cron)s, every = %(every)s, timezone = %(timezone)s, missed = %(missed)s
 WHERE name = %(name)s AND last_slot = %(seen)s AND NOT paused
 RETURNING 1
 """

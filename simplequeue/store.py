@@ -14,7 +14,7 @@ import operator
 import uuid
 from collections.abc import Callable, Collection, Generator, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from psycopg import sql
@@ -26,11 +26,21 @@ from simplequeue.errors import JobNotFoundError
 from simplequeue.fleet import QueueInfo, WorkerIdentity, WorkerInfo
 from simplequeue.job import Job
 from simplequeue.limits import QueueLimits
-from simplequeue.schedules import ScheduleInfo
+from simplequeue.schedules import Schedule, ScheduleInfo
 from simplequeue.stats import QueueSummary
 from simplequeue.validation import LATEST_TIME
 
-__all__ = ["Copy", "Lease", "Outcome", "Plan", "Result", "Run", "Store", "sqlstate"]
+__all__ = [
+    "Copy",
+    "Lease",
+    "Outcome",
+    "Plan",
+    "Result",
+    "Run",
+    "Store",
+    "StoredSchedule",
+    "sqlstate",
+]
 
 T = TypeVar("T")
 
@@ -64,6 +74,19 @@ class Outcome:
             and not self.refund
             and not self.reprocess
         )
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSchedule:
+    """Where a schedule stands, as an enqueuer reads it."""
+
+    name: str
+    last_slot: datetime
+    now: datetime
+    """The database's clock: it alone says which slots are due."""
+    cron: str | None
+    every: timedelta | None
+    timezone: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -917,27 +940,32 @@ class Store:
         }
         yield Run(self._register_schedules, params)
 
-    def schedules_due(self, names: Sequence[str]) -> Plan[list[tuple[str, datetime, datetime]]]:
-        """(name, last slot, the database's now) of each of `names` that is not paused."""
+    def schedules_due(self, names: Sequence[str]) -> Plan[list[StoredSchedule]]:
+        """Where each of `names` that is not paused stands, on the database's clock."""
         result = yield Run(self._schedules_due, [list(names)])
-        return [(row[0], row[1], row[2]) for row in result.rows]
+        return [StoredSchedule(*row) for row in result.rows]
 
     def take_slots(
         self,
-        name: str,
+        schedule: Schedule,
         seen: datetime,
         last_slot: datetime,
-        next_slot: datetime,
+        next_slot: datetime | None,
         queue: str | None,
     ) -> Plan[bool]:
         """Move the schedule past `last_slot`, when it still stands at `seen` and is not
-        paused; True when this transaction took the slots (and so enqueues them)."""
+        paused, and write its rule as `schedule` has it; True when this transaction took
+        the slots (and so enqueues them)."""
         params = {
-            "name": name,
+            "name": schedule.name,
             "seen": seen,
             "last_slot": last_slot,
             "next_slot": next_slot,
             "queue": queue,
+            "cron": schedule.cron,
+            "every": schedule.every,
+            "timezone": schedule.timezone,
+            "missed": schedule.missed,
         }
         result = yield Run(self._take_slots, params)
         return bool(result.rows)

@@ -146,6 +146,11 @@ def test_every_statement_that_waits_for_row_locks_takes_them_in_id_order() -> No
         "unpark",
         "lead",
         "resign",
+        "take_slots",  # one schedule each: by its name
+        "slots_enqueued",
+        "pause_schedule",
+        "resume_schedule",
+        "delete_schedule",
     }
     # the schema's function picks and locks them (FOR UPDATE SKIP LOCKED, under the
     # queue's advisory lock): sql/0007_fleet_limits.sql

@@ -64,3 +64,28 @@ async def test_each_slot_is_enqueued_once_while_workers_are_killed_around_slots(
     assert not gaps, f"slots missing between {gaps}"
     [info] = await queue.list_schedules()
     assert info.enqueued == len(found) and kills >= 8
+
+
+async def test_a_leader_failover_does_not_make_a_frequent_schedule_drop_slots(
+    queue: sq.SimpleQueue, dsn: str, workers: Callable[..., WorkerProcess]
+) -> None:
+    """Under missed="skip", the slots due while a dead leader's lease runs out (here
+    leader_ttl=9: a failover of 6 to 12 s) are not missed: the grace covers a failover."""
+    await queue.declare_queues(["ticks"])
+    target = "tests.worker_app:scheduled_skip"
+    first = workers("--leader-ttl", "9", target=target)
+    await eventually(lambda: leader_pid(dsn) == first.pid and len(enqueued(dsn)) >= 2, timeout=30)
+    second = workers("--leader-ttl", "9", target=target)
+    await eventually(
+        lambda: query(dsn, "SELECT 1 FROM simplequeue.workers WHERE pid = %s", [second.pid]),
+        timeout=30,
+    )
+    await asyncio.sleep(1)
+    first.kill()  # the leader dies
+    await eventually(lambda: leader_pid(dsn) == second.pid, timeout=30)
+    await asyncio.sleep(3)
+    second.terminate()
+    found = enqueued(dsn)
+    assert len(found) == len(set(found))
+    gaps = [(a, b) for a, b in itertools.pairwise(found) if b - a != timedelta(seconds=1)]
+    assert not gaps, f"slots dropped during the failover: {gaps}"

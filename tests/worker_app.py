@@ -112,3 +112,8 @@ def scheduled(queue: sq.SimpleQueue) -> None:
         every=1,
         missed="all",
     )
+
+
+def scheduled_skip(queue: sq.SimpleQueue) -> None:
+    """A schedule every second into `ticks`, under the default missed policy."""
+    queue.schedule("tick", lambda slot: sq.Job("ticks", {"slot": slot.isoformat()}), every=1)

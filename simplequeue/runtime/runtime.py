@@ -162,6 +162,7 @@ class Runtime:
             schedules,
             insert,
             leading=(lambda: True) if leadership is None else leadership.may_run_duties,
+            failover=4 / 3 * config.leader_lease,
             health=health,
         )
         self._leader_task: asyncio.Task[None] | None = None

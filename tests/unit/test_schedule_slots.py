@@ -154,7 +154,11 @@ def test_a_callable_that_returns_no_job_is_an_error() -> None:
         ({"every": 60, "timezone": "Europe/Paris"}, "cron= only"),
         ({"cron": "* * * * *", "timezone": "Mars/Olympus"}, "unknown timezone"),
         ({"cron": "* * * * *", "timezone": ""}, "timezone must be a name"),
-        ({"cron": "not cron"}, "not a valid cron expression"),
+        ({"cron": "not cron"}, "not a cron expression of five fields"),
+        ({"cron": "61 * * * *"}, "not a valid cron expression"),
+        ({"cron": "*/5 * * * * *"}, "five fields"),
+        ({"cron": "0 0 31 2 *"}, "has no slot from now on"),
+        ({"cron": "@daily", "timezone": "localtime"}, "unknown timezone"),
         ({"cron": ""}, "cron must be a cron expression"),
         ({"every": 60, "missed": "never"}, "missed must be one of skip, latest, all"),
     ],
@@ -179,3 +183,18 @@ def test_bad_definitions_are_refused(kwargs: dict[str, object], message: str) ->
 def test_bad_names_and_jobs_are_refused(name: str, source: object, message: str) -> None:
     with pytest.raises(sq.InvalidArgumentError, match=message):
         sq.Schedule.define(name, source, every=60)  # type: ignore[arg-type]
+
+
+def test_a_callable_that_exits_raises_an_error_the_scheduler_survives() -> None:
+    def leaves() -> sq.Job:
+        raise SystemExit(3)
+
+    with pytest.raises(RuntimeError, match="SystemExit"):
+        sq.Schedule.define("s", leaves, every=60).job_for(T0)
+
+
+def test_one_object_returned_every_time_makes_a_new_job_every_time() -> None:
+    shared = job()
+    schedule = sq.Schedule.define("s", lambda: shared, every=60)
+    first, second = schedule.job_for(T0), schedule.job_for(T0 + timedelta(minutes=1))
+    assert len({first.id, second.id, shared.id}) == 3 and first.data == shared.data
