@@ -19,7 +19,7 @@ from simplequeue.errors import (
 )
 from simplequeue.fleet import QueueInfo, WorkerInfo
 from simplequeue.handler import Handler
-from simplequeue.job import AttemptError, Job, JobResult, JobStatus, ProgressUpdate
+from simplequeue.job import FOREVER, AttemptError, Job, JobResult, JobStatus, ProgressUpdate
 from simplequeue.limits import QueueLimits, Rate
 from simplequeue.maintenance.janitor import JanitorReport
 from simplequeue.maintenance.reaper import ReapReport
@@ -44,6 +44,7 @@ from simplequeue.syncqueue import SyncQueue
 __version__ = "0.1.0"
 
 __all__ = [
+    "FOREVER",
     "AttemptError",
     "BackoffStrategy",
     "BlockingQueue",

@@ -19,9 +19,12 @@ __all__ = [
     "READ",
     "SOURCES",
     "Column",
+    "insert_from",
     "insert_select",
     "insert_values",
     "read_list",
+    "source_row",
+    "source_rows",
 ]
 
 
@@ -100,6 +103,9 @@ JOB_ROW: tuple[Column, ...] = (
     Column("progress", "jsonb", "progress"),
     Column("progress_message", "text", "progress_message"),
     Column("progress_at", "timestamptz", "progress_at"),
+    # How long the job's unique key stays taken from its insert (Infinity: for good; NULL:
+    # while the job is live only). The key itself is held in the unique_keys table.
+    Column("unique_for_seconds", "float8", "unique_for", insert_from="unique_for_seconds"),
     # Due later: out of the claim's way until a poller promotes it.
     Column("scheduled", "boolean", insert_as="COALESCE({run_at} > now(), false)", live_only=True),
 )
@@ -145,10 +151,31 @@ def insert_values() -> str:
 def insert_select() -> str:
     """`INSERT ... (columns) SELECT ... FROM unnest(...)` of a batch: one array parameter
     per source column, in `SOURCES`' order."""
-    arrays = ", ".join(f"%s::{c.param_type or c.sql_type}[]" for c in SOURCES)
-    names = ", ".join(c.name for c in SOURCES)
+    return insert_from(f"unnest({_arrays()}) AS t({_names()})")
+
+
+def insert_from(source: str) -> str:
+    """`INSERT ... (columns) SELECT ... FROM source`, where `source` has a column per
+    source value, named after it (`source_rows()` or `source_row()` as a CTE)."""
     value = {c.name: c.name for c in SOURCES}
-    return (
-        f"({', '.join(INSERT_COLUMNS)}) SELECT {_written(value)} "
-        f"FROM unnest({arrays}) AS t({names})"
-    )
+    return f"({', '.join(INSERT_COLUMNS)}) SELECT {_written(value)} FROM {source}"
+
+
+def source_rows() -> str:
+    """A batch's values as rows (the parameters of `insert_select()`), plus `ord`, each
+    job's place in the batch: for a statement that reads them twice."""
+    return f"SELECT * FROM unnest({_arrays()}) WITH ORDINALITY AS t({_names()}, ord)"
+
+
+def source_row() -> str:
+    """One job's values as one row (the parameters of `insert_values()`), `ord` 1."""
+    values = ", ".join(f"%({c.name})s::{c.param_type or c.sql_type} AS {c.name}" for c in SOURCES)
+    return f"SELECT {values}, 1::bigint AS ord"
+
+
+def _arrays() -> str:
+    return ", ".join(f"%s::{c.param_type or c.sql_type}[]" for c in SOURCES)
+
+
+def _names() -> str:
+    return ", ".join(c.name for c in SOURCES)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 import os
 import threading
 import time
@@ -22,6 +23,7 @@ from simplequeue.errors import InvalidJobError, QueueStateError
 from simplequeue.stopping import StopSignal
 from simplequeue.validation import (
     INT32_MAX,
+    MAX_UNIQUE_FOR,
     as_seconds,
     as_timeout,
     check_int,
@@ -31,7 +33,9 @@ from simplequeue.validation import (
 
 __all__ = [
     "DEAD_STATUSES",
+    "FOREVER",
     "AttemptError",
+    "Forever",
     "Job",
     "JobResult",
     "JobStatus",
@@ -65,6 +69,66 @@ class JobStatus(enum.StrEnum):
 
 
 DEAD_STATUSES = tuple(s.value for s in JobStatus if s.is_dead)
+
+
+class Forever(enum.Enum):
+    """The type of `FOREVER` (an enum of one member, so that type checkers know it)."""
+
+    FOREVER = "forever"
+
+    def __repr__(self) -> str:
+        return "simplequeue.FOREVER"
+
+    __str__ = __repr__
+
+
+FOREVER = Forever.FOREVER
+"""`Job(unique_key=..., unique_for=FOREVER)`: the key stays taken for good once a job
+with it was inserted (until an operator releases it), whatever became of that job."""
+
+
+def as_unique_for(value: object) -> float | Forever:
+    """How long a job's unique key stays taken: FOREVER, or seconds (a number or a
+    timedelta) from 1 microsecond (what PostgreSQL keeps of it) to a century (FOREVER
+    beyond). A bool, a string or an infinite number is refused, not guessed at."""
+    if value is FOREVER:
+        return FOREVER
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int past the float range
+            seconds = math.inf
+    else:
+        raise InvalidJobError(
+            "unique_for must be seconds (a number), a timedelta or simplequeue.FOREVER, "
+            f"got {value!r:.80}"
+        )
+    if math.isnan(seconds):
+        raise InvalidJobError(f"unique_for must be a finite number of seconds, got {value!r}")
+    if seconds <= 0:
+        raise InvalidJobError(f"unique_for must be more than zero seconds, got {value!r:.80}")
+    if seconds == math.inf and isinstance(value, float):
+        raise InvalidJobError("unique_for is infinite: for no end, pass simplequeue.FOREVER")
+    if seconds > MAX_UNIQUE_FOR:
+        raise InvalidJobError(
+            f"unique_for must be at most a century ({MAX_UNIQUE_FOR:g} seconds), got "
+            f"{value!r:.80}; for no end, pass simplequeue.FOREVER"
+        )
+    if seconds < 1e-6:
+        raise InvalidJobError(
+            f"unique_for must be 1 microsecond or more (what PostgreSQL keeps), got {value!r}"
+        )
+    return seconds
+
+
+def _read_unique_for(value: Any) -> float | Forever | None:
+    """The unique_for_seconds column as read: NULL, seconds, or Infinity (FOREVER)."""
+    if value is None or value is FOREVER:
+        return value
+    seconds = float(value)
+    return FOREVER if math.isinf(seconds) else seconds
 
 
 class _IdClock:
@@ -240,6 +304,7 @@ class Job(Generic[PayloadT]):
         "stopping",
         "timeout",
         "trace_context",
+        "unique_for",
         "unique_key",
         "updated_at",
         "worker_id",
@@ -257,9 +322,13 @@ class Job(Generic[PayloadT]):
         priority: int = 0,
         timeout: float | timedelta | None = None,
         concurrency_key: str | None = None,
+        unique_for: float | timedelta | Forever | None = None,
     ) -> None:
         self.queue = queue
         self.unique_key = unique_key
+        self.unique_for: float | Forever | None = (
+            None if unique_for is None else as_unique_for(unique_for)
+        )
         self.concurrency_key = concurrency_key
         self.fingerprint = fingerprint
         self.max_attempts = max_attempts
@@ -311,6 +380,13 @@ class Job(Generic[PayloadT]):
             check_time("run_at", self.run_at)
         if self.timeout is not None:
             as_timeout("timeout", self.timeout)
+        if self.unique_for is not None:
+            as_unique_for(self.unique_for)
+            if self.unique_key is None:
+                raise InvalidJobError(
+                    "unique_for needs a unique_key: it says how long that key stays taken "
+                    "(Job(..., unique_key='welcome:42', unique_for=timedelta(hours=1)))"
+                )
 
     def _begin_insert(self) -> bool:
         """Ready the job for an insert; True when an insert of it was sent before and may
@@ -323,6 +399,15 @@ class Job(Generic[PayloadT]):
             self._stored = self._sent = False
         sent, self._sent = self._sent, True
         return sent
+
+    @property
+    def unique_for_seconds(self) -> float | None:
+        """How long the unique key stays taken, as the insert stores it: seconds, infinity
+        for FOREVER, None when the job asks only that no two live jobs share its key."""
+        if self.unique_for is None:
+            return None
+        period = as_unique_for(self.unique_for)
+        return math.inf if isinstance(period, Forever) else period
 
     @property
     def trace_context_json(self) -> str | None:
@@ -351,6 +436,7 @@ class Job(Generic[PayloadT]):
         job.status = JobStatus(job.status)
         job.errors = _attempt_errors(job.errors)
         job.trace_context = _trace_context(job.trace_context)
+        job.unique_for = _read_unique_for(job.unique_for)
         job._sent = job._stored = True
         job.stopping = StopSignal()
         job._reporter = None  # bound by the worker that runs it

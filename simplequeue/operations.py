@@ -180,6 +180,10 @@ class Operations:
         check_key("unique_key", unique_key, required=True, error=InvalidArgumentError)
         return self.store.get_live_job_by_key(unique_key)
 
+    def release_unique_key(self, unique_key: str) -> Plan[bool]:
+        check_key("unique_key", unique_key, required=True, error=InvalidArgumentError)
+        return self.store.release_unique_key(unique_key)
+
     def cancel_job(self, job_id: uuid.UUID | str) -> Plan[bool]:
         return _then(self.store.cancel("id", as_uuid(job_id)), _one)
 

@@ -280,7 +280,8 @@ class SimpleQueue:
     async def reap(self) -> ReapReport:
         """One reaper sweep now: running jobs whose heartbeat is older than `stall_after`
         go back to pending (or end as bad_job once poison); pending jobs with no attempt
-        left end as failed. Jobs this process runs itself are left alone."""
+        left end as failed; unique keys whose period has ended are deleted. Jobs this
+        process runs itself are left alone."""
         runtime = self._runtime or self._stopping  # a stopping one still runs jobs
         own = runtime.heartbeats.runs if runtime is not None else tuple
         return await Reaper(self._pool, self._store, self.config, own_runs=own).run_once()
@@ -288,7 +289,8 @@ class SimpleQueue:
     # -- producing -------------------------------------------------------------------
 
     async def insert_job(self, job: Job, *, conn: AsyncConn | None = None) -> uuid.UUID | None:
-        """Insert one job; None when a live job already holds its unique key.
+        """Insert one job; None when a live job already holds its unique key (or, for a
+        job with `unique_for`, when an earlier job holds it still: see docs/unique.md).
 
         With `conn`, the insert joins that connection's transaction: it is rolled back
         with it, and workers see the job only once it commits. A Job object that an insert
@@ -333,6 +335,13 @@ class SimpleQueue:
         """The live (pending or running) job holding `unique_key`: the one that made an
         insert with that key return None. None when no live job holds it."""
         return await self._run(self._ops.get_job_by_unique_key(unique_key))
+
+    async def release_unique_key(self, unique_key: str) -> bool:
+        """Free a unique key held over time (`Job(unique_for=...)`) before its period ends:
+        the next insert with it is stored. True when it was still held; False when no
+        period held it (never taken so, ended, or released already). It does not touch the
+        job: while that one is live, the key stays taken, as any live job's."""
+        return await self._run(self._ops.release_unique_key(unique_key))
 
     async def cancel_job(self, job_id: uuid.UUID | str) -> bool:
         """Cancel a pending or running job. A running one ends as cancelled whatever its

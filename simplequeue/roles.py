@@ -40,6 +40,7 @@ TABLES = (
     "rate_starts",
     "leader",
     "schedules",
+    "unique_keys",
     "schema_migrations",
 )
 """Every table simplequeue creates; a role holds on each exactly what the maps below say."""
@@ -83,13 +84,22 @@ class TablePrivileges:
     columns: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
+UNIQUE_KEY_CLAIM = TablePrivileges(
+    frozenset({"SELECT", "INSERT"}),
+    {"UPDATE": ("job_id", "queue", "claimed_at", "expires_at")},
+)
+"""What an insert with `unique_for` needs of unique_keys: it inserts the key, or takes over
+an expired one (ON CONFLICT DO UPDATE reads the row and rewrites all but the key)."""
+
 PRODUCER_PRIVILEGES: dict[str, TablePrivileges] = {
     "jobs": TablePrivileges(frozenset({"SELECT"}), {"INSERT": INSERT_COLUMNS}),
     "queues": TablePrivileges(frozenset({"SELECT"})),
     "event_listeners": TablePrivileges(frozenset({"SELECT"})),
+    "unique_keys": UNIQUE_KEY_CLAIM,
 }
-"""insert_job(s) (with NOTIFY, the check that their queues are declared, and whether the
-job events have listeners) and get_job / wait_for_job on live jobs; nothing else."""
+"""insert_job(s) (with NOTIFY, the check that their queues are declared, whether the job
+events have listeners, and the claim of keys held over time) and get_job / wait_for_job
+on live jobs; nothing else."""
 
 WORKER_PRIVILEGES: dict[str, TablePrivileges] = {
     "jobs": TablePrivileges(
@@ -118,16 +128,18 @@ WORKER_PRIVILEGES: dict[str, TablePrivileges] = {
             "UPDATE": (*SCHEDULE_DEFINITION, *SCHEDULE_PROGRESS),
         },
     ),
+    "unique_keys": TablePrivileges(UNIQUE_KEY_CLAIM.table | {"DELETE"}, UNIQUE_KEY_CLAIM.columns),
 }
 """Claim, results, heartbeats, reaper; janitor (jobs → archive and DLQ, archive purge);
 handlers inserting follow-up jobs; get_job, wait_for_job, cancel, reschedule, list_dlq,
 counts; declaring its queues, its own row in workers (and forgetting dead workers');
 claiming from controlled queues (counting and recording rate-limited starts) and parking
 keys or queues for its handlers (JobResult.park); the maintenance lease (taking, renewing,
-giving up the leader row); registering its schedules and enqueuing their slots. Not:
-deleting from the DLQ, so not requeue_dlq_job for rows already moved there; not pausing,
-resuming or configuring queues, nor pausing or deleting schedules, which is for the
-schema's owner (operators)."""
+giving up the leader row); registering its schedules and enqueuing their slots; the
+reaper's deletion of expired unique keys (and so release_unique_key). Not: deleting from
+the DLQ, so not requeue_dlq_job for rows already moved there; not pausing, resuming or
+configuring queues, nor pausing or deleting schedules, which is for the schema's owner
+(operators)."""
 
 
 def validate_role_name(name: object) -> str:

@@ -60,16 +60,17 @@ EVENT_KIND = (
 was retried, a running one started; critical_failure, unprocessable and bad_job are dead."""
 
 
-def publishing(change: str, kind: str, also: str = "") -> str:
+def publishing(change: str, kind: str, also: str = "", before: str = "") -> str:
     """The change (a data-modifying statement RETURNING at least `id` and `queue`), plus one
     NOTIFY on the events channel per EVENTS_PER_NOTIFY changed rows, delivered at commit:
     a JSON array [kind, id, queue] per line, or [kind, id, null, md5 of the queue] when
     the queue's name is longer than 120 bytes once JSON-escaped (quotes, backslashes and
     control characters grow). The rows come back as the change returned them, then
     `also`'s columns, then one more. Uncorrelated sub-selects run once (InitPlans), and
-    only when a row changed."""
+    only when a row changed. `before`: CTEs the change reads ("a AS (...), "), which
+    must stand at the top level when they modify data."""
     return (
-        f"WITH changed AS ({change}) "
+        f"WITH {before}changed AS ({change}) "
         f"SELECT changed.*{also}, (SELECT count(*) FROM (SELECT pg_notify({{events}}, "
         f"string_agg((CASE WHEN octet_length(to_json(queue)::text) <= 122 "
         f"THEN json_build_array({kind}, id, queue) "
@@ -80,10 +81,12 @@ def publishing(change: str, kind: str, also: str = "") -> str:
     )
 
 
-def quiet(change: str, also: str = "") -> str:
+def quiet(change: str, also: str = "", before: str = "") -> str:
     """The change as `publishing` returns it, less the events (nobody listens to them):
     the same leading columns, so both variants read alike."""
-    return f"WITH changed AS ({change}) SELECT changed.*{also} FROM changed" if also else change
+    if also:
+        return f"WITH {before}changed AS ({change}) SELECT changed.*{also} FROM changed"
+    return f"WITH {before.removesuffix(', ')} {change}" if before else change
 
 
 # After a COPY (which cannot notify): the insert's NOTIFY and its events, from the ids and
@@ -103,6 +106,73 @@ INSERT_NOTIFY_QUIET = quiet(INSERT, also=_WAKE)
 _WAKE_ONE = ", (SELECT pg_notify(%(channel)s, %(queues)s))"
 INSERT_ONE_NOTIFY = publishing(INSERT_ONE, "'inserted'", also=_WAKE_ONE)
 INSERT_ONE_NOTIFY_QUIET = quiet(INSERT_ONE, also=_WAKE_ONE)
+
+# Inserts of jobs whose unique key stays taken for a while after their insert, or for good
+# (`unique_for`): the key is claimed by the statement that inserts the job, never read
+# first. The INSERT into unique_keys takes a key nobody holds, or takes over one whose
+# period has ended (ON CONFLICT ... WHERE, checked on the key's row once locked: of
+# concurrent inserts of one key, the first to write it holds it, and the others wait for
+# its transaction, then find it held, or take it if that transaction rolled back); only
+# the jobs whose key was won are inserted. Per key, the batch's first job decides
+# (DISTINCT ON: a statement may not claim one row twice, and a plain job first takes the
+# key as INSERT would), in key order (concurrent batches lock keys in one order). No key
+# is claimed while a live job holds it (whatever that job asked), so no key is held for a
+# job the live index then skips. The period counts from the statement's start
+# (statement_timestamp(), the database clock), not from the start of a long transaction
+# of the caller's. Jobs without `unique_for` in the same batch are inserted as by INSERT.
+_CLAIM_KEYS = """claimed AS (
+    INSERT INTO {s}.unique_keys AS k (key, job_id, queue, claimed_at, expires_at)
+    SELECT f.unique_key, f.id, f.queue, statement_timestamp(),
+           CASE WHEN f.unique_for_seconds = 'Infinity' THEN NULL
+                ELSE statement_timestamp() + make_interval(secs => f.unique_for_seconds) END
+    FROM (SELECT DISTINCT ON (t.unique_key) * FROM t WHERE t.unique_key IS NOT NULL
+          ORDER BY t.unique_key, t.ord) AS f
+    WHERE f.unique_for_seconds IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM {s}.jobs AS live WHERE live.unique_key = f.unique_key
+                      AND live.status IN ('pending', 'running'))
+    ORDER BY f.unique_key
+    ON CONFLICT (key) DO UPDATE SET job_id = EXCLUDED.job_id, queue = EXCLUDED.queue,
+        claimed_at = EXCLUDED.claimed_at, expires_at = EXCLUDED.expires_at
+    WHERE k.expires_at <= statement_timestamp()
+    RETURNING k.job_id
+), """
+_INSERT_CLAIMED = (
+    "INSERT INTO {s}.jobs "
+    + columns.insert_from("t")
+    + " WHERE t.unique_for_seconds IS NULL OR t.id IN (SELECT job_id FROM claimed)"
+    " ON CONFLICT DO NOTHING RETURNING id, queue"
+)
+_MANY = "t AS (" + columns.source_rows() + "), " + _CLAIM_KEYS
+_ONE = "t AS (" + columns.source_row() + "), " + _CLAIM_KEYS
+INSERT_UNIQUE = quiet(_INSERT_CLAIMED, before=_MANY)
+INSERT_UNIQUE_NOTIFY = publishing(_INSERT_CLAIMED, "'inserted'", also=_WAKE, before=_MANY)
+INSERT_UNIQUE_NOTIFY_QUIET = quiet(_INSERT_CLAIMED, also=_WAKE, before=_MANY)
+INSERT_ONE_UNIQUE = quiet(_INSERT_CLAIMED, before=_ONE)
+INSERT_ONE_UNIQUE_NOTIFY = publishing(_INSERT_CLAIMED, "'inserted'", also=_WAKE_ONE, before=_ONE)
+INSERT_ONE_UNIQUE_NOTIFY_QUIET = quiet(_INSERT_CLAIMED, also=_WAKE_ONE, before=_ONE)
+
+# A retry of an insert that may have landed: which of these jobs hold their key (claimed by
+# the earlier try, which stored them too), found by key.
+HOLDING_KEYS = (
+    "SELECT job_id FROM {s}.unique_keys WHERE key = ANY(%s::text[]) AND job_id = ANY(%s::uuid[])"
+)
+
+# An operator frees a key before its period ends: the next insert with it may take it
+# (while a live job holds it, the live index still refuses one). Answers whether it was
+# still held.
+RELEASE_UNIQUE_KEY = (
+    "DELETE FROM {s}.unique_keys WHERE key = %s "
+    "RETURNING expires_at IS NULL OR expires_at > statement_timestamp()"
+)
+
+# Keys whose period ended, oldest first, in a bounded batch (the reaper's): a claim takes
+# over such a row anyway, so this only keeps the table from growing. A key taken over
+# meanwhile is locked by its claim (skipped) or no longer expired once locked.
+FORGET_EXPIRED_KEYS = """
+DELETE FROM {s}.unique_keys WHERE key IN (
+    SELECT key FROM {s}.unique_keys WHERE expires_at <= statement_timestamp()
+    ORDER BY expires_at LIMIT %s FOR UPDATE SKIP LOCKED)
+"""
 
 
 # COPY writes values as they are: no COALESCE with now(), no comparison with it. A job

@@ -109,13 +109,15 @@ _SOURCE_NAMES = [c.name for c in columns.SOURCES]
 
 
 def _insert_rows(jobs: Sequence[Job]) -> list[tuple[Any, ...]]:
-    """The rows of a batch in one order, those with a unique key by it, then the others by
-    id: concurrent batches take index entries in the same order and cannot deadlock."""
-    return [_insert_row(j) for j in sorted(jobs, key=_insert_order)]
+    """The rows of a batch in one order, those with a unique key by it (the batch's first
+    job of a key first: the one a key goes to), then the others by id: concurrent batches
+    take index entries in the same order and cannot deadlock."""
+    order = sorted(range(len(jobs)), key=lambda i: _insert_order(jobs[i], i))
+    return [_insert_row(jobs[i]) for i in order]
 
 
-def _insert_order(j: Job) -> tuple[bool, str, uuid.UUID]:
-    return (j.unique_key is None, j.unique_key or "", j.id)
+def _insert_order(j: Job, place: int = 0) -> tuple[bool, str, int, uuid.UUID]:
+    return (j.unique_key is None, j.unique_key or "", place if j.unique_key else 0, j.id)
 
 
 def _array(values: Iterable[object]) -> str:
@@ -233,6 +235,15 @@ class Store:
         self._insert_one = _q(q.INSERT_ONE, schema)
         self._insert_one_notify = _q(q.INSERT_ONE_NOTIFY, schema)
         self._insert_one_notify_quiet = _q(q.INSERT_ONE_NOTIFY_QUIET, schema)
+        self._insert_unique = _q(q.INSERT_UNIQUE, schema)
+        self._insert_unique_notify = _q(q.INSERT_UNIQUE_NOTIFY, schema)
+        self._insert_unique_notify_quiet = _q(q.INSERT_UNIQUE_NOTIFY_QUIET, schema)
+        self._insert_one_unique = _q(q.INSERT_ONE_UNIQUE, schema)
+        self._insert_one_unique_notify = _q(q.INSERT_ONE_UNIQUE_NOTIFY, schema)
+        self._insert_one_unique_notify_quiet = _q(q.INSERT_ONE_UNIQUE_NOTIFY_QUIET, schema)
+        self._holding_keys = _q(q.HOLDING_KEYS, schema)
+        self._release_unique_key = _q(q.RELEASE_UNIQUE_KEY, schema)
+        self._forget_expired_keys = _q(q.FORGET_EXPIRED_KEYS, schema)
         self._stored_ids = _q(q.STORED_IDS, schema)
         self._stored_anywhere_ids = _q(q.STORED_ANYWHERE_IDS, schema)
         self._can_read_finished = _q(
@@ -347,7 +358,8 @@ class Store:
         can_copy: bool = False,
         publish: bool = True,
     ) -> Plan[set[uuid.UUID]]:
-        """Insert in one statement; returns the ids stored (a live unique key skips a job).
+        """Insert in one statement; returns the ids stored (a live unique key skips a job,
+        and so does a key taken over time, `unique_for`: claimed by the same statement).
 
         With `notify`, the same statement sends one NOTIFY naming the queues, delivered
         when the inserting transaction commits. With `retry` (an insert of some of these
@@ -361,6 +373,12 @@ class Store:
         stored: set[uuid.UUID] = set()
         if retry:
             stored = yield from self._stored_anywhere([j.id for j in jobs])
+            keyed = [j for j in jobs if j.id not in stored and j.unique_for is not None]
+            if keyed:  # stored by the earlier try, though this role may not read it now
+                result = yield Run(
+                    self._holding_keys, [[j.unique_key for j in keyed], [j.id for j in keyed]]
+                )
+                stored.update(_ids(result.rows))
             jobs = [j for j in jobs if j.id not in stored]
             if not jobs:
                 return stored
@@ -378,18 +396,14 @@ class Store:
         params: list[Any] | dict[str, Any]
         if len(jobs) == 1:  # scalars: adapting nine one-element arrays costs more than the insert
             params = dict(zip(_SOURCE_NAMES, _insert_row(jobs[0]), strict=True))
-            insert = self._insert_one
-            insert_notify = self._insert_one_notify if publish else self._insert_one_notify_quiet
             if notify:
                 params["channel"] = self.channel
                 params["queues"] = notify_payload({jobs[0].queue})
         else:
             params = [list(column) for column in zip(*_insert_rows(jobs), strict=True)]
-            insert = self._insert
-            insert_notify = self._insert_notify if publish else self._insert_notify_quiet
             if notify:
                 params += [self.channel, notify_payload({j.queue for j in jobs})]
-        result = yield Run(insert_notify if notify else insert, params)
+        result = yield Run(self._inserting(jobs, notify=notify, publish=publish), params)
         stored.update(_ids(result.rows))
         # A skipped job without a unique key has its id stored already (the same jobs
         # inserted at the same time elsewhere); on a retry, one with a key may too. A
@@ -399,6 +413,36 @@ class Store:
             result = yield Run(self._stored_ids, [missing])
             stored.update(_ids(result.rows))
         return stored
+
+    def _inserting(self, jobs: Sequence[Job], *, notify: bool, publish: bool) -> str:
+        """The INSERT for these jobs: of one job (scalar parameters) or a batch (arrays);
+        claiming keys held over time when a job asks (the others, nearly every insert, do
+        not pay for a claim of no key); with the NOTIFY, and the events when published."""
+        one = len(jobs) == 1
+        if any(j.unique_for is not None for j in jobs):
+            if one:
+                plain, loud, quiet = (
+                    self._insert_one_unique,
+                    self._insert_one_unique_notify,
+                    self._insert_one_unique_notify_quiet,
+                )
+            else:
+                plain, loud, quiet = (
+                    self._insert_unique,
+                    self._insert_unique_notify,
+                    self._insert_unique_notify_quiet,
+                )
+        elif one:
+            plain, loud, quiet = (
+                self._insert_one,
+                self._insert_one_notify,
+                self._insert_one_notify_quiet,
+            )
+        else:
+            plain, loud, quiet = self._insert, self._insert_notify, self._insert_notify_quiet
+        if not notify:
+            return plain
+        return loud if publish else quiet
 
     def _stored_anywhere(self, ids: list[uuid.UUID]) -> Plan[set[uuid.UUID]]:
         """Which of these ids are stored in jobs, the archive or the DLQ (those this role
@@ -667,6 +711,11 @@ class Store:
             row = result.first()
         return Job.from_row(row) if row else None
 
+    def release_unique_key(self, key: str) -> Plan[bool]:
+        """Free a key held over time now; True when it was still held."""
+        result = yield Run(self._release_unique_key, [key])
+        return bool(result.rows and result.rows[0][0])
+
     def get_live_job_by_key(self, unique_key: str) -> Plan[Job | None]:
         result = yield Run(self._get_live_job_by_key, [unique_key])
         row = result.first()
@@ -903,6 +952,11 @@ class Store:
         result = yield Run(self._forget_controls, {"limit": limit})
         row = result.first()
         return int(row[0]) if row else 0
+
+    def forget_expired_keys(self, limit: int = 1000) -> Plan[int]:
+        """Delete up to `limit` unique keys whose period has ended; how many."""
+        result = yield Run(self._forget_expired_keys, [limit])
+        return result.rowcount
 
     def list_workers(self) -> Plan[list[WorkerInfo]]:
         result = yield Run(self._list_workers)

@@ -127,8 +127,9 @@ class SyncQueue:
     # -- producing -------------------------------------------------------------------
 
     def insert_job(self, job: Job, *, conn: SyncConn | None = None) -> uuid.UUID | None:
-        """Insert one job; None when a live job already holds its unique key. With `conn`,
-        the insert joins that connection's transaction (see `SimpleQueue.insert_job`)."""
+        """Insert one job; None when a live job already holds its unique key (or, with
+        `unique_for`, an earlier job holds it still). With `conn`, the insert joins that
+        connection's transaction (see `SimpleQueue.insert_job`)."""
         check_sync_conn(conn)
         return self._insert(self._ops.one_job(job), conn)[0]
 
@@ -167,6 +168,11 @@ class SyncQueue:
     def get_job_by_unique_key(self, unique_key: str) -> Job | None:
         """The live (pending or running) job holding `unique_key`; None if none does."""
         return self._run(self._ops.get_job_by_unique_key(unique_key))
+
+    def release_unique_key(self, unique_key: str) -> bool:
+        """Free a unique key held over time before its period ends; True when it was still
+        held (see SimpleQueue)."""
+        return self._run(self._ops.release_unique_key(unique_key))
 
     def cancel_job(self, job_id: uuid.UUID | str) -> bool:
         """Cancel a pending or running job."""

@@ -14,6 +14,7 @@ __all__ = [
     "LATEST_TIME",
     "MAX_KEY_LENGTH",
     "MAX_TIMEOUT",
+    "MAX_UNIQUE_FOR",
     "as_seconds",
     "as_timeout",
     "check_int",
@@ -128,3 +129,8 @@ run; for none at all, leave the timeout None."""
 def as_timeout(name: str, value: Any, *, error: Error = InvalidJobError) -> float:
     """A job's or a handler's timeout: more than zero, at most MAX_TIMEOUT."""
     return as_seconds(name, value, allow_zero=False, maximum=MAX_TIMEOUT, error=error)
+
+
+MAX_UNIQUE_FOR = 100 * 365.25 * 86400.0
+"""The longest a unique key is held for a period: a century (its end, counted from the
+insert, must stay a time PostgreSQL stores and Python reads); beyond, say FOREVER."""

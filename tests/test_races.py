@@ -136,7 +136,7 @@ def test_every_statement_that_waits_for_row_locks_takes_them_in_id_order() -> No
         "progress",  # a running job's progress, by its id (and lease)
         "progress_quiet",
     }
-    # one queue, or this worker's (or server's) own row: by primary key
+    # one queue, one unique key, or this worker's (or server's) own row: by primary key
     single_key = {
         "pause_queue",
         "resume_queue",
@@ -151,6 +151,7 @@ def test_every_statement_that_waits_for_row_locks_takes_them_in_id_order() -> No
         "pause_schedule",
         "resume_schedule",
         "delete_schedule",
+        "release_unique_key",
     }
     # the schema's function picks and locks them (FOR UPDATE SKIP LOCKED, under the
     # queue's advisory lock): sql/0007_fleet_limits.sql
@@ -164,12 +165,12 @@ def test_every_statement_that_waits_for_row_locks_takes_them_in_id_order() -> No
     for name, text in statements.items():
         flat = " ".join(text.split())
         ordered = re.search(r"ORDER BY (\w+\.)?id FOR UPDATE", flat) or re.search(
-            r"ORDER BY (name|queue|queue, key) ON CONFLICT", flat
+            r"ORDER BY (name|queue|queue, key|f\.unique_key) ON CONFLICT", flat
         )
         if name in in_function:
             assert "claim_controlled(" in flat, name
         elif name in single_key:
-            by_key = r"(WHERE name = %(s|\(queue\)s|\(name\)s)|VALUES \(%\((id|name)\)s)"
+            by_key = r"(WHERE (name|key) = %(s|\(queue\)s|\(name\)s)|VALUES \(%\((id|name)\)s)"
             assert re.search(by_key, flat), name
         elif name in single_row:
             assert re.search(r"WHERE id = %(\(id\))?s", flat), name

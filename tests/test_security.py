@@ -655,3 +655,51 @@ def test_a_retry_reads_with_the_privileges_of_its_own_connection(dsn: str, roles
         assert queue.insert_job(later) == later.id  # the pool's role again: no archive read
     assert count(dsn, "id = %s", [done.id]) == 0 and count(dsn, table="archive") == 1
     assert count(dsn) == 2
+
+
+async def test_keys_held_over_time_under_the_roles(roles: Roles, dsn: str) -> None:
+    """The producer claims keys held over time (and takes over expired ones) but cannot
+    delete them; the worker's reaper forgets expired ones. A producer's retry of a job
+    archived meanwhile (which it may not read) finds it by the key it holds."""
+    from datetime import timedelta
+
+    async with sq.SimpleQueue.from_url(roles.producer_dsn) as producer:
+        first = await producer.insert_job(sq.Job("q", 1, unique_key="k", unique_for=3600))
+        assert first is not None
+        assert await producer.insert_job(sq.Job("q", 2, unique_key="k", unique_for=60)) is None
+        query(dsn, "UPDATE simplequeue.jobs SET status = 'completed' WHERE id = %s", [first])
+        query(dsn, "UPDATE simplequeue.unique_keys SET expires_at = now() - interval '1 second'")
+        again = await producer.insert_job(sq.Job("q", 3, unique_key="k", unique_for=sq.FOREVER))
+        assert again is not None
+        with pytest.raises(DENIED):
+            await producer.release_unique_key("k")
+        # a retry whose first try was stored, then archived out of the producer's sight
+        retried = sq.Job("q", 4, unique_key="r", unique_for=timedelta(days=1))
+        async with await psycopg.AsyncConnection.connect(roles.producer_dsn) as conn:
+            await producer.insert_job(retried, conn=conn)
+            await conn.commit()  # ... and the application never heard back
+        query(dsn, "UPDATE simplequeue.jobs SET status = 'completed' WHERE id = %s", [retried.id])
+        async with sq.SimpleQueue.from_url(dsn) as owner:
+            assert (await owner.run_janitor()).archived == 2
+        async with await psycopg.AsyncConnection.connect(roles.producer_dsn) as conn:
+            assert await producer.insert_job(retried, conn=conn) == retried.id
+            await conn.commit()
+    assert count(dsn, "unique_key = 'r'") == 0 and count(dsn, table="archive") == 2
+    assert_denied(
+        roles.producer_dsn,
+        [
+            "DELETE FROM simplequeue.unique_keys",
+            "UPDATE simplequeue.unique_keys SET key = 'other'",
+            "TRUNCATE simplequeue.unique_keys",
+        ],
+    )
+    query(
+        dsn,
+        "INSERT INTO simplequeue.unique_keys (key, job_id, queue, expires_at) "
+        "VALUES ('old', gen_random_uuid(), 'q', now() - interval '1 hour')",
+    )
+    async with sq.SimpleQueue.from_url(roles.worker_dsn, **FAST) as worker:
+        await worker.start()  # the leader's reaper
+        await eventually(lambda: count(dsn, "key = 'old'", table="unique_keys") == 0)
+        assert await worker.release_unique_key("k") is True
+    assert query(dsn, "SELECT key FROM simplequeue.unique_keys") == [("r",)]

@@ -93,7 +93,7 @@ def stats(window: float, as_json: bool, dsn: str, schema: str, **options: Any) -
 # -- jobs --------------------------------------------------------------------------------
 
 
-@click.group(help="List, show, cancel, reschedule and retry jobs.")
+@click.group(help="List, show, cancel, reschedule and retry jobs; release unique keys.")
 def jobs() -> None:
     pass
 
@@ -255,6 +255,24 @@ def jobs_retry(job_id: str, dsn: str, schema: str, **options: Any) -> None:
             q.retry_job(job_id),
             f"retrying {job_id}",
             f"job {job_id} is neither pending nor dead (or a live job holds its unique key)",
+        )
+
+
+@jobs.command(
+    "release-key",
+    help="Free a unique key held over time (unique_for) before its period ends: the next "
+    "insert with it is stored.",
+)
+@click.argument("unique_key")
+@_common
+def jobs_release_key(unique_key: str, dsn: str, schema: str, **options: Any) -> None:
+    _logs(options)
+    with opened(dsn, schema) as q:
+        _done(
+            q.release_unique_key(unique_key),
+            f"released unique key {unique_key}",
+            f"unique key {unique_key} is not held over time (never taken so, ended, or "
+            "released already)",
         )
 
 

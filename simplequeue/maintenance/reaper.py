@@ -23,6 +23,11 @@ __all__ = ["ReapReport", "Reaper"]
 
 MAX_DEFER_FACTOR = 10
 
+KEYS_PER_BATCH = 1000
+MAX_KEY_BATCHES = 10
+"""Expired unique keys one sweep deletes: batches of a thousand (each its own short
+transaction) until one finds fewer, ten at most; the rest wait for the next sweep."""
+
 
 @dataclass(frozen=True)
 class ReapReport:
@@ -36,11 +41,14 @@ class ReapReport:
     """Pending jobs with no attempt left, ended as failed."""
     forgotten_workers: int = 0
     """Rows of workers that died (not beaten for an hour past their expiry), deleted."""
+    expired_keys: int = 0
+    """Unique keys held for a period (`Job(unique_for=...)`) that has ended, deleted."""
 
 
 class Reaper(Sweeper):
     """Stalled running jobs → pending (attempt given back, reprocess counted), or bad_job
-    once poison; pending jobs with no attempts left → failed.
+    once poison; pending jobs with no attempts left → failed. On the way, it forgets what
+    has run its course: rows of dead workers, ended parks, expired unique keys.
 
     After trouble with the database (any of this process's connections failing) it waits
     until `stall_after` has passed without any: an outage silences every worker's
@@ -107,9 +115,17 @@ class Reaper(Sweeper):
         exhausted = len(failed)
         async with borrow(self._pool) as conn:
             forgotten = await run(conn, store.forget_workers(WORKER_FORGOTTEN_AFTER))
+            # Before the controls: each statement commits on its own, so a later step the
+            # database refuses does not keep expired keys from going.
+            expired = 0
+            for _ in range(MAX_KEY_BATCHES):
+                deleted = await run(conn, store.forget_expired_keys(KEYS_PER_BATCH))
+                expired += deleted
+                if deleted < KEYS_PER_BATCH:
+                    break
             await run(conn, store.forget_controls())
         poisoned = sum(1 for _, status in reaped if status == JobStatus.BAD_JOB)
-        report = ReapReport(len(reaped) - poisoned, poisoned, exhausted, forgotten)
+        report = ReapReport(len(reaped) - poisoned, poisoned, exhausted, forgotten, expired)
         if reaped or exhausted:
             self.log.warning(
                 "reaper: %d stalled job(s) returned to pending, %d poison job(s) ended as bad_job, "

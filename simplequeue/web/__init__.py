@@ -95,6 +95,7 @@ def create_app(
         route("/jobs/{job_id}/cancel", admin, api.cancel_job, "POST"),
         route("/jobs/{job_id}/reschedule", admin, api.reschedule_job, "POST"),
         route("/jobs/{job_id}/retry", admin, api.retry_job, "POST"),
+        route("/unique-keys/release", admin, api.release_unique_key, "POST"),
         route("/dlq", read, api.list_dlq),
         route("/dlq/requeue", admin, api.requeue_dlq, "POST"),
         route("/dlq/purge", admin, api.purge_dlq, "POST"),

@@ -24,7 +24,7 @@ from starlette.types import Receive, Send
 from starlette.types import Scope as AsgiScope
 
 from simplequeue.errors import InvalidArgumentError, InvalidJobError, JobNotFoundError
-from simplequeue.job import Job
+from simplequeue.job import FOREVER, Job
 from simplequeue.limits import Rate
 from simplequeue.operations import MAX_BULK, as_uuid
 from simplequeue.queue import SimpleQueue
@@ -58,6 +58,7 @@ JOB_FIELDS = {
     "priority",
     "timeout",
     "concurrency_key",
+    "unique_for",
 }
 
 
@@ -115,6 +116,8 @@ class Api:
         options = {k: v for k, v in body.items() if k not in ("queue", "data")}
         if options.get("run_at") is not None:
             options["run_at"] = _time("run_at", options["run_at"])
+        if options.get("unique_for") == "forever":  # JSON has no FOREVER: the word says it
+            options["unique_for"] = FOREVER
         job = Job(body["queue"], body["data"], **options)
         job_id = await self.queue.insert_job(job)
         if job_id is None:
@@ -168,6 +171,15 @@ class Api:
                 f"job {job_id} is neither pending nor dead (or a live job holds its unique key)"
             )
         return JSONResponse({"id": job_id, "retried": True})
+
+    async def release_unique_key(self, request: Request) -> Response:
+        body = await _body(request)
+        if set(body) != {"key"}:
+            raise BadRequest('the body must be {"key": "<the unique key>"}')
+        key = body["key"]
+        if not await self.queue.release_unique_key(key):
+            raise Conflict(f"unique key {key!r:.200} is not held over time")
+        return JSONResponse({"key": key, "released": True})
 
     # -- the dead-letter queue -------------------------------------------------------
 

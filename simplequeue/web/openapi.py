@@ -37,6 +37,10 @@ _TIME = {"type": "string", "format": "date-time"}
 _LIMIT = {"type": ["integer", "null"], "minimum": 1, "description": "null: no limit"}
 _RATE = {"type": ["object", "null"], "required": ["limit", "per_seconds"], "properties": {
     "limit": {"type": "integer", "minimum": 1}, "per_seconds": {"type": "number"}}}  # fmt: skip
+_UNIQUE_FOR = {
+    "oneOf": [{"type": "number", "exclusiveMinimum": 0}, {"const": "forever"}, {"type": "null"}],
+    "description": "how long the unique key stays taken from the insert: seconds, or for good",
+}
 _FILTERS = {
     "type": "object",
     "properties": {
@@ -74,6 +78,9 @@ ENDPOINTS: list[tuple[str, str, str, str, dict[str, Any]]] = [
         "responses": {"200": _ok({"type": "object"}), "409": _ERROR}}),
     ("post", "/jobs/{job_id}/retry", "admin", "A pending job due now; a dead job back with fresh attempts.", {
         "parameters": [_path("job_id")], "responses": {"200": _ok({"type": "object"}), "409": _ERROR}}),
+    ("post", "/unique-keys/release", "admin", "Free a unique key held over time (unique_for) before its period ends.", {
+        "requestBody": _json({"type": "object", "required": ["key"], "properties": {"key": {"type": "string"}}, "additionalProperties": False}),
+        "responses": {"200": _ok({"type": "object"}), "409": _ERROR}}),
     ("get", "/dlq", "read", "Dead jobs, newest first.", {
         "parameters": [_query("queue", {"type": "string"}, "only this queue"),
                        _query("status", _DEAD, "only these dead statuses", many=True),
@@ -167,6 +174,7 @@ def document() -> dict[str, Any]:
         "progress": {"description": "the latest progress reported (any JSON; null: none)"},
         "progress_message": {"type": ["string", "null"]},
         "progress_at": {"anyOf": [_TIME, {"type": "null"}]},
+        "unique_for": _UNIQUE_FOR,
     }
     return {
         "openapi": "3.1.0",
@@ -190,6 +198,7 @@ def document() -> dict[str, Any]:
                         "max_attempts": {"type": "integer", "minimum": 1},
                         "priority": {"type": "integer"},
                         "timeout": {"type": "number"},
+                        "unique_for": _UNIQUE_FOR,
                     },
                     "additionalProperties": False,
                 },

@@ -1,0 +1,18 @@
+"""Brings the queue's schema up to date again for this release's SQL migration (unique
+keys held over time, `unique_keys`): a project that ran the earlier ones has it applied
+by `migrate`. The models need no change of their own: their fields follow
+`columns.JOB_ROW`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import migrations
+
+from simplequeue.contrib.django.migrations import apply
+
+
+class Migration(migrations.Migration):
+    atomic = False  # setup() runs its migrations on its own connection, each atomically
+    dependencies: list[Any] = [("simplequeue", "0007_schedules")]
+    operations = [migrations.RunPython(apply, migrations.RunPython.noop, elidable=False)]
