@@ -315,6 +315,18 @@ async def test_a_worker_registers_and_enqueues_schedules_but_may_not_pause_them(
             await producer.list_schedules()
 
 
+async def test_the_worker_roles_reaper_sweeps_every_step(roles: Roles, dsn: str) -> None:
+    """The reaper's upkeep of the limits locks the rate windows it forgets: a worker role
+    may, so a sweep under it ends rather than failing at its last step."""
+    async with sq.SimpleQueue.from_url(dsn) as owner:
+        await owner.configure_queue("rated", rate_limit=sq.Rate(5, per=1))
+    query(dsn, "INSERT INTO simplequeue.rate_starts (queue, key, at) VALUES ('gone', '', now())")
+    async with sq.SimpleQueue.from_url(roles.worker_dsn, **FAST) as worker:
+        report = await worker.reap()
+    assert report.recovered == 0
+    assert count(dsn, table="rate_starts") == 0  # no limit counts the queue 'gone' any more
+
+
 def _later() -> Any:
     from datetime import UTC, datetime, timedelta
 
