@@ -420,3 +420,14 @@ async def test_each_write_commits_fast_only_when_asked(queue: sq.SimpleQueue, ds
     with psycopg.connect(dsn) as conn:
         assert not commits_alone(conn)
     assert count(dsn, "status = 'completed' AND result IS NOT NULL") == 2
+
+
+def test_the_example_of_the_durability_page(dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.test_docs_examples import DOCS, run, url
+
+    observe(dsn)
+    monkeypatch.setenv("DATABASE_URL", url(dsn))
+    run(["durability"], DOCS / "durability.md")
+    assert count(dsn, "status = 'completed' AND result IS NOT NULL") == 100
+    assert settings(dsn, "kind = 'completed'") == {"off"}
+    assert settings(dsn, "kind = 'insert'") == {"on"}
