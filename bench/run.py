@@ -519,11 +519,16 @@ LIMITED_KEYS = 1_000
 
 
 def _limited_case(
-    keys: int = 0, rate: int | None = None, **limits: Any
+    keys: int = 0,
+    rate: int | None = None,
+    procs: int = 2,
+    concurrency: int = 100,
+    **limits: Any,
 ) -> Callable[[Adapter, str, Sizes], Awaitable[dict[str, float]]]:
-    """The drain of drain_2x100 on a queue with fleet-wide limits (`configure_queue`;
-    `rate`: starts per second), its jobs spread over `keys` concurrency keys: what the
-    limits cost."""
+    """The drain of drain_2x100 (or of `procs` x `concurrency`) on a queue configured with
+    `configure_queue(**limits)` (fleet-wide limits, `rate`: starts per second; or a
+    durability), its jobs spread over `keys` concurrency keys: what the limits cost, what
+    fast commits gain."""
 
     async def run(adapter: Adapter, dsn: str, sizes: Sizes) -> dict[str, float]:
         import simplequeue as sq
@@ -549,8 +554,8 @@ def _limited_case(
             dsn,
             total=n,
             target=n,
-            procs=2,
-            concurrency=100,
+            procs=procs,
+            concurrency=concurrency,
             preload=preload,
             timeout=drain_timeout(n),
         ) | {"jobs": n}
@@ -636,6 +641,24 @@ WORKLOADS: tuple[Workload, ...] = (
         sq_only=True,
     ),
     Workload(
+        "durability_fast",
+        "drain 2x100, durability fast (against drain_2x100, durable)",
+        "jobs_per_s",
+        "jobs/s",
+        True,
+        _limited_case(durability="fast"),
+        sq_only=True,
+    ),
+    Workload(
+        "durability_fast_1x10",
+        "drain 1x10, durability fast (against drain_1x10, durable)",
+        "jobs_per_s",
+        "jobs/s",
+        True,
+        _limited_case(procs=1, concurrency=10, durability="fast"),
+        sq_only=True,
+    ),
+    Workload(
         "scale_pending", "drain with 1M pending", "jobs_per_s", "jobs/s", True, _scale_pending, True
     ),
     Workload(
@@ -662,6 +685,8 @@ REPORT_ROWS: tuple[tuple[str, str, str, str, bool], ...] = (
     ("drain 2x100, max_running=100", "limit_running", "jobs_per_s", "jobs/s", True),
     ("drain 2x100, 1,000 keys, 1 running per key", "limit_per_key", "jobs_per_s", "jobs/s", True),
     ("drain 2x100, rate limit (counted)", "limit_rate", "jobs_per_s", "jobs/s", True),
+    ("drain 2x100, durability fast", "durability_fast", "jobs_per_s", "jobs/s", True),
+    ("drain 1x10, durability fast", "durability_fast_1x10", "jobs_per_s", "jobs/s", True),
     ("drain, {rows} pending", "scale_pending", "jobs_per_s", "jobs/s", True),
     ("drain, {rows} finished rows", "scale_finished", "jobs_per_s", "jobs/s", True),
     ("worker peak RSS (drain 1x100)", "drain_1x100", "peak_rss_mb", "MB", False),
@@ -684,7 +709,7 @@ async def run_case(workload: Workload, system: str, admin_dsn: str, sizes: Sizes
     if workload.scale_only and not adapter.supports_scale:
         return Outcome("SKIPPED", detail="scale workloads: simplequeue and the floor only")
     if workload.sq_only and system != "sq":
-        return Outcome("SKIPPED", detail="fleet-wide limits: simplequeue only")
+        return Outcome("SKIPPED", detail="simplequeue's own features: simplequeue only")
     t0 = time.perf_counter()
     try:
         async with fresh_db(

@@ -6,6 +6,7 @@ the modules behind it are internal and may change from one release to the next."
 from simplequeue.backoff import BackoffStrategy, Custom, Exponential, Fixed, Linear
 from simplequeue.blocking import BlockingQueue
 from simplequeue.config import QueueConfig
+from simplequeue.durability import Durability
 from simplequeue.errors import (
     ConfigError,
     InvalidArgumentError,
@@ -52,6 +53,7 @@ __all__ = [
     "ConcurrencyLimit",
     "ConfigError",
     "Custom",
+    "Durability",
     "Exponential",
     "Fixed",
     "Handler",

@@ -37,6 +37,7 @@ __all__ = [
     "async_driver_for",
     "check_async_conn",
     "check_sync_conn",
+    "commits_alone",
     "run",
     "run_sync",
     "sync_driver_for",
@@ -393,6 +394,14 @@ async def run(conn: psycopg.AsyncConnection[Any], plan: Plan[T], *, atomic: bool
         return await driver.run(plan)
     async with conn.transaction():
         return await driver.run(plan)
+
+
+def commits_alone(conn: psycopg.AsyncConnection[Any] | psycopg.Connection[Any]) -> bool:
+    """A statement run on this library connection now is a transaction of its own
+    (autocommit, none open). Only there may a write commit fast (the store's plans with
+    `fast=True`): on a pool whose connections are not in autocommit, the statements of
+    one borrow share a transaction, and a fast one would take a durable one with it."""
+    return _psycopg_commits_each_statement(conn)
 
 
 def run_sync(conn: psycopg.Connection[Any], plan: Plan[T], *, atomic: bool = False) -> T:

@@ -3,6 +3,7 @@ pause and resume, and the identity this process's worker registers under."""
 
 from __future__ import annotations
 
+import enum
 import os
 import socket
 import uuid
@@ -11,6 +12,7 @@ from datetime import datetime
 from importlib import metadata
 from typing import Any
 
+from simplequeue.durability import Durability
 from simplequeue.limits import QueueLimits, Rate
 
 __all__ = ["QueueInfo", "WorkerIdentity", "WorkerInfo", "jsonable", "library_version"]
@@ -48,13 +50,16 @@ class QueueInfo:
     """No job of it starts before then (a job without a concurrency key parked it)."""
     workers: int = 0
     """Live workers that handle it."""
+    durability: Durability = Durability.DURABLE
+    """How workers commit their own writes for its jobs (`configure_queue()`;
+    docs/durability.md)."""
 
     @classmethod
     def from_row(cls, row: Any) -> QueueInfo:
         """From the columns of `statements._QUEUE_ROW` (and a count of workers after them)."""
         name, paused, paused_at, paused_until, paused_by, reason, first, last = row[:8]
         max_running, per_key, rate, period, rate_per_key, period_per_key, fair = row[8:15]
-        parked_until, *workers = row[15:]
+        parked_until, durability, *workers = row[15:]
         return cls(
             name,
             paused,
@@ -73,6 +78,7 @@ class QueueInfo:
             ),
             parked_until=parked_until,
             workers=workers[0] if workers else 0,
+            durability=Durability(durability),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -146,5 +152,7 @@ def jsonable(info: Any) -> dict[str, Any]:
             value = list(value)
         elif isinstance(value, QueueLimits):
             value = value.to_dict()
+        elif isinstance(value, enum.Enum):
+            value = value.value
         values[name] = value
     return values

@@ -16,6 +16,7 @@ from typing import Any, Protocol, TypeVar
 from simplequeue import tracing
 from simplequeue.audience import Audience
 from simplequeue.config import MAX_SETTING_SECONDS, QueueConfig
+from simplequeue.durability import Durability, check_durability
 from simplequeue.errors import InvalidArgumentError, InvalidJobError, UnknownQueueError
 from simplequeue.fleet import QueueInfo, WorkerInfo
 from simplequeue.job import Job, JobStatus
@@ -295,9 +296,11 @@ class Operations:
         check_key("queue", name, required=True, error=InvalidArgumentError)
         return self.store.resume_queue(name)
 
-    def configure_queue(self, name: str, limits: QueueLimits) -> Plan[QueueInfo]:
+    def configure_queue(
+        self, name: str, limits: QueueLimits, durability: object = Durability.DURABLE
+    ) -> Plan[QueueInfo]:
         check_key("queue", name, required=True, error=InvalidArgumentError)
-        return self.store.configure_queue(name, limits)
+        return self.store.configure_queue(name, limits, check_durability(durability))
 
     def park(self, name: str, until: datetime, key: str | None) -> Plan[None]:
         check_key("queue", name, required=True, error=InvalidArgumentError)

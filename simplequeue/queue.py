@@ -20,6 +20,7 @@ from simplequeue.backoff import BackoffStrategy
 from simplequeue.config import QueueConfig
 from simplequeue.connections import borrow, owned_pool_settings
 from simplequeue.drivers import PsycopgAsync, async_driver_for, check_async_conn, run
+from simplequeue.durability import Durability
 from simplequeue.errors import InvalidArgumentError, JobNotFoundError, QueueStateError
 from simplequeue.fleet import QueueInfo, WorkerIdentity, WorkerInfo
 from simplequeue.handler import Handler
@@ -497,15 +498,24 @@ class SimpleQueue:
         rate_limit: Rate | None = None,
         rate_limit_per_key: Rate | None = None,
         fair: bool = False,
+        durability: Durability | str = Durability.DURABLE,
     ) -> QueueInfo:
-        """Set the queue's fleet-wide limits, for every process (None: no limit; each call
-        sets them all). `max_running`: jobs of the queue running at once across the fleet;
-        `max_running_per_key`: per concurrency key (`Job(concurrency_key=...)`);
+        """Set the queue's fleet-wide limits and durability, for every process (None: no
+        limit; each call sets them all). `max_running`: jobs of the queue running at once
+        across the fleet; `max_running_per_key`: per concurrency key
+        (`Job(concurrency_key=...)`);
         `rate_limit` / `rate_limit_per_key`: job starts per window (`Rate(n, per=...)`);
         `fair`: claims take the next job of each key in turn, not the biggest key's first.
-        Enforced by the claim itself; workers follow within a second."""
+        Enforced by the claim itself; workers follow within a second.
+
+        `durability` (`Durability.DURABLE`, the default, or `Durability.FAST`, or their
+        values "durable" and "fast"): how workers commit their own writes for the queue's
+        jobs. Fast returns before the WAL reaches the disk: a crash of the server may lose
+        the last few hundred milliseconds of them, and those jobs run again; inserts
+        stay durable (docs/durability.md). Part of "each call sets them all": a call
+        that leaves it out makes the queue durable again, the safe side."""
         limits = QueueLimits(max_running, max_running_per_key, rate_limit, rate_limit_per_key, fair)
-        return await self._run(self._ops.configure_queue(name, limits))
+        return await self._run(self._ops.configure_queue(name, limits, durability))
 
     async def park(self, name: str, until: datetime, key: str | None = None) -> None:
         """No job of the queue (of its concurrency `key`, when given) starts before `until`,

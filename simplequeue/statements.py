@@ -10,6 +10,7 @@ job changes nothing. Column lists come from `columns.JOB_ROW`.
 from __future__ import annotations
 
 from simplequeue import columns
+from simplequeue.durability import Durability
 from simplequeue.job import DEAD_STATUSES, MAX_ATTEMPT_ERRORS
 
 _READ = columns.read_list()
@@ -224,6 +225,20 @@ def with_error(error: str, status: str, *, nullable: bool = True) -> str:
     return f"CASE WHEN {error} IS NULL THEN j.errors ELSE {appended} END" if nullable else appended
 
 
+def fast_commit(fast: str) -> str:
+    """A column for a worker's write's RETURNING list: when the bound boolean `fast` is
+    true, it turns synchronous_commit off for the write's own transaction (set_config's
+    is_local), which then commits without waiting for its WAL to reach the disk (the
+    queue is fast: docs/durability.md). NULL otherwise, the session's setting untouched.
+
+    Evaluated for every row the write changes, so a write that changed a row commits
+    fast; one that changed none committed nothing to lose. The library's connections
+    run each such statement as a transaction of its own (autocommit): the runtime asks
+    for fast only there (`drivers.commits_alone`), never for a write that also changes
+    a durable queue's jobs."""
+    return f"CASE WHEN {fast}::boolean THEN set_config('synchronous_commit', 'off', true) END"
+
+
 # Jobs of these queues a claim could take now, or right after a promotion (not those of
 # a paused or parked queue, or of a parked key): what `drain()` waits to see run out.
 COUNT_DUE = (
@@ -242,25 +257,35 @@ WHERE status = 'pending' AND queue = ANY(%s::text[]) AND run_at <= now()
 
 # Promotes scheduled jobs that have come due, so that the claim finds them: a bounded
 # batch of the queues the poller claims from, read in jobs_scheduled's order (per queue,
-# the earliest first), so it stops after `limit` rows however many have come due.
-PROMOTE = """
-UPDATE {s}.jobs AS j SET scheduled = false
-FROM (
-    SELECT id FROM {s}.jobs
-    WHERE status = 'pending' AND scheduled AND queue = ANY(%(queues)s::text[])
-      AND run_at <= now()
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-) AS due
-WHERE j.id = due.id
+# the earliest first), so it stops after `limit` rows however many have come due. One
+# row back, how many.
+PROMOTE = (
+    """
+WITH promoted AS (
+    UPDATE {s}.jobs AS j SET scheduled = false
+    FROM (
+        SELECT id FROM {s}.jobs
+        WHERE status = 'pending' AND scheduled AND queue = ANY(%(queues)s::text[])
+          AND run_at <= now()
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) AS due
+    WHERE j.id = due.id
+    RETURNING """
+    + fast_commit("%(fast)s")
+    + """
+)
+SELECT count(*) FROM promoted
 """
+)
 
 
 # heartbeat_at takes clock_timestamp(), not now(): a claim (or a beat) that waited on a lock
 # would otherwise stamp the time it started waiting, and the reaper would take the job at once.
 def _claiming(candidates: str) -> str:
     """The claim's one UPDATE: the jobs `candidates` (a CTE of ids) names become running
-    under a new lease, for the worker, attempt counted; the rows come back to read."""
+    under a new lease, for the worker, attempt counted; the rows come back to read (and,
+    after them, `fast_commit`: the claim's transaction is fast when its queues are)."""
     return (
         f"WITH candidates AS ({candidates}) "
         """
@@ -270,7 +295,11 @@ SET status = 'running', attempt = jobs.attempt + 1, lease = jobs.lease + 1,
     progress = NULL, progress_message = NULL, progress_at = NULL
 FROM candidates
 WHERE jobs.id = candidates.id
-RETURNING """ + columns.read_list("jobs.", claimed=True)
+RETURNING """
+        + columns.read_list("jobs.", claimed=True)
+        + ", "
+        + fast_commit("%(fast)s")
+        + " AS fast_commit"
     )
 
 
@@ -315,9 +344,20 @@ CLAIM_CONTROLLED = _claiming(
 CLAIM_CONTROLLED_QUIET = CLAIM_CONTROLLED
 CLAIM_CONTROLLED = publishing(CLAIM_CONTROLLED, "'started'")
 
-# Which of these queues the plain claim skips for being controlled (or having parked keys).
-CONTROLLED_QUEUES = (
-    "SELECT name FROM {s}.queues AS q WHERE name = ANY(%s::text[]) AND " + controlled_now("q.")
+# Of these queues, those the plain claim skips for being controlled (or having parked
+# keys), and those whose writes commit fast: what a worker reads once a second. A queue
+# that is neither costs no row.
+_FAST = f"q.durability = '{Durability.FAST.value}'"
+QUEUE_CONTROLS = (
+    "SELECT name, "
+    + controlled_now("q.")
+    + ", "
+    + _FAST
+    + " FROM {s}.queues AS q WHERE name = ANY(%s::text[]) AND ("
+    + controlled_now("q.")
+    + " OR "
+    + _FAST
+    + ")"
 )
 
 # Result writes lock their rows in a sub-select that skips rows another transaction holds
@@ -330,7 +370,8 @@ CONTROLLED_QUEUES = (
 # A handler's returned values travel as a third array of JSON text, NULL when no job of
 # the batch returned one (unnest pads a NULL array with NULLs): plain completions, most of
 # them, send nothing more.
-COMPLETE = """
+COMPLETE = (
+    """
 UPDATE {s}.jobs AS j
 SET status = 'completed', completed_at = now(), heartbeat_at = NULL, updated_at = now(),
     result = locked.result::jsonb
@@ -342,8 +383,11 @@ FROM (
     FOR UPDATE OF jobs SKIP LOCKED
 ) AS locked
 WHERE j.id = locked.id
-RETURNING j.id, j.queue
+RETURNING j.id, j.queue, """
+    + fast_commit("%s")
+    + """ AS fast_commit
 """
+)
 COMPLETE_QUIET = COMPLETE
 COMPLETE = publishing(COMPLETE, "'completed'")
 
@@ -375,7 +419,9 @@ FROM (
     FOR UPDATE OF jobs SKIP LOCKED
 ) AS r
 WHERE j.id = r.id
-RETURNING j.id, j.queue, j.status
+RETURNING j.id, j.queue, j.status, """
+    + fast_commit("%s")
+    + """ AS fast_commit
 """
 )
 WRITE_OUTCOMES_QUIET = WRITE_OUTCOMES
@@ -385,7 +431,8 @@ WRITE_OUTCOMES = publishing(WRITE_OUTCOMES, EVENT_KIND.format(status="status"))
 # transaction) must not block the beats of all the others; it is beaten next interval.
 # The ids returned are read from the snapshot, locked or not: still running under the lease.
 # Never waiting on a lock, a beat cannot deadlock with a result write either.
-HEARTBEAT = """
+HEARTBEAT = (
+    """
 WITH mine AS (
     SELECT j.id, j.lease FROM {s}.jobs AS j
     JOIN unnest(%s::uuid[], %s::int[]) AS b(id, lease) ON j.id = b.id AND j.lease = b.lease
@@ -397,18 +444,26 @@ WITH mine AS (
     FOR UPDATE OF j SKIP LOCKED
 ), beaten AS (
     UPDATE {s}.jobs AS j SET heartbeat_at = clock_timestamp() FROM beatable WHERE j.id = beatable.id
+    RETURNING """
+    + fast_commit("%s")
+    + """
 )
 SELECT id, lease FROM mine
 """
+)
 
 # A running attempt's progress, fenced by its lease like every write to a running job; it
 # waits for a row lock rather than skipping it (one row, one statement: no deadlock).
-PROGRESS = """
+PROGRESS = (
+    """
 UPDATE {s}.jobs SET progress = %(progress)s::jsonb, progress_message = %(message)s,
     progress_at = now()
 WHERE id = %(id)s AND lease = %(lease)s AND status = 'running'
-RETURNING id, queue
+RETURNING id, queue, """
+    + fast_commit("%(fast)s")
+    + """ AS fast_commit
 """
+)
 PROGRESS_QUIET = PROGRESS
 PROGRESS = publishing(PROGRESS, "'progress'")
 
@@ -730,7 +785,8 @@ _QUEUE_ROW = (
     + paused_now("")
     + ", paused_at, paused_until, paused_by, pause_reason, first_seen, last_seen, "
     "max_running, max_running_per_key, rate_limit, rate_period, rate_limit_per_key, "
-    "rate_period_per_key, fair, CASE WHEN parked_until > now() THEN parked_until END"
+    "rate_period_per_key, fair, CASE WHEN parked_until > now() THEN parked_until END, "
+    "durability"
 )
 """What `QueueInfo.from_row` reads (and `LIST_QUEUES` a count of workers after it)."""
 
@@ -749,21 +805,24 @@ RETURNING """
     + _QUEUE_ROW
 )
 
-# Every limit at once (None lifts it); the NOTIFY wakes idle workers, which may start
-# more now. Workers see the new limits at their next claim.
+# Every limit at once (None lifts it), and the durability; the NOTIFY wakes idle workers,
+# which may start more now. Workers see the new limits at their next claim, the
+# durability within a second.
 CONFIGURE_QUEUE = (
     """
 WITH configured AS (
     INSERT INTO {s}.queues AS q (name, max_running, max_running_per_key, rate_limit,
-                                 rate_period, rate_limit_per_key, rate_period_per_key, fair)
+                                 rate_period, rate_limit_per_key, rate_period_per_key, fair,
+                                 durability)
     VALUES (%(name)s, %(max_running)s, %(max_running_per_key)s, %(rate_limit)s,
-            %(rate_period)s, %(rate_limit_per_key)s, %(rate_period_per_key)s, %(fair)s)
+            %(rate_period)s, %(rate_limit_per_key)s, %(rate_period_per_key)s, %(fair)s,
+            %(durability)s)
     ON CONFLICT (name) DO UPDATE SET
         max_running = EXCLUDED.max_running, max_running_per_key = EXCLUDED.max_running_per_key,
         rate_limit = EXCLUDED.rate_limit, rate_period = EXCLUDED.rate_period,
         rate_limit_per_key = EXCLUDED.rate_limit_per_key,
         rate_period_per_key = EXCLUDED.rate_period_per_key, fair = EXCLUDED.fair,
-        last_seen = now()
+        durability = EXCLUDED.durability, last_seen = now()
     RETURNING """
     + _QUEUE_ROW
     + """
@@ -773,10 +832,11 @@ SELECT configured.*, pg_notify(%(channel)s, %(queues)s) FROM configured
 )
 
 
-def _parking(parks: str) -> str:
+def _parking(parks: str, returning: str = "") -> str:
     """Park what `parks` (a select of queue, key, until) names: a key until then, or the
     whole queue where the key is NULL. A park never ends sooner than one under way: two
-    handlers told to wait by the same service keep the later time."""
+    handlers told to wait by the same service keep the later time. `returning`: a
+    RETURNING clause of the last INSERT, which writes a row for every park."""
     return (
         f"WITH parks AS ({parks}), "
         """keyed AS (
@@ -795,7 +855,7 @@ ON CONFLICT (name) DO UPDATE SET
                         THEN GREATEST(q.parked_until, EXCLUDED.parked_until)
                         ELSE EXCLUDED.parked_until END,
     keys_parked_until = GREATEST(q.keys_parked_until, EXCLUDED.keys_parked_until)
-"""
+""" + returning
     )
 
 
@@ -805,11 +865,14 @@ PARK = _parking(
 )
 
 # Handlers' parks (JobResult.park): of each run still the job's, its key (its queue when it
-# has none). Written before the runs' outcomes, so no job of the key starts in between.
+# has none). Written before the runs' outcomes, so no job of the key starts in between;
+# fast with them when their queue is (the park's WAL precedes theirs: a crash that loses
+# the park loses the outcome too, and the job, run again, parks again).
 PARK_RUNS = _parking(
     "SELECT j.queue, j.concurrency_key AS key, r.until FROM {s}.jobs AS j "
     "JOIN unnest(%s::uuid[], %s::int[], %s::timestamptz[]) AS r(id, lease, until) "
-    "ON j.id = r.id AND j.lease = r.lease WHERE j.status = 'running'"
+    "ON j.id = r.id AND j.lease = r.lease WHERE j.status = 'running'",
+    returning="RETURNING " + fast_commit("%s"),
 )
 
 # Lifts a park (of the queue, or of one key): its jobs may start at once, the job whose

@@ -22,6 +22,7 @@ from psycopg import sql
 from simplequeue import columns
 from simplequeue import statements as q
 from simplequeue.config import events_channel, notify_channel
+from simplequeue.durability import Durability
 from simplequeue.errors import JobNotFoundError
 from simplequeue.fleet import QueueInfo, WorkerIdentity, WorkerInfo
 from simplequeue.job import Job
@@ -35,6 +36,7 @@ __all__ = [
     "Lease",
     "Outcome",
     "Plan",
+    "QueueControls",
     "Result",
     "Run",
     "Store",
@@ -65,6 +67,9 @@ class Outcome:
     park_until: datetime | None = None
     """Park the job's concurrency key (its queue, without one) until then."""
     result: str | None = None
+    queue: str | None = None
+    """The job's queue, set by the executor: whether its queue is fast decides how the
+    write commits (None: durably)."""
 
     @property
     def is_plain_success(self) -> bool:
@@ -87,6 +92,16 @@ class StoredSchedule:
     cron: str | None
     every: timedelta | None
     timezone: str
+
+
+@dataclass(frozen=True, slots=True)
+class QueueControls:
+    """What a worker reads of its queues' rows once a second (`Store.queue_controls`)."""
+
+    controlled: frozenset[str]
+    """Claimed by claim_controlled only: limited, fair, or with parked keys."""
+    fast: frozenset[str]
+    """Their writes commit fast (`Durability.FAST`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,7 +274,7 @@ class Store:
         self._claim_quiet = _q(q.CLAIM_QUIET, schema)
         self._claim_controlled = _q(q.CLAIM_CONTROLLED, schema)
         self._claim_controlled_quiet = _q(q.CLAIM_CONTROLLED_QUIET, schema)
-        self._controlled_queues = _q(q.CONTROLLED_QUEUES, schema)
+        self._queue_controls = _q(q.QUEUE_CONTROLS, schema)
         self._configure_queue = _q(q.CONFIGURE_QUEUE, schema)
         self._park = _q(q.PARK, schema)
         self._park_runs = _q(q.PARK_RUNS, schema)
@@ -486,14 +501,23 @@ class Store:
         worker: uuid.UUID | None = None,
         *,
         publish: bool = True,
+        fast: bool = False,
     ) -> Plan[list[Job]]:
         """Claim up to `total` due jobs, at most `limits[i]` of `queues[i]`, in one statement,
-        for `worker`; paused queues are skipped.
+        for `worker`; paused queues are skipped. `fast`: its transaction commits without
+        waiting for the WAL flush (every one of `queues` is fast, and the statement runs
+        as a transaction of its own).
 
         The data comes back as JSON text, decoded per job by its executor: one payload that
         Python cannot decode must fail its own job, not the whole batch.
         """
-        params = {"queues": list(queues), "limits": list(limits), "total": total, "worker": worker}
+        params = {
+            "queues": list(queues),
+            "limits": list(limits),
+            "total": total,
+            "worker": worker,
+            "fast": fast,
+        }
         result = yield Run(self._claim if publish else self._claim_quiet, params)
         return [Job.from_row(row[:_READ_WIDTH], encoded=True) for row in result.rows]
 
@@ -504,24 +528,32 @@ class Store:
         worker: uuid.UUID | None = None,
         *,
         publish: bool = True,
+        fast: bool = False,
     ) -> Plan[list[Job]]:
         """Claim from controlled queues (fleet-wide limits, fairness, parked keys): at most
-        `limits[i]` of `queues[i]`, within what their limits allow now."""
-        params = {"queues": list(queues), "limits": list(limits), "worker": worker}
+        `limits[i]` of `queues[i]`, within what their limits allow now. `fast`: as for
+        `claim`."""
+        params = {"queues": list(queues), "limits": list(limits), "worker": worker, "fast": fast}
         result = yield Run(
             self._claim_controlled if publish else self._claim_controlled_quiet, params
         )
         return [Job.from_row(row[:_READ_WIDTH], encoded=True) for row in result.rows]
 
-    def controlled_queues(self, queues: Sequence[str]) -> Plan[set[str]]:
-        """Which of these queues only `claim_controlled` claims from now."""
-        result = yield Run(self._controlled_queues, [list(queues)])
-        return {str(row[0]) for row in result.rows}
+    def queue_controls(self, queues: Sequence[str]) -> Plan[QueueControls]:
+        """Which of these queues only `claim_controlled` claims from now, and which are fast."""
+        result = yield Run(self._queue_controls, [list(queues)])
+        return QueueControls(
+            controlled=frozenset(str(row[0]) for row in result.rows if row[1]),
+            fast=frozenset(str(row[0]) for row in result.rows if row[2]),
+        )
 
-    def promote_due(self, queues: Sequence[str], limit: int) -> Plan[int]:
-        """Make up to `limit` scheduled jobs of `queues` that have come due claimable."""
-        result = yield Run(self._promote, {"queues": list(queues), "limit": limit})
-        return result.rowcount
+    def promote_due(self, queues: Sequence[str], limit: int, *, fast: bool = False) -> Plan[int]:
+        """Make up to `limit` scheduled jobs of `queues` that have come due claimable
+        (`fast`: committed without waiting for the WAL flush, as a claim of them)."""
+        params = {"queues": list(queues), "limit": limit, "fast": fast}
+        result = yield Run(self._promote, params)
+        row = result.first()
+        return int(row[0]) if row else 0
 
     def count_due(self, queues: Sequence[str]) -> Plan[int]:
         """Pending jobs of `queues` that are due and may still be claimed."""
@@ -530,14 +562,16 @@ class Store:
         return int(row[0]) if row else 0
 
     def write_outcomes(
-        self, outcomes: Sequence[Outcome], *, publish: bool = True
+        self, outcomes: Sequence[Outcome], *, publish: bool = True, fast: bool = False
     ) -> Plan[set[uuid.UUID]]:
         """Apply a batch of results, fenced by lease; returns the ids it changed.
 
         Plain successes, most of any batch, go in a statement of their own that needs
         only ids and leases: adapting eight arrays per batch costs more than the query.
         Their results travel as a third array only when one of them has a result (NULL
-        otherwise, which unnest reads as no result for any).
+        otherwise, which unnest reads as no result for any). `fast`: each statement
+        commits without waiting for the WAL flush (every outcome's queue is fast, and each
+        statement runs as a transaction of its own).
         """
         done: list[Outcome] = []
         rest: list[Outcome] = []
@@ -546,7 +580,7 @@ class Store:
         changed: set[uuid.UUID] = set()
         parks = [o for o in rest if o.park_until is not None]
         if parks:  # before the outcomes: the key's next jobs must not start in between
-            yield from self.park_runs(parks)
+            yield from self.park_runs(parks, fast=fast)
         if done:
             results = [o.result for o in done]
             result = yield Run(
@@ -555,6 +589,7 @@ class Store:
                     _array(o.job_id for o in done),
                     _array(o.lease for o in done),
                     results if any(r is not None for r in results) else None,
+                    fast,
                 ],
             )
             changed.update(row[0] for row in result.rows)
@@ -570,15 +605,16 @@ class Store:
                     [o.delay for o in rest],
                     [o.not_before for o in rest],
                     [storable_error(o.error) for o in rest],
+                    fast,
                 ],
             )
             changed.update(row[0] for row in result.rows)
         return changed
 
-    def park_runs(self, outcomes: Sequence[Outcome]) -> Plan[None]:
+    def park_runs(self, outcomes: Sequence[Outcome], *, fast: bool = False) -> Plan[None]:
         """Park the key (or queue) of each run that is still its job's, until its time."""
         runs = [[o.job_id for o in outcomes], [o.lease for o in outcomes]]
-        yield Run(self._park_runs, [*runs, [o.park_until for o in outcomes]])
+        yield Run(self._park_runs, [*runs, [o.park_until for o in outcomes], fast])
 
     def set_progress(
         self,
@@ -588,19 +624,30 @@ class Store:
         message: str | None,
         *,
         publish: bool = True,
+        fast: bool = False,
     ) -> Plan[bool]:
         """Record a running attempt's progress (JSON text, checked), fenced by its lease:
-        False when this run no longer holds the job, and nothing changed."""
-        params = {"id": job_id, "lease": lease, "progress": progress, "message": message}
+        False when this run no longer holds the job, and nothing changed. `fast`: commits
+        without waiting for the WAL flush."""
+        params = {
+            "id": job_id,
+            "lease": lease,
+            "progress": progress,
+            "message": message,
+            "fast": fast,
+        }
         result = yield Run(self._progress if publish else self._progress_quiet, params)
         return bool(result.rows)
 
-    def heartbeat(self, beats: Sequence[tuple[uuid.UUID, int]]) -> Plan[set[tuple[uuid.UUID, int]]]:
-        """Beat every job a worker runs in one statement.
+    def heartbeat(
+        self, beats: Sequence[tuple[uuid.UUID, int]], *, fast: bool = False
+    ) -> Plan[set[tuple[uuid.UUID, int]]]:
+        """Beat every job a worker runs in one statement (`fast`: committed without waiting
+        for the WAL flush).
 
         Returns the (id, lease) pairs still running; the others were cancelled or reaped.
         """
-        result = yield Run(self._heartbeat, [[b[0] for b in beats], [b[1] for b in beats]])
+        result = yield Run(self._heartbeat, [[b[0] for b in beats], [b[1] for b in beats], fast])
         return {(row[0], row[1]) for row in result.rows}
 
     def running_runs(
@@ -869,10 +916,13 @@ class Store:
         result = yield Run(self._pause_queue, params)
         return QueueInfo.from_row(result.rows[0])
 
-    def configure_queue(self, name: str, limits: QueueLimits) -> Plan[QueueInfo]:
+    def configure_queue(
+        self, name: str, limits: QueueLimits, durability: Durability
+    ) -> Plan[QueueInfo]:
         params = {
             "name": name,
             **limits.params(),
+            "durability": durability.value,
             "channel": self.channel,
             "queues": notify_payload({name}),
         }

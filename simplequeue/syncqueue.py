@@ -22,6 +22,7 @@ from psycopg_pool import ConnectionPool
 from simplequeue.config import QueueConfig
 from simplequeue.connections import borrow_sync, owned_pool_settings
 from simplequeue.drivers import PsycopgSync, SyncDriver, check_sync_conn, sync_driver_for
+from simplequeue.durability import Durability
 from simplequeue.errors import InvalidArgumentError, JobNotFoundError
 from simplequeue.fleet import QueueInfo, WorkerInfo
 from simplequeue.job import Job, JobStatus
@@ -316,10 +317,11 @@ class SyncQueue:
         rate_limit: Rate | None = None,
         rate_limit_per_key: Rate | None = None,
         fair: bool = False,
+        durability: Durability | str = Durability.DURABLE,
     ) -> QueueInfo:
-        """Set the queue's fleet-wide limits (see SimpleQueue)."""
+        """Set the queue's fleet-wide limits and durability (see SimpleQueue)."""
         limits = QueueLimits(max_running, max_running_per_key, rate_limit, rate_limit_per_key, fair)
-        return self._run(self._ops.configure_queue(name, limits))
+        return self._run(self._ops.configure_queue(name, limits, durability))
 
     def park(self, name: str, until: datetime, key: str | None = None) -> None:
         """No job of the queue (or of its `key`) starts before `until` (see SimpleQueue)."""

@@ -35,8 +35,8 @@ async def test_an_idle_claim_reads_what_is_due_not_what_waits(
     await queue.insert_jobs([sq.Job("q", n, run_at=later) for n in range(BACKLOG)])
     query(dsn, "VACUUM ANALYZE simplequeue.jobs")
     store = Store(queue.schema)
-    claim = {"queues": ["q"], "limits": [100], "total": 100, "worker": None}
-    promote = {"queues": ["q"], "limit": 1000}
+    claim = {"queues": ["q"], "limits": [100], "total": 100, "worker": None, "fast": False}
+    promote = {"queues": ["q"], "limit": 1000, "fast": False}
     assert buffers(dsn, store.statements()["claim"], claim) < 20
     assert buffers(dsn, store.statements()["promote"], promote) < 20
     # a few come due: the promotion and the claim read those, not the backlog

@@ -470,13 +470,18 @@ def test_a_read_token_is_told_it_may_not_pause(page: Page, dsn: str) -> None:
 
 def test_a_queues_limits_and_park_are_shown(page: Page, dsn: str) -> None:
     with sq.SyncQueue.from_url(dsn) as queue:
-        queue.configure_queue("partner", max_running=3, rate_limit=sq.Rate(10, per=1), fair=True)
+        queue.configure_queue(
+            "partner", max_running=3, rate_limit=sq.Rate(10, per=1), fair=True, durability="fast"
+        )
         queue.park("partner", datetime.now(UTC) + timedelta(hours=1))
+        queue.configure_queue("plain")
     page.sign_in(ADMIN)
     page.wait(lambda: page.queue_row("partner"), "queue partner")
     shown = page.queue_cell("partner", "td.limits")
-    for part in ("≤3 running", "10/1s", "fair", "parked until"):
+    for part in ("≤3 running", "10/1s", "fair", "fast commits", "parked until"):
         assert part in shown
+    page.wait(lambda: page.queue_row("plain"), "queue plain")
+    assert page.queue_cell("plain", "td.limits") == "—"  # durable: nothing to say
 
 
 def test_schedules_are_listed_and_paused_from_the_dashboard(

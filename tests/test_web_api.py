@@ -578,12 +578,16 @@ async def test_limits_and_parks_over_http(client: httpx.AsyncClient, dsn: str) -
         "rate_limit": {"limit": 10, "per_seconds": 1},
         "rate_limit_per_key": None,
         "fair": True,
+        "durability": "fast",
     }
     r = await client.put("/queues/lim%2Fx/limits", json=body)
     assert r.status_code == 200, r.text
     limits = r.json()["limits"]
     assert limits["max_running"] == 4 and limits["rate_limit"] == {"limit": 10, "per_seconds": 1.0}
     assert limits["fair"] is True
+    assert r.json()["durability"] == "fast"
+    [listed] = (await client.get("/queues")).json()
+    assert listed["durability"] == "fast"
     r = await client.post("/jobs", json={"queue": "lim/x", "data": {}, "concurrency_key": "c1"})
     assert r.status_code == 201
     assert count(dsn, "concurrency_key = 'c1'") == 1
@@ -609,6 +613,9 @@ async def test_limits_and_parks_over_http(client: httpx.AsyncClient, dsn: str) -
         ("put", "/queues/q/limits", {"rate_limit": {"limit": 5, "per_seconds": "1"}}, "number"),
         ("put", "/queues/q/limits", {"fair": 1}, "fair"),
         ("put", "/queues/q/limits", {"max": 1}, "unknown"),
+        ("put", "/queues/q/limits", {"durability": "slow"}, "durability"),
+        ("put", "/queues/q/limits", {"durability": None}, "durability"),
+        ("put", "/queues/q/limits", {"durability": True}, "durability"),
         ("post", "/queues/q/park", {}, "until"),
         ("post", "/queues/q/park", {"until": "2031-01-01T00:00:00"}, "zone"),
         ("post", "/queues/q/park", {"until": "2031-01-01T00:00:00+00:00", "key": ""}, "key"),

@@ -25,6 +25,7 @@ from simplequeue.cli.common import (
 from simplequeue.cli.common import rate as parse_rate
 from simplequeue.cli.common import when as parse_when
 from simplequeue.cli.render import age, emit_json, fields, show, table
+from simplequeue.durability import Durability
 from simplequeue.job import Job, JobStatus
 from simplequeue.limits import QueueLimits
 from simplequeue.operations import MAX_BULK, MAX_LIST
@@ -429,10 +430,11 @@ def queues_list(as_json: bool, dsn: str, schema: str, **options: Any) -> None:
         as_json,
         [info.to_dict() for info in found],
         "queues",
-        ["queue", "paused", "since", "until", "by", "reason", "limits", "parked until",
-         "workers", "last seen"],
+        ["queue", "paused", "since", "until", "by", "reason", "limits", "durability",
+         "parked until", "workers", "last seen"],
         [(i.name, i.paused, i.paused_at if i.paused else None, i.paused_until if i.paused else None,
-          i.paused_by, i.pause_reason, _limits(i.limits), i.parked_until, i.workers, i.last_seen)
+          i.paused_by, i.pause_reason, _limits(i.limits), i.durability.value, i.parked_until,
+          i.workers, i.last_seen)
          for i in found],
     )  # fmt: skip
 
@@ -454,8 +456,8 @@ def _limits(limits: QueueLimits) -> str:
 
 @queues.command(
     "configure",
-    help="Set the queue's fleet-wide limits, for every worker (each call sets them all: a "
-    "limit left out is lifted).",
+    help="Set the queue's fleet-wide limits and durability, for every worker (each call sets "
+    "them all: a limit left out is lifted, a durability left out is durable).",
 )
 @click.argument("name")
 @click.option("--max-running", type=click.IntRange(min=1), help="jobs running at once")
@@ -465,6 +467,14 @@ def _limits(limits: QueueLimits) -> str:
 @click.option("--rate", "rate_text", help="starts per window across the fleet: 100/1s, 10/1m")
 @click.option("--rate-per-key", "rate_per_key_text", help="starts per window per key")
 @click.option("--fair/--not-fair", default=False, help="take every key's next job in turn")
+@click.option(
+    "--durability",
+    type=click.Choice([mode.value for mode in Durability]),
+    default=Durability.DURABLE.value,
+    show_default=True,
+    help="fast: workers commit the queue's claims, results, heartbeats and progress without "
+    "waiting for the disk (a server crash may run the last jobs again; docs/durability.md)",
+)
 @_common
 def queues_configure(
     name: str,
@@ -473,6 +483,7 @@ def queues_configure(
     rate_text: str | None,
     rate_per_key_text: str | None,
     fair: bool,
+    durability: str,
     dsn: str,
     schema: str,
     **options: Any,
@@ -487,8 +498,10 @@ def queues_configure(
             rate_limit=rate_limit,
             rate_limit_per_key=rate_per_key,
             fair=fair,
+            durability=durability,
         )
-    click.echo(f"configured {name}: {_limits(info.limits) or 'no limits'}")
+    limits = _limits(info.limits) or "no limits"
+    click.echo(f"configured {name}: {limits}; durability {info.durability.value}")
 
 
 @queues.command("park", help="No job of the queue (or of one key) starts before a time.")

@@ -98,7 +98,9 @@ class Executor:
             try:
                 outcome, leftover = await self.attempt(job)
             except asyncio.CancelledError:
-                await self._results.submit(outcome_for_shutdown(job))
+                interrupted = outcome_for_shutdown(job)
+                interrupted.queue = job.queue
+                await self._results.submit(interrupted)
                 log.info(
                     "job %s interrupted by shutdown; returned to pending", job.id, extra=_extra(job)
                 )
@@ -111,6 +113,7 @@ class Executor:
             if outcome is not None:
                 if outcome.error is not None:
                     _log_failure(job, outcome)
+                outcome.queue = job.queue  # its durability decides how the write commits
                 await self._results.submit(outcome)
         finally:
             self._heartbeats.untrack(job)

@@ -22,7 +22,8 @@ from typing import Any, TypeVar
 import psycopg
 
 from simplequeue.audience import Audience
-from simplequeue.drivers import run_sync
+from simplequeue.drivers import commits_alone, run_sync
+from simplequeue.durability import FastQueues
 from simplequeue.fleet import WorkerIdentity
 from simplequeue.job import Job
 from simplequeue.runtime.outage import DatabaseHealth, Outage
@@ -75,13 +76,15 @@ class Heartbeater:
         *,
         health: DatabaseHealth | None = None,
         presence: Presence | None = None,
+        fast_queues: FastQueues | None = None,
     ) -> None:
         self._presence = presence
+        self._fast = fast_queues or FastQueues()
         self._connect = connect
         self._store = store
         self._interval = interval
         self._running: dict[Run, Job] = {}
-        self._held: set[Run] = set()  # finished, result not yet written
+        self._held: dict[Run, str | None] = {}  # finished, result not yet written: its queue
         self._lost: set[Run] = set()  # running here, no longer ours in the database
         self.lost_total = 0
         self._shutting_down = False
@@ -125,17 +128,19 @@ class Heartbeater:
         """Every run this process still beats for: the reaper of this process leaves them
         alone, whatever their heartbeat says (a pause of the process, a locked row)."""
         with self._lock:
-            return self._running.keys() | self._held
+            return self._running.keys() | self._held.keys()
 
-    def hold(self, job_id: uuid.UUID, lease: int) -> None:
-        """Beat for a finished attempt until `release()`: its outcome is not stored yet."""
+    def hold(self, job_id: uuid.UUID, lease: int, queue: str | None = None) -> None:
+        """Beat for a finished attempt until `release()`: its outcome is not stored yet.
+        `queue`: the job's (its beats commit fast only when it is fast)."""
         with self._lock:
-            self._held.add((job_id, lease))
+            self._held[(job_id, lease)] = queue
 
     def release(self, keys: Iterable[Run]) -> None:
         """Stop beating for finished attempts (job id, lease) whose outcome is stored."""
         with self._lock:
-            self._held.difference_update(keys)
+            for key in keys:
+                self._held.pop(key, None)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="simplequeue-heartbeat", daemon=True)
@@ -254,7 +259,21 @@ class Heartbeater:
         return run_sync(self._conn, plan())
 
     def _beat(self, beats: list[Run]) -> set[Run]:
-        return self._on_connection(lambda: self._store.heartbeat(beats))
+        """One statement for every run; it commits fast only when every run's queue is
+        fast (one durable queue's job among them makes it durable)."""
+        with self._lock:
+            queues = [
+                job.queue if (job := self._running.get(run)) is not None else self._held.get(run)
+                for run in beats
+            ]
+        fast = self._fast.all_fast(queues)
+
+        def plan() -> Plan[set[Run]]:
+            conn = self._conn
+            alone = conn is not None and commits_alone(conn)
+            return self._store.heartbeat(beats, fast=fast and alone)
+
+        return self._on_connection(plan)
 
     def _run(self) -> None:
         try:

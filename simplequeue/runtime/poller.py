@@ -22,7 +22,8 @@ from psycopg_pool import AsyncConnectionPool
 from simplequeue.audience import Audience
 from simplequeue.config import QueueConfig
 from simplequeue.connections import borrow
-from simplequeue.drivers import run
+from simplequeue.drivers import commits_alone, run
+from simplequeue.durability import FastQueues
 from simplequeue.job import Job
 from simplequeue.registry import QueueRegistry
 from simplequeue.runtime.executor import Executor
@@ -35,7 +36,8 @@ __all__ = ["Poller", "claim_was_saturated", "plan_claim"]
 
 CONTROLS_REFRESH = 1.0
 """Seconds between two looks at which of its queues are controlled (fleet-wide limits,
-fairness, parked keys): a new limit takes effect within this time."""
+fairness, parked keys) and which are fast: a new limit or durability takes effect within
+this time."""
 
 CONTROLLED_RETRY = 0.1
 """Seconds before a controlled queue that gave fewer jobs than asked is asked again (its
@@ -97,8 +99,11 @@ class Poller(Service):
         health: DatabaseHealth | None = None,
         worker_id: uuid.UUID | None = None,
         audience: Audience | None = None,
+        fast_queues: FastQueues | None = None,
     ) -> None:
         self._audience = audience or Audience()
+        # Shared with the writers of this runtime: the poller reads it, they follow it.
+        self._fast = fast_queues or FastQueues()
         super().__init__(health, max_retry_delay=config.empty_poll_sleep)
         self._worker_id = worker_id
         self._pool = pool
@@ -155,7 +160,7 @@ class Poller(Service):
             queues, limits = self._capacity_by_queue()
             if not queues:
                 self._capacity.clear()
-                await _wait(self._capacity, self._config.empty_poll_sleep)
+                await _wait(self._capacity, await self._follow_controls_while_full())
                 continue
             total = min(self.global_permits.free, sum(limits))
             self._wake.clear()
@@ -165,9 +170,7 @@ class Poller(Service):
                     if self._audience.unknown:
                         self._audience.heard(await run(conn, self._store.events_listened()))
                     if time.monotonic() - self._controls_read_at >= CONTROLS_REFRESH:
-                        handled = list(self._registry.handlers)
-                        self._controlled = await run(conn, self._store.controlled_queues(handled))
-                        self._controls_read_at = time.monotonic()
+                        await self._read_controls(conn)
                     jobs, asked = await self._claim(conn, queues, limits, total)
             except psycopg.OperationalError as exc:
                 self.claiming = False
@@ -192,6 +195,30 @@ class Poller(Service):
                 continue  # jobs came due: claim them now
             if not saturated and self._claiming:
                 await _wait(self._wake, self._sleep_after(claimed, asked))
+
+    async def _read_controls(self, conn: Any) -> None:
+        """Which of the handled queues are controlled, and which fast, now."""
+        controls = await run(conn, self._store.queue_controls(list(self._registry.handlers)))
+        self._controlled = set(controls.controlled)
+        self._fast.names = controls.fast
+        self._controls_read_at = time.monotonic()
+
+    async def _follow_controls_while_full(self) -> float:
+        """While every permit is taken no claim reads the queues' rows; a fast queue made
+        durable meanwhile must still be heard within a second (its running jobs' results,
+        beats and progress commit durably from then on). Returns how long to wait for a
+        free permit before looking again."""
+        sleep = self._config.empty_poll_sleep
+        if not self._fast.names:
+            return sleep  # nothing to make durable: no statement while full
+        if time.monotonic() - self._controls_read_at >= CONTROLS_REFRESH:
+            try:
+                async with borrow(self._pool) as conn:
+                    await self._read_controls(conn)
+            except psycopg.OperationalError as exc:
+                self.outage.failed(exc)  # the writers keep the last answer; tried again
+                self._controls_read_at = time.monotonic()
+        return min(sleep, CONTROLS_REFRESH)
 
     def _sleep_after(self, claimed: list[str], asked: dict[str, int]) -> float:
         """How long to sleep, unwoken, after a claim that was not saturated: the fallback
@@ -229,17 +256,25 @@ class Poller(Service):
         self._controlled_first = not self._controlled_first
         return plain_jobs + controlled_jobs, asked
 
+    def _fast_claim(self, conn: Any, queues: list[str]) -> bool:
+        """A claim of these queues commits fast when every one of them is fast (one of a
+        durable queue's jobs in it would make it durable) and it is a transaction of its
+        own."""
+        return self._fast.all_fast(queues) and commits_alone(conn)
+
     async def _claim_plain(self, conn: Any, plain: list[tuple[str, int]], total: int) -> list[Job]:
         jobs: list[Job] = []
         if plain and total > 0:
+            names = [q for q, _ in plain]
             jobs = await run(
                 conn,
                 self._store.claim(
-                    [q for q, _ in plain],
+                    names,
                     [n for _, n in plain],
                     total,
                     self._worker_id,
                     publish=self._audience.listened,
+                    fast=self._fast_claim(conn, names),
                 ),
             )
         return jobs
@@ -262,6 +297,7 @@ class Poller(Service):
                     list(asked.values()),
                     self._worker_id,
                     publish=self._audience.listened,
+                    fast=self._fast_claim(conn, list(asked)),
                 ),
             )
         return jobs, asked
@@ -277,7 +313,8 @@ class Poller(Service):
         self._promoted_at = time.monotonic()
         try:
             async with borrow(self._pool) as conn:
-                return await run(conn, self._store.promote_due(queues, PROMOTE_BATCH))
+                fast = self._fast_claim(conn, queues)
+                return await run(conn, self._store.promote_due(queues, PROMOTE_BATCH, fast=fast))
         except psycopg.OperationalError as exc:
             self.outage.failed(exc)  # the claim's retry loop waits; the next poll retries
             return 0

@@ -1,6 +1,7 @@
 """Progress reports of running jobs: `job.set_progress` in a handler, written at once by
 one statement fenced by the run's lease, on the worker's event loop (a sync handler's
-thread waits for it there, as `BlockingQueue`'s calls do)."""
+thread waits for it there, as `BlockingQueue`'s calls do). Those of a fast queue's jobs
+commit without waiting for the WAL flush."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from psycopg_pool import AsyncConnectionPool
 from simplequeue.audience import Audience
 from simplequeue.codec import encode_data
 from simplequeue.connections import borrow
-from simplequeue.drivers import run
+from simplequeue.drivers import commits_alone, run
+from simplequeue.durability import FastQueues
 from simplequeue.errors import InvalidArgumentError, InvalidJobError
 from simplequeue.job import Job, ProgressUpdate
 from simplequeue.stopping import StopReason
@@ -57,7 +59,9 @@ class ProgressWriter:
         *,
         max_bytes: int,
         audience: Audience | None = None,
+        fast_queues: FastQueues | None = None,
     ) -> None:
+        self._fast = fast_queues or FastQueues()
         self._pool = pool
         self._store = store
         self._loop = loop
@@ -85,5 +89,8 @@ class ProgressWriter:
             return False
         publish = self._audience.listened
         async with borrow(self._pool) as conn:
-            plan = self._store.set_progress(job.id, job.lease, progress, message, publish=publish)
+            fast = self._fast.all_fast([job.queue]) and commits_alone(conn)
+            plan = self._store.set_progress(
+                job.id, job.lease, progress, message, publish=publish, fast=fast
+            )
             return await run(conn, plan)

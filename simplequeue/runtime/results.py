@@ -1,7 +1,9 @@
 """Writes job results in batches: one fenced statement per flush, by size or after a few ms.
 
 A handler's work is done before its result is durable: a crash between the two makes the
-job run again (at-least-once). Failed writes are retried, never dropped; the fence makes a
+job run again (at-least-once). The results of a fast queue's jobs go in a statement of
+their own, which commits without waiting for the WAL flush; a durable queue's results
+are never in it. Failed writes are retried, never dropped; the fence makes a
 retried write that already landed a no-op. Until its outcome is written, the job keeps its
 heartbeat (`Heartbeater.hold`), so the reaper does not take it away meanwhile.
 """
@@ -21,7 +23,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from simplequeue.audience import Audience
 from simplequeue.connections import borrow
-from simplequeue.drivers import run
+from simplequeue.drivers import commits_alone, run
+from simplequeue.durability import FastQueues
 from simplequeue.job import JobStatus
 from simplequeue.runtime.outage import DatabaseHealth, is_transient
 from simplequeue.runtime.service import Service
@@ -53,9 +56,11 @@ class ResultWriter(Service):
         heartbeats: Heartbeater | None = None,
         health: DatabaseHealth | None = None,
         audience: Audience | None = None,
+        fast_queues: FastQueues | None = None,
     ) -> None:
         super().__init__(health)
         self._audience = audience or Audience()
+        self._fast = fast_queues or FastQueues()
         self._pool = pool
         self._heartbeats = heartbeats
         self._store = store
@@ -92,12 +97,13 @@ class ResultWriter(Service):
         if outcome.park_until is not None:
             with contextlib.suppress(psycopg.Error):
                 async with borrow(self._pool) as conn:
-                    await run(conn, self._store.park_runs([outcome]))
+                    fast = self._fast.all_fast([outcome.queue]) and commits_alone(conn)
+                    await run(conn, self._store.park_runs([outcome], fast=fast))
         while len(self._buffer) >= self._max_buffered:
             self._has_room.clear()
             await self._has_room.wait()
         if self._heartbeats is not None:
-            self._heartbeats.hold(outcome.job_id, outcome.lease)
+            self._heartbeats.hold(outcome.job_id, outcome.lease, outcome.queue)
         self._buffer.append(outcome)
         self._has_items.set()
         if len(self._buffer) >= self._full_batch:
@@ -194,7 +200,10 @@ class ResultWriter(Service):
             try:
                 async with borrow(self._pool) as conn:
                     publish = self._audience.listened
-                    changed = await run(conn, self._store.write_outcomes(batch, publish=publish))
+                    changed: set[uuid.UUID] = set()
+                    for part, fast in self._by_durability(conn, batch):
+                        plan = self._store.write_outcomes(part, publish=publish, fast=fast)
+                        changed |= await run(conn, plan)
                     locked = await self._held_elsewhere(conn, batch, changed)
             except Exception as exc:
                 if not is_transient(exc):
@@ -227,6 +236,24 @@ class ResultWriter(Service):
             self.fenced_off += len(batch) - len(changed) - len(locked)
             self._defer(locked)
             return True
+
+    def _by_durability(
+        self, conn: psycopg.AsyncConnection[Any], batch: list[Outcome]
+    ) -> list[tuple[list[Outcome], bool]]:
+        """The batch as the writes that store it, each with whether it commits fast: the
+        outcomes of fast queues apart from the others, whose write stays durable. The
+        fast part goes first: the durable write's flush then covers its WAL too. All in
+        one durable write where statements are not transactions of their own."""
+        fast_names = self._fast.names
+        if not fast_names or not commits_alone(conn):
+            return [(batch, False)]
+        fast = [o for o in batch if o.queue in fast_names]
+        if len(fast) == len(batch):
+            return [(batch, True)]
+        if not fast:
+            return [(batch, False)]
+        durable = [o for o in batch if o.queue not in fast_names]
+        return [(fast, True), (durable, False)]
 
     def _defer(self, outcomes: list[Outcome]) -> None:
         """Write these again later, waiting longer each time their rows are still held."""
@@ -271,6 +298,10 @@ class ResultWriter(Service):
         )
         error = f"the database refused this attempt's result ({outcome.status}): {reason}"
         failed = Outcome(
-            outcome.job_id, outcome.lease, JobStatus.FAILED, error=None if fallback else error
+            outcome.job_id,
+            outcome.lease,
+            JobStatus.FAILED,
+            error=None if fallback else error,
+            queue=outcome.queue,
         )
         await self._write([failed], fallback=fallback + 1)

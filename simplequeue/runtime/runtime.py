@@ -20,6 +20,7 @@ from simplequeue.audience import Audience
 from simplequeue.config import QueueConfig
 from simplequeue.connections import borrow, dedicated_settings
 from simplequeue.drivers import run
+from simplequeue.durability import FastQueues
 from simplequeue.fleet import WorkerIdentity
 from simplequeue.job import Job
 from simplequeue.maintenance import janitor_enabled, warn_no_janitor
@@ -89,11 +90,18 @@ class Runtime:
             return await psycopg.AsyncConnection.connect(listen_conninfo, **listen_settings)
 
         self.audience = Audience()
+        # Which queues' writes commit fast: read by the poller, followed by every writer.
+        self.fast_queues = FastQueues()
         presence = Presence(
             worker, lambda: sorted(registry.handlers), config.stall_after, self.audience
         )
         self.heartbeats = Heartbeater(
-            connect_sync, store, config.heartbeat_interval, health=health, presence=presence
+            connect_sync,
+            store,
+            config.heartbeat_interval,
+            health=health,
+            presence=presence,
+            fast_queues=self.fast_queues,
         )
         self.results = ResultWriter(
             pool,
@@ -106,6 +114,7 @@ class Runtime:
             heartbeats=self.heartbeats,
             health=health,
             audience=self.audience,
+            fast_queues=self.fast_queues,
         )
 
         async def still_ours(job: Job) -> bool:
@@ -127,6 +136,7 @@ class Runtime:
                 asyncio.get_running_loop(),
                 max_bytes=config.max_progress_bytes,
                 audience=self.audience,
+                fast_queues=self.fast_queues,
             ),
         )
         self.poller = Poller(
@@ -138,6 +148,7 @@ class Runtime:
             health=health,
             worker_id=worker.id,
             audience=self.audience,
+            fast_queues=self.fast_queues,
         )
         # Results written free slots of fleet-wide limits the poller may be waiting for.
         self.results.on_written = self.poller.results_written

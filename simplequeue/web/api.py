@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Send
 from starlette.types import Scope as AsgiScope
 
+from simplequeue.durability import Durability
 from simplequeue.errors import InvalidArgumentError, InvalidJobError, JobNotFoundError
 from simplequeue.job import FOREVER, Job
 from simplequeue.limits import Rate
@@ -261,7 +262,14 @@ class Api:
 
     async def configure_queue(self, request: Request) -> Response:
         body = await _body(request)
-        fields = {"max_running", "max_running_per_key", "rate_limit", "rate_limit_per_key", "fair"}
+        fields = {
+            "max_running",
+            "max_running_per_key",
+            "rate_limit",
+            "rate_limit_per_key",
+            "fair",
+            "durability",
+        }
         unknown = set(body) - fields
         if unknown:
             raise BadRequest(f"unknown field(s): {', '.join(sorted(unknown))}")
@@ -272,6 +280,7 @@ class Api:
             rate_limit=_rate("rate_limit", body.get("rate_limit")),
             rate_limit_per_key=_rate("rate_limit_per_key", body.get("rate_limit_per_key")),
             fair=body.get("fair", False),
+            durability=body.get("durability", Durability.DURABLE.value),
         )
         return JSONResponse(info.to_dict())
 

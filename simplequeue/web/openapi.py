@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from simplequeue.durability import Durability
 from simplequeue.job import JobStatus
 
 __all__ = ["ENDPOINTS", "document"]
@@ -103,11 +104,13 @@ ENDPOINTS: list[tuple[str, str, str, str, dict[str, Any]]] = [
         "responses": {"200": _ok({"$ref": "#/components/schemas/Queue"})}}),
     ("post", "/queues/{name}/resume", "admin", "Lift a pause; idle workers start at once.", {
         "parameters": [_path("name")], "responses": {"200": _ok({"type": "object"}), "409": _ERROR}}),
-    ("put", "/queues/{name}/limits", "admin", "Set the queue's fleet-wide limits (each call sets them all).", {
+    ("put", "/queues/{name}/limits", "admin", "Set the queue's fleet-wide limits and durability (each call sets them all).", {
         "parameters": [_path("name")],
         "requestBody": {"required": False, "content": {"application/json": {"schema": {"type": "object", "properties": {
             "max_running": _LIMIT, "max_running_per_key": _LIMIT, "rate_limit": _RATE,
-            "rate_limit_per_key": _RATE, "fair": {"type": "boolean", "default": False}}}}}},
+            "rate_limit_per_key": _RATE, "fair": {"type": "boolean", "default": False},
+            "durability": {"type": "string", "enum": [mode.value for mode in Durability],
+                           "default": Durability.DURABLE.value}}}}}},
         "responses": {"200": _ok({"$ref": "#/components/schemas/Queue"})}}),
     ("post", "/queues/{name}/park", "admin", "No job of the queue (or of one key) starts before a time.", {
         "parameters": [_path("name")],

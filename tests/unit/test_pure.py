@@ -12,6 +12,8 @@ import pytest
 import simplequeue as sq
 from simplequeue import columns
 from simplequeue.backoff import MAX_DELAY, clamp_delay
+from simplequeue.durability import Durability, FastQueues, check_durability
+from simplequeue.errors import InvalidArgumentError
 from simplequeue.job import JobStatus, ResultKind
 from simplequeue.runtime.outage import describe
 from simplequeue.runtime.outcomes import describe_error, outcome_for_result, outcome_for_shutdown
@@ -126,3 +128,21 @@ def test_the_column_list_generates_consistent_statements() -> None:
     assert columns.read_list().split(", ") == [c.name for c in columns.READ]
     assert "data::text" in columns.read_list(claimed=True)
     assert "scheduled" not in columns.MOVED_COLUMNS  # only the live table has it
+
+
+def test_a_write_is_fast_only_when_every_queue_it_touches_is() -> None:
+    fast = FastQueues()
+    assert not fast.all_fast(["a"])
+    fast.names = frozenset({"a", "b"})
+    assert fast.all_fast(["a"]) and fast.all_fast(["a", "b", "a"])
+    assert not fast.all_fast(["a", "c"])  # one durable queue's job makes it durable
+    assert not fast.all_fast([None]) and not fast.all_fast(["a", None])  # unknown: durable
+    assert not fast.all_fast([])  # nothing to write
+
+
+def test_a_durability_is_one_of_the_modes() -> None:
+    assert check_durability("fast") is Durability.FAST
+    assert check_durability(Durability.DURABLE) is Durability.DURABLE
+    for bad in ("slow", "FAST", "", None, True, 0):
+        with pytest.raises(InvalidArgumentError, match="'durable' or 'fast'"):
+            check_durability(bad)

@@ -290,7 +290,7 @@
     });
   }
 
-  // A queue's fleet-wide limits and park, in words.
+  // A queue's fleet-wide limits, durability (when fast) and park, in words.
   function limitsText(q) {
     const l = q.limits || {};
     const parts = [];
@@ -301,6 +301,7 @@
       parts.push(`${l.rate_limit_per_key.limit}/${l.rate_limit_per_key.per_seconds}s per key`);
     }
     if (l.fair) parts.push("fair");
+    if (q.durability === "fast") parts.push("fast commits");
     if (q.parked_until) parts.push(`parked until ${when(q.parked_until)}`);
     return parts.length ? parts.join(", ") : "—";
   }
