@@ -29,6 +29,7 @@ from simplequeue.validation import (
     check_int,
     check_key,
     check_time,
+    seconds_of,
 )
 
 __all__ = [
@@ -93,14 +94,8 @@ def as_unique_for(value: object) -> float | Forever:
     beyond). A bool, a string or an infinite number is refused, not guessed at."""
     if value is FOREVER:
         return FOREVER
-    if isinstance(value, timedelta):
-        seconds = value.total_seconds()
-    elif isinstance(value, int | float) and not isinstance(value, bool):
-        try:
-            seconds = float(value)
-        except OverflowError:  # an int past the float range
-            seconds = math.inf
-    else:
+    seconds = seconds_of(value)
+    if seconds is None:
         raise InvalidJobError(
             "unique_for must be seconds (a number), a timedelta or simplequeue.FOREVER, "
             f"got {value!r:.80}"

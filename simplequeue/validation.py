@@ -92,6 +92,19 @@ def check_time(name: str, value: Any, *, error: Error = InvalidJobError) -> date
     return value
 
 
+def seconds_of(value: object) -> float | None:
+    """The seconds of a number or a timedelta (an int past the float range is infinite);
+    None for anything else, a bool included."""
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except OverflowError:
+            return float("inf")
+    return None
+
+
 def as_seconds(
     name: str,
     value: Any,
@@ -102,14 +115,8 @@ def as_seconds(
 ) -> float:
     """The one rule for durations: seconds (a number) or a timedelta, finite, not negative
     (nor zero unless allowed), at most `maximum` when given."""
-    if isinstance(value, timedelta):
-        seconds = value.total_seconds()
-    elif isinstance(value, int | float) and not isinstance(value, bool):
-        try:
-            seconds = float(value)
-        except OverflowError:  # an int past the float range
-            seconds = float("inf")
-    else:
+    seconds = seconds_of(value)
+    if seconds is None:
         raise error(f"{name} must be seconds (a number) or a timedelta, got {value!r}")
     if seconds != seconds or seconds in (float("inf"), float("-inf")):
         raise error(f"{name} must be a finite duration, got {value!r}")

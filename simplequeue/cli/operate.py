@@ -604,35 +604,33 @@ def schedules_list(as_json: bool, dsn: str, schema: str, **options: Any) -> None
     )  # fmt: skip
 
 
-@schedules.command("pause", help="Stop enqueuing a schedule, fleet-wide, until resumed.")
-@click.argument("name")
-@_common
-def schedules_pause(name: str, dsn: str, schema: str, **options: Any) -> None:
-    _logs(options)
-    with opened(dsn, schema) as q:
-        _done(q.pause_schedule(name), f"paused schedule {name}", f"no schedule named {name}")
+def _schedule_command(verb: str, done: str, help_text: str) -> click.Command:
+    """`schedules pause|resume|delete NAME`: one SyncQueue call, False for an unknown name."""
+
+    @schedules.command(verb, help=help_text)
+    @click.argument("name")
+    @_common
+    def command(name: str, dsn: str, schema: str, **options: Any) -> None:
+        _logs(options)
+        with opened(dsn, schema) as q:
+            changed = getattr(q, f"{verb}_schedule")(name)
+        _done(changed, f"{done} schedule {name}", f"no schedule named {name}")
+
+    return command
 
 
-@schedules.command("resume", help="Enqueue a paused schedule again, from its next slot.")
-@click.argument("name")
-@_common
-def schedules_resume(name: str, dsn: str, schema: str, **options: Any) -> None:
-    _logs(options)
-    with opened(dsn, schema) as q:
-        _done(q.resume_schedule(name), f"resumed schedule {name}", f"no schedule named {name}")
-
-
-@schedules.command(
-    "delete",
-    help="Forget a schedule no code registers any more (a worker that does writes it "
-    "again within a minute).",
+schedules_pause = _schedule_command(
+    "pause", "paused", "Stop enqueuing a schedule, fleet-wide, until resumed."
 )
-@click.argument("name")
-@_common
-def schedules_delete(name: str, dsn: str, schema: str, **options: Any) -> None:
-    _logs(options)
-    with opened(dsn, schema) as q:
-        _done(q.delete_schedule(name), f"deleted schedule {name}", f"no schedule named {name}")
+schedules_resume = _schedule_command(
+    "resume", "resumed", "Enqueue a paused schedule again, from its next slot."
+)
+schedules_delete = _schedule_command(
+    "delete",
+    "deleted",
+    "Forget a schedule no code registers any more (a worker that does writes it again "
+    "within a minute).",
+)
 
 
 @click.group(help="The workers of the fleet.")
