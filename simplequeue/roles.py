@@ -85,11 +85,12 @@ class TablePrivileges:
 
 
 UNIQUE_KEY_CLAIM = TablePrivileges(
-    frozenset({"SELECT", "INSERT"}),
+    frozenset({"SELECT", "INSERT", "DELETE"}),
     {"UPDATE": ("job_id", "queue", "claimed_at", "expires_at")},
 )
 """What an insert with `unique_for` needs of unique_keys: it inserts the key, or takes over
-an expired one (ON CONFLICT DO UPDATE reads the row and rewrites all but the key)."""
+an expired one (ON CONFLICT DO UPDATE reads the row and rewrites all but the key), and
+undoes a claim its job did not follow into the table (DELETE)."""
 
 PRODUCER_PRIVILEGES: dict[str, TablePrivileges] = {
     "jobs": TablePrivileges(frozenset({"SELECT"}), {"INSERT": INSERT_COLUMNS}),
@@ -129,7 +130,7 @@ WORKER_PRIVILEGES: dict[str, TablePrivileges] = {
             "UPDATE": (*SCHEDULE_DEFINITION, *SCHEDULE_PROGRESS),
         },
     ),
-    "unique_keys": TablePrivileges(UNIQUE_KEY_CLAIM.table | {"DELETE"}, UNIQUE_KEY_CLAIM.columns),
+    "unique_keys": UNIQUE_KEY_CLAIM,
 }
 """Claim, results, heartbeats, reaper; janitor (jobs → archive and DLQ, archive purge);
 handlers inserting follow-up jobs; get_job, wait_for_job, cancel, reschedule, list_dlq,

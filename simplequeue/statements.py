@@ -140,7 +140,10 @@ _CLAIM_KEYS = """claimed AS (
 _INSERT_CLAIMED = (
     "INSERT INTO {s}.jobs "
     + columns.insert_from("t")
-    + " WHERE t.unique_for_seconds IS NULL OR t.id IN (SELECT job_id FROM claimed)"
+    + " WHERE (t.unique_for_seconds IS NULL OR t.id IN (SELECT job_id FROM claimed))"
+    # the first job of a key decides for the others of the batch, refused or not
+    " AND (t.unique_key IS NULL OR t.id IN (SELECT DISTINCT ON (unique_key) id FROM t"
+    " WHERE unique_key IS NOT NULL ORDER BY unique_key, ord))"
     " ON CONFLICT DO NOTHING RETURNING id, queue"
 )
 _MANY = "t AS (" + columns.source_rows() + "), " + _CLAIM_KEYS
@@ -151,6 +154,14 @@ INSERT_UNIQUE_NOTIFY_QUIET = quiet(_INSERT_CLAIMED, also=_WAKE, before=_MANY)
 INSERT_ONE_UNIQUE = quiet(_INSERT_CLAIMED, before=_ONE)
 INSERT_ONE_UNIQUE_NOTIFY = publishing(_INSERT_CLAIMED, "'inserted'", also=_WAKE_ONE, before=_ONE)
 INSERT_ONE_UNIQUE_NOTIFY_QUIET = quiet(_INSERT_CLAIMED, also=_WAKE_ONE, before=_ONE)
+
+# After an insert that claimed a key for a job the live index then skipped (a live job of
+# the key became visible only once the claim had waited for its transaction): the claim is
+# undone, in the insert's transaction. The key's earlier holder had a period that ended
+# (or there would have been no claim), so no key is left held for a job never stored.
+UNCLAIM_KEYS = (
+    "DELETE FROM {s}.unique_keys WHERE key = ANY(%s::text[]) AND job_id = ANY(%s::uuid[])"
+)
 
 # A retry of an insert that may have landed: which of these jobs hold their key (claimed by
 # the earlier try, which stored them too), found by key.

@@ -257,6 +257,7 @@ class Store:
         self._insert_one_unique_notify = _q(q.INSERT_ONE_UNIQUE_NOTIFY, schema)
         self._insert_one_unique_notify_quiet = _q(q.INSERT_ONE_UNIQUE_NOTIFY_QUIET, schema)
         self._holding_keys = _q(q.HOLDING_KEYS, schema)
+        self._unclaim_keys = _q(q.UNCLAIM_KEYS, schema)
         self._release_unique_key = _q(q.RELEASE_UNIQUE_KEY, schema)
         self._forget_expired_keys = _q(q.FORGET_EXPIRED_KEYS, schema)
         self._stored_ids = _q(q.STORED_IDS, schema)
@@ -420,6 +421,10 @@ class Store:
                 params += [self.channel, notify_payload({j.queue for j in jobs})]
         result = yield Run(self._inserting(jobs, notify=notify, publish=publish), params)
         stored.update(_ids(result.rows))
+        refused = [j for j in jobs if j.unique_for is not None and j.id not in stored]
+        if refused:  # a claim its job did not follow into the table is undone
+            keys = [[j.unique_key for j in refused], [j.id for j in refused]]
+            yield Run(self._unclaim_keys, keys)
         # A skipped job without a unique key has its id stored already (the same jobs
         # inserted at the same time elsewhere); on a retry, one with a key may too. A
         # skip by a live unique key, the common case, needs no look.

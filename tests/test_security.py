@@ -683,8 +683,8 @@ async def test_keys_held_over_time_under_the_roles(roles: Roles, dsn: str) -> No
         query(dsn, "UPDATE simplequeue.unique_keys SET expires_at = now() - interval '1 second'")
         again = await producer.insert_job(sq.Job("q", 3, unique_key="k", unique_for=sq.FOREVER))
         assert again is not None
-        with pytest.raises(DENIED):
-            await producer.release_unique_key("k")
+        # the producer undoes claims whose job was not stored, so it may delete keys
+        assert await producer.release_unique_key("k") is True
         # a retry whose first try was stored, then archived out of the producer's sight
         retried = sq.Job("q", 4, unique_key="r", unique_for=timedelta(days=1))
         async with await psycopg.AsyncConnection.connect(roles.producer_dsn) as conn:
@@ -700,7 +700,6 @@ async def test_keys_held_over_time_under_the_roles(roles: Roles, dsn: str) -> No
     assert_denied(
         roles.producer_dsn,
         [
-            "DELETE FROM simplequeue.unique_keys",
             "UPDATE simplequeue.unique_keys SET key = 'other'",
             "TRUNCATE simplequeue.unique_keys",
         ],
@@ -713,5 +712,5 @@ async def test_keys_held_over_time_under_the_roles(roles: Roles, dsn: str) -> No
     async with sq.SimpleQueue.from_url(roles.worker_dsn, **FAST) as worker:
         await worker.start()  # the leader's reaper
         await eventually(lambda: count(dsn, "key = 'old'", table="unique_keys") == 0)
-        assert await worker.release_unique_key("k") is True
-    assert query(dsn, "SELECT key FROM simplequeue.unique_keys") == [("r",)]
+        assert await worker.release_unique_key("r") is True
+    assert query(dsn, "SELECT key FROM simplequeue.unique_keys") == []
