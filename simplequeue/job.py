@@ -270,6 +270,7 @@ class Job(Generic[PayloadT]):
     """
 
     __slots__ = (
+        "_claim",
         "_encoded",
         "_encoded_of",
         "_id",
@@ -334,6 +335,9 @@ class Job(Generic[PayloadT]):
         self._encoded: str | None = encode_data(data)
         self._encoded_of: Any = data
         self._id = new_job_id()
+        self._claim: tuple[uuid.UUID, int, str] | None = None
+        """The run (id, lease, queue) its handler processes now, as claimed: what the
+        worker writes for it, whatever the handler does to the object meanwhile."""
         self._sent = False  # an insert of it was sent: retrying it must not store it twice
         self._stored = False  # an insert committed it: inserting it again is a new job
         self.data = data
@@ -383,12 +387,23 @@ class Job(Generic[PayloadT]):
                     "(Job(..., unique_key='welcome:42', unique_for=timedelta(hours=1)))"
                 )
 
+    def _run_as_claimed(self) -> tuple[uuid.UUID, int, str]:
+        """The run its handler processes (id, lease, queue), as claimed; or as it is now,
+        when no handler runs it."""
+        return self._claim or (self._id, self.lease, self.queue)
+
     def _begin_insert(self) -> bool:
         """Ready the job for an insert; True when an insert of it was sent before and may
         have stored it (a retry after an error: it must not be stored twice).
 
         A job already stored gets a new id first: inserting it again is a new job.
         """
+        if self._claim is not None:
+            raise InvalidJobError(
+                f"job {self._id} is being processed: it cannot be inserted again while its "
+                "handler runs (that would take its id from the run). Insert a new Job, e.g. "
+                "Job(job.queue, job.data)"
+            )
         if self._stored:
             self._id = new_job_id()
             self._stored = self._sent = False
@@ -433,6 +448,7 @@ class Job(Generic[PayloadT]):
         job.trace_context = _trace_context(job.trace_context)
         job.unique_for = _read_unique_for(job.unique_for)
         job._sent = job._stored = True
+        job._claim = None
         job.stopping = StopSignal()
         job._reporter = None  # bound by the worker that runs it
         data = job.data

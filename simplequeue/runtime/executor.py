@@ -93,13 +93,14 @@ class Executor:
         """
         leftover: Leftover | None = None
         job._reporter = self._progress
+        run_id, lease, queue = job._claim = (job.id, job.lease, job.queue)
         self._heartbeats.track(job)  # not a context manager: this is the per-job hot path
         try:
             try:
                 outcome, leftover = await self.attempt(job)
             except asyncio.CancelledError:
                 interrupted = outcome_for_shutdown(job)
-                interrupted.queue = job.queue
+                interrupted.job_id, interrupted.lease, interrupted.queue = run_id, lease, queue
                 await self._results.submit(interrupted)
                 log.info(
                     "job %s interrupted by shutdown; returned to pending", job.id, extra=_extra(job)
@@ -113,10 +114,13 @@ class Executor:
             if outcome is not None:
                 if outcome.error is not None:
                     _log_failure(job, outcome)
-                outcome.queue = job.queue  # its durability decides how the write commits
+                # the run as claimed, whatever the handler did to the object; the queue's
+                # durability decides how the write commits
+                outcome.job_id, outcome.lease, outcome.queue = run_id, lease, queue
                 await self._results.submit(outcome)
         finally:
             self._heartbeats.untrack(job)
+            job._claim = None
         return leftover
 
     def shutdown(self) -> None:

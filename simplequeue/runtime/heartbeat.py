@@ -105,7 +105,8 @@ class Heartbeater:
             job.stopping.set(StopReason.SHUTDOWN)
 
     def untrack(self, job: Job) -> None:
-        run = (job.id, job.lease)
+        run_id, lease, _ = job._run_as_claimed()
+        run = (run_id, lease)
         with self._lock:
             self._running.pop(run, None)
             self._lost.discard(run)
@@ -122,7 +123,8 @@ class Heartbeater:
 
     def is_lost(self, job: Job) -> bool:
         """True once a beat found this run cancelled or taken over elsewhere."""
-        return (job.id, job.lease) in self._lost
+        run_id, lease, _ = job._run_as_claimed()
+        return (run_id, lease) in self._lost
 
     def runs(self) -> set[Run]:
         """Every run this process still beats for: the reaper of this process leaves them
@@ -263,7 +265,9 @@ class Heartbeater:
         fast (one durable queue's job among them makes it durable)."""
         with self._lock:
             queues = [
-                job.queue if (job := self._running.get(run)) is not None else self._held.get(run)
+                job._run_as_claimed()[2]
+                if (job := self._running.get(run)) is not None
+                else self._held.get(run)
                 for run in beats
             ]
         fast = self._fast.all_fast(queues)

@@ -160,7 +160,7 @@ class Poller(Service):
             queues, limits = self._capacity_by_queue()
             if not queues:
                 self._capacity.clear()
-                await _wait(self._capacity, await self._follow_controls_while_full())
+                await _wait(self._capacity, self._config.empty_poll_sleep)
                 continue
             total = min(self.global_permits.free, sum(limits))
             self._wake.clear()
@@ -203,22 +203,15 @@ class Poller(Service):
         self._fast.names = controls.fast
         self._controls_read_at = time.monotonic()
 
-    async def _follow_controls_while_full(self) -> float:
-        """While every permit is taken no claim reads the queues' rows; a fast queue made
-        durable meanwhile must still be heard within a second (its running jobs' results,
-        beats and progress commit durably from then on). Returns how long to wait for a
-        free permit before looking again."""
-        sleep = self._config.empty_poll_sleep
-        if not self._fast.names:
-            return sleep  # nothing to make durable: no statement while full
-        if time.monotonic() - self._controls_read_at >= CONTROLS_REFRESH:
-            try:
-                async with borrow(self._pool) as conn:
-                    await self._read_controls(conn)
-            except psycopg.OperationalError as exc:
-                self.outage.failed(exc)  # the writers keep the last answer; tried again
-                self._controls_read_at = time.monotonic()
-        return min(sleep, CONTROLS_REFRESH)
+    async def follow_fast_queues(self) -> None:
+        """While a handled queue is fast, read the queues' rows again once a second,
+        whatever the claims do (idle on a long poll, every permit taken, stopping): a queue
+        made durable again is written durably within about a second, running jobs' results,
+        beats and progress included (`FastQueuesWatcher`)."""
+        if not self._fast.names or time.monotonic() - self._controls_read_at < CONTROLS_REFRESH:
+            return
+        async with borrow(self._pool) as conn:
+            await self._read_controls(conn)
 
     def _sleep_after(self, claimed: list[str], asked: dict[str, int]) -> float:
         """How long to sleep, unwoken, after a claim that was not saturated: the fallback
@@ -297,7 +290,9 @@ class Poller(Service):
                     list(asked.values()),
                     self._worker_id,
                     publish=self._audience.listened,
-                    fast=self._fast_claim(conn, list(asked)),
+                    # durable always: the starts a rate counts and the turns of a fair
+                    # queue commit with the claim, and a crash must not forget them
+                    fast=False,
                 ),
             )
         return jobs, asked

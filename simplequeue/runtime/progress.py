@@ -89,8 +89,9 @@ class ProgressWriter:
             return False
         publish = self._audience.listened
         async with borrow(self._pool) as conn:
-            fast = self._fast.all_fast([job.queue]) and commits_alone(conn)
+            run_id, lease, queue = job._run_as_claimed()  # whatever the handler did to the object
+            fast = self._fast.all_fast([queue]) and commits_alone(conn)
             plan = self._store.set_progress(
-                job.id, job.lease, progress, message, publish=publish, fast=fast
+                run_id, lease, progress, message, publish=publish, fast=fast
             )
             return await run(conn, plan)

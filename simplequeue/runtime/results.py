@@ -196,14 +196,21 @@ class ResultWriter(Service):
         """Write a batch; False when giving up at shutdown. A transient failure is retried
         with backoff; a batch the database refuses is written one result at a time, and a
         result it refuses ends its job as failed instead (`_refused`)."""
+        changed: set[uuid.UUID] = set()
+        committed: set[uuid.UUID] = set()
+        """Outcomes of a part that committed on its own before a later part failed: a
+        retry writes the rest only (written again, they would count as fenced off)."""
         while True:
             try:
                 async with borrow(self._pool) as conn:
                     publish = self._audience.listened
-                    changed: set[uuid.UUID] = set()
-                    for part, fast in self._by_durability(conn, batch):
+                    rest = [o for o in batch if o.job_id not in committed]
+                    parts = self._by_durability(conn, rest)
+                    for part, fast in parts:
                         plan = self._store.write_outcomes(part, publish=publish, fast=fast)
                         changed |= await run(conn, plan)
+                        if len(parts) > 1:  # split: each part is a transaction of its own
+                            committed.update(o.job_id for o in part)
                     locked = await self._held_elsewhere(conn, batch, changed)
             except Exception as exc:
                 if not is_transient(exc):

@@ -27,12 +27,13 @@ from simplequeue.maintenance import janitor_enabled, warn_no_janitor
 from simplequeue.maintenance.janitor import Janitor
 from simplequeue.maintenance.reaper import Reaper
 from simplequeue.registry import QueueRegistry
+from simplequeue.runtime.controls import FastQueuesWatcher
 from simplequeue.runtime.executor import Executor
 from simplequeue.runtime.heartbeat import Heartbeater, Presence
 from simplequeue.runtime.leader import RESIGN_TIMEOUT, Leadership
 from simplequeue.runtime.listener import Listener
 from simplequeue.runtime.outage import DatabaseHealth
-from simplequeue.runtime.poller import PROMOTE_BATCH, Poller
+from simplequeue.runtime.poller import CONTROLS_REFRESH, PROMOTE_BATCH, Poller
 from simplequeue.runtime.progress import ProgressWriter
 from simplequeue.runtime.results import ResultWriter
 from simplequeue.runtime.scheduler import Insert, Scheduler
@@ -152,6 +153,9 @@ class Runtime:
         )
         # Results written free slots of fleet-wide limits the poller may be waiting for.
         self.results.on_written = self.poller.results_written
+        self.fast_watcher = FastQueuesWatcher(
+            self.poller.follow_fast_queues, CONTROLS_REFRESH, health=health
+        )
         self.listener = (
             Listener(connect_async, store.listen, self._inserted, health=health)
             if config.use_notify
@@ -195,7 +199,7 @@ class Runtime:
         self._results_task = self._launch(self.results)
         self._poller_task = self._launch(self.poller)
         periodic: list[PeriodicService | None] = [self.reaper, self.janitor]
-        services: list[Service | None] = [self.listener, self.scheduler]
+        services: list[Service | None] = [self.listener, self.scheduler, self.fast_watcher]
         for duty in periodic:
             if duty is not None and duty.leader_only and self.leadership is not None:
                 self.leadership.add(duty)  # started while this worker leads
