@@ -10,9 +10,13 @@ import asyncio
 from datetime import timedelta
 from typing import Any
 
+import pytest
+
 import simplequeue as sq
 from tests.conftest import FAST, count, eventually, query
 from tests.test_durability import observe, observed, settings
+
+pytestmark = pytest.mark.slow  # changes of mode timed over seconds: make test-slow
 
 
 def long_job(name: str, started: asyncio.Event, steps: int = 60) -> sq.Handler:

@@ -19,6 +19,9 @@ import pytest
 import simplequeue as sq
 from tests.conftest import FAST, eventually, query
 
+# They wait for real slots, a minute of them in all: make test-slow runs them.
+pytestmark = pytest.mark.slow
+
 QUEUE = "ticks"
 
 
