@@ -313,6 +313,10 @@ async def _verified_rate(adapter: Adapter, dsn: str, n: int, elapsed: float) -> 
     return {"jobs_per_s": n / elapsed, "seconds": elapsed}
 
 
+BULK_BATCHES = (100, 1_000, 10_000)
+"""Batch sizes of the bulk rows beside the one call of the whole set (`bulk`)."""
+
+
 async def bulk_enqueue(adapter: Adapter, dsn: str, n: int, chunk: int) -> dict[str, float]:
     """n jobs through the batch API (COPY for the floor)."""
     await adapter.setup(dsn)
@@ -596,6 +600,18 @@ WORKLOADS: tuple[Workload, ...] = (
         True,
         lambda a, d, s: bulk_enqueue(a, d, s.bulk, s.bulk_chunk),
     ),
+    *(
+        Workload(
+            f"bulk_{batch}",
+            f"bulk enqueue in batches of {batch:,}",
+            "jobs_per_s",
+            "jobs/s",
+            True,
+            # the batches applications send, the jobs built in the timed loop as they are
+            (lambda b: lambda a, d, s: bulk_enqueue(a, d, s.bulk, min(b, s.bulk)))(batch),
+        )
+        for batch in BULK_BATCHES
+    ),
     Workload(
         "drain_1x10", "drain, 1 worker x c=10", "jobs_per_s", "jobs/s", True, _drain_case(1, 10)
     ),
@@ -677,6 +693,10 @@ REPORT_ROWS: tuple[tuple[str, str, str, str, bool], ...] = (
     ("enqueue one, 1 producer", "enqueue_one_1", "jobs_per_s", "jobs/s", True),
     ("enqueue one, 8 producers", "enqueue_one_8", "jobs_per_s", "jobs/s", True),
     ("bulk enqueue", "bulk", "jobs_per_s", "jobs/s", True),
+    *(
+        (f"bulk enqueue, batches of {b:,}", f"bulk_{b}", "jobs_per_s", "jobs/s", True)
+        for b in BULK_BATCHES
+    ),
     ("drain 1 proc x c=10", "drain_1x10", "jobs_per_s", "jobs/s", True),
     ("drain 1 proc x c=100", "drain_1x100", "jobs_per_s", "jobs/s", True),
     ("drain 2 procs x c=100", "drain_2x100", "jobs_per_s", "jobs/s", True),
