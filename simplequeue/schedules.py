@@ -163,7 +163,7 @@ class Schedule:
 
     def rule(self) -> str:
         """The rule, as operators read it."""
-        return f"cron {self.cron} ({self.timezone})" if self.cron else f"every {self.every}"
+        return rule_text(self.cron, self.every, self.timezone)
 
     def plan(
         self,
@@ -324,6 +324,11 @@ class ScheduleInfo:
     def from_row(cls, row: Any) -> ScheduleInfo:
         return cls(*row)
 
+    @property
+    def rule(self) -> str:
+        """The rule, as operators read it."""
+        return rule_text(self.cron, self.every, self.timezone)
+
     def to_dict(self) -> dict[str, Any]:
         data = jsonable(self)
         data["every_seconds"] = None if self.every is None else self.every.total_seconds()
@@ -352,6 +357,11 @@ class ScheduleBook:
     def all(self) -> list[Schedule]:
         with self._lock:
             return sorted(self._schedules.values(), key=lambda s: s.name)
+
+
+def rule_text(cron: str | None, every: timedelta | None, timezone: str) -> str:
+    """A schedule's rule in words: `cron */5 * * * * (UTC)`, `every 0:01:00`."""
+    return f"cron {cron} ({timezone})" if cron else f"every {every}"
 
 
 def _check_cron(name: str, cron: object) -> None:

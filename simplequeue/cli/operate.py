@@ -598,7 +598,7 @@ def schedules_list(as_json: bool, dsn: str, schema: str, **options: Any) -> None
         "schedules",
         ["schedule", "queue", "rule", "missed", "paused", "last slot", "next slot", "enqueued",
          "last registered"],
-        [(i.name, i.queue, f"cron {i.cron} ({i.timezone})" if i.cron else f"every {i.every}",
+        [(i.name, i.queue, i.rule,
           i.missed, i.paused, i.last_slot, None if i.paused else i.next_slot, i.enqueued,
           i.seen_at) for i in found],
     )  # fmt: skip
