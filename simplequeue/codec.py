@@ -7,6 +7,10 @@ import decimal
 import json
 import re
 import sys
+import threading
+from collections.abc import Callable, Sequence
+from json.encoder import c_make_encoder  # type: ignore[attr-defined]
+from json.encoder import encode_basestring as c_encode_basestring
 from typing import Any
 
 from simplequeue.errors import InvalidJobError
@@ -36,9 +40,37 @@ _LONG_INT = re.compile(_JSON_STRING + rf"|(\d{{{NUMERIC_MAX_DIGITS + 1},}})", re
 _STRINGS = re.compile(_JSON_STRING, re.DOTALL)
 _NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
 _ARRAYS = (list, tuple)
+_PLAIN = frozenset({dict, list, str, int, float, bool, type(None)})
+"""Types that are no pydantic model: asking them for `model_dump` would cost an exception."""
 
 _ENCODER = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":"))
 """Built once: json.dumps with non-default options builds a new encoder at every call."""
+
+
+class _Encoders(threading.local):
+    """Each thread's C encoder of `_ENCODER`'s options, built once: `JSONEncoder.encode`
+    builds one at every call, a third of the cost of encoding a small payload. Its record
+    of the containers it is inside (what finds circular references) is its own, and is
+    thrown away after an error, which may leave entries in it."""
+
+    encode: Callable[[Any, int], Sequence[str]] | None = None
+
+    def text(self, data: Any) -> str:
+        encode = self.encode
+        if encode is None:
+            if c_make_encoder is None:  # an interpreter without the C accelerator
+                return _ENCODER.encode(data)
+            encode = self.encode = c_make_encoder(
+                {}, _ENCODER.default, c_encode_basestring, None, ":", ",", False, False, False
+            )
+        try:
+            return "".join(encode(data, 0))
+        except BaseException:
+            self.encode = None
+            raise
+
+
+_ENCODERS = _Encoders()
 
 
 def encode_data(data: Any, what: str = "job data") -> str:
@@ -52,7 +84,7 @@ def encode_data(data: Any, what: str = "job data") -> str:
     documents over jsonb's 256 MiB. Floats of 1e16 and above are written out in full with a
     ".0", because jsonb would print "1e+16" back as the integer 10000000000000000.
     """
-    if hasattr(data, "model_dump") and callable(data.model_dump):
+    if type(data) not in _PLAIN and hasattr(data, "model_dump") and callable(data.model_dump):
         # JSON-compatible Python values, then our own checks: pydantic's JSON would write
         # NaN as null, and the payload would not read back as it was given.
         try:
@@ -60,7 +92,7 @@ def encode_data(data: Any, what: str = "job data") -> str:
         except ValueError as exc:  # pydantic's serialization errors are ValueErrors
             raise InvalidJobError(f"{what} (a pydantic model) cannot be serialised: {exc}") from exc
     try:
-        text = _ENCODER.encode(data)
+        text = _ENCODERS.text(data)
         # ASCII text holds no lone surrogate and is its own size; the rest is encoded to check.
         size = len(text) if text.isascii() else len(text.encode("utf-8"))
     except UnicodeEncodeError as exc:
@@ -85,7 +117,11 @@ def encode_data(data: Any, what: str = "job data") -> str:
                 f"{entries} values would exceed PostgreSQL's 256 MiB jsonb limit. Store "
                 "large blobs elsewhere and pass a reference."
             )
-    if text.count("[") + text.count("{") > MAX_DATA_DEPTH and _nesting(text) > MAX_DATA_DEPTH:
+    if (
+        size > 2 * MAX_DATA_DEPTH  # a shorter text cannot nest deeper
+        and text.count("[") + text.count("{") > MAX_DATA_DEPTH
+        and _nesting(text) > MAX_DATA_DEPTH
+    ):
         raise InvalidJobError(_too_deep(what))
     _check_keys(data, what)
     digits = sys.get_int_max_str_digits()

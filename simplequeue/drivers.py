@@ -123,6 +123,11 @@ class AsyncDriver(ABC):
     async def _step(self, step: Run | Copy) -> Result:
         if isinstance(step, Run) and not step.savepoint:
             return await self._execute(step.query, step.params)
+        if isinstance(step, Copy) and step.alone_commits(self.commits_each_statement()):
+            await self._copy(step)
+            if step.then is not None:
+                await self._execute(step.then.query, step.then.params)
+            return Result([], 0)
         async with self._unit():
             if isinstance(step, Run):
                 return await self._execute(step.query, step.params)
@@ -283,6 +288,11 @@ class SyncDriver(ABC):
     def _step(self, step: Run | Copy) -> Result:
         if isinstance(step, Run) and not step.savepoint:
             return self._execute(step.query, step.params)
+        if isinstance(step, Copy) and step.alone_commits(self.commits_each_statement()):
+            self._copy(step)
+            if step.then is not None:
+                self._execute(step.then.query, step.then.params)
+            return Result([], 0)
         with self._unit():
             if isinstance(step, Run):
                 return self._execute(step.query, step.params)

@@ -83,26 +83,29 @@ class Operations:
                 + ("; use insert_job for one" if isinstance(jobs, Job) else "")
             )
         checked = list(jobs)
-        seen: set[uuid.UUID] = set()
+        seen: set[int] = set()  # the ids as integers: hashing a UUID runs Python code
         limit = self.config.max_payload_bytes
         for index, job in enumerate(checked):
             if not isinstance(job, Job):
                 raise InvalidJobError(
                     f"item {index} is {type(job).__name__}, not a simplequeue.Job"
                 )
-            if job.id in seen:
+            number = job.id.int
+            if number in seen:
                 raise InvalidJobError(
                     f"item {index} is the same job as an earlier item (the same Job object, "
                     "or a copy of it)"
                 )
-            seen.add(job.id)
+            seen.add(number)
             job._check()  # its attributes may have changed since it was built
-            size = len(job.encoded_data.encode("utf-8"))
-            if size > limit:
-                raise InvalidJobError(
-                    f"item {index}: job data is {size} bytes; the limit is {limit} "
-                    "(max_payload_bytes). Store large blobs elsewhere and pass a reference."
-                )
+            text = job.encoded_data
+            if len(text) * 4 > limit:  # else within it: a character is at most 4 bytes
+                size = len(text.encode("utf-8"))
+                if size > limit:
+                    raise InvalidJobError(
+                        f"item {index}: job data is {size} bytes; the limit is {limit} "
+                        "(max_payload_bytes). Store large blobs elsewhere and pass a reference."
+                    )
         return checked
 
     def insert(self, jobs: Sequence[Job], conn: Connection) -> Plan[list[uuid.UUID | None]]:
@@ -127,6 +130,10 @@ class Operations:
                 can_copy=conn.can_copy,
                 publish=self.audience.listened,
             )
+        if len(inserted) == len(jobs):  # every one (the ids returned are of these jobs)
+            for job in jobs:
+                job._stored = committed
+            return [job.id for job in jobs]
         ids: list[uuid.UUID | None] = []
         for job in jobs:
             stored = job.id in inserted

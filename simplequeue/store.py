@@ -121,6 +121,10 @@ _insert_row: Callable[[Job], tuple[Any, ...]] = operator.attrgetter(
 )
 """A job's values in the order of `columns.SOURCES`: the INSERTs' and the COPY's."""
 _SOURCE_NAMES = [c.name for c in columns.SOURCES]
+_copy_row: Callable[[Job], tuple[Any, ...]] = operator.attrgetter(
+    *(columns.SOURCES[i].insert_from or "" for i in columns.COPY_SOURCES)
+)
+"""A job's values in the order of `statements.COPY`."""
 
 
 def _insert_rows(jobs: Sequence[Job]) -> list[tuple[Any, ...]]:
@@ -141,7 +145,7 @@ def _array(values: Iterable[object]) -> str:
     return "{" + ",".join(map(str, values)) + "}"
 
 
-COPY_THRESHOLD = 500
+COPY_THRESHOLD = 50
 """From this many jobs (none with a unique key), insert_jobs uses COPY."""
 
 MAX_ERROR_CHARS = 8192
@@ -180,10 +184,19 @@ class Run:
 @dataclass(frozen=True, slots=True)
 class Copy:
     """COPY each (statement, rows) in turn, then run `then`: one unit, in the caller's
-    transaction when there is one, else in a transaction of the driver's own."""
+    transaction when there is one, else in a transaction of the driver's own.
+
+    With `then_may_follow`, a single COPY on a connection that commits each statement
+    runs alone (all or nothing by itself), and `then` after it: two round trips fewer
+    (BEGIN, COMMIT) for what may follow the COPY's commit, such as a wake-up."""
 
     parts: tuple[tuple[str, Sequence[tuple[Any, ...]]], ...]
     then: Run | None = None
+    then_may_follow: bool = False
+
+    def alone_commits(self, commits_each_statement: bool) -> bool:
+        """Run without a transaction of the driver's own: one COPY, committing alone."""
+        return self.then_may_follow and commits_each_statement and len(self.parts) == 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -494,7 +507,8 @@ class Store:
             then = Run(self._notify_copied, [*copied, *wake])
         else:
             then = Run(self._notify, wake)
-        return Copy(parts, then if notify else None)
+        # The wake-up may follow the COPY's commit: a worker it wakes finds the jobs.
+        return Copy(parts, then if notify else None, then_may_follow=True)
 
     # -- the worker's hot path -------------------------------------------------------
 
@@ -1110,9 +1124,3 @@ def notify_payload(queues: set[str]) -> str:
     """The queue names, one per line; empty (meaning "any queue") when too long for NOTIFY."""
     payload = "\n".join(sorted(queues))
     return payload if len(payload.encode()) < 7000 and "\n" not in "".join(queues) else ""
-
-
-def _copy_row(job: Job) -> tuple[Any, ...]:
-    """A job's values in the order of `statements.COPY`."""
-    row = _insert_row(job)
-    return tuple(row[i] for i in columns.COPY_SOURCES)

@@ -2,27 +2,35 @@
 producer's trace context carried in the job (`trace_context`) so the worker's span
 continues the producer's trace, whatever process and however much later it runs.
 
-Without opentelemetry-api installed this module does nothing. With it and no SDK
-configured, spans are OpenTelemetry's no-ops and no context is stored.
+Until the application imports OpenTelemetry (it must, to configure a tracer provider, and
+so does `opentelemetry-instrument`), this module does nothing and imports nothing of it: a
+process that does not trace is spared its modules (about 3 MB). With the API imported and
+no SDK configured, spans are OpenTelemetry's no-ops and no context is stored.
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator, Sequence
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from simplequeue.job import Job
 
-try:
-    from opentelemetry import propagate, trace
-except ImportError:  # the otel extra is not installed
-    propagate = trace = None  # type: ignore[assignment]
-
 __all__ = ["inserting", "processing"]
 
 SYSTEM = "simplequeue"
+
+
+def _api() -> tuple[ModuleType, ModuleType] | None:
+    """OpenTelemetry's trace and propagate modules, once the application imported them."""
+    if "opentelemetry.trace" not in sys.modules:
+        return None
+    from opentelemetry import propagate, trace
+
+    return trace, propagate
 
 
 @contextlib.contextmanager
@@ -30,9 +38,11 @@ def inserting(jobs: Sequence[Job]) -> Iterator[None]:
     """A producer span around an insert; each job without a trace context of its own
     gets this span's. The span is not made current: the insert is a plan that may yield
     to its driver in between."""
-    if trace is None or not jobs:
+    api = _api()
+    if api is None or not jobs:
         yield
         return
+    trace, propagate = api
     queues = sorted({job.queue for job in jobs})
     span = trace.get_tracer(SYSTEM).start_span(
         f"{SYSTEM} insert {', '.join(queues)}"[:200],
@@ -62,14 +72,15 @@ def inserting(jobs: Sequence[Job]) -> Iterator[None]:
 def processing(job: Job) -> contextlib.AbstractContextManager[Any]:
     """A consumer span around one attempt, the current span while the handler runs (its
     own spans nest under it), child of the producer's span when the job carries it."""
-    return _NOTHING if trace is None else _processing(job)
+    api = _api()
+    return _NOTHING if api is None else _processing(job, *api)
 
 
 _NOTHING: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
 
 
 @contextlib.contextmanager
-def _processing(job: Job) -> Iterator[Any]:
+def _processing(job: Job, trace: ModuleType, propagate: ModuleType) -> Iterator[Any]:
     parent = propagate.extract(job.trace_context or {})
     with trace.get_tracer(SYSTEM).start_as_current_span(
         f"{SYSTEM} process {job.queue}"[:200],

@@ -44,6 +44,14 @@ def check_key(name: str, value: Any, *, required: bool, error: Error = InvalidJo
     """A queue name, unique key or fingerprint as PostgreSQL text and its index can hold."""
     if value is None and not required:
         return
+    # Nearly every key: ASCII (whose length is its size in UTF-8), short, without NUL.
+    if (
+        type(value) is str
+        and value.isascii()
+        and 0 < len(value) <= MAX_KEY_LENGTH
+        and "\x00" not in value
+    ):
+        return
     if not isinstance(value, str) or not value:
         raise error(f"{name} must be a non-empty string, got {value!r}")
     if len(value) > MAX_KEY_LENGTH:

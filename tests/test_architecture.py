@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -88,6 +90,21 @@ def test_the_core_never_loads_the_demo_or_the_embedded_server() -> None:
     for path, tree in _modules():
         if not _in_shell(path):
             assert not _imports(tree) & forbidden, path.name
+
+
+def test_import_loads_no_extra_a_worker_does_not_use() -> None:
+    """A worker's memory is what it imports: the extras load when their feature is used
+    (tracing once the application imported OpenTelemetry itself)."""
+    extras = (
+        "opentelemetry", "prometheus_client", "starlette", "uvicorn", "sqlalchemy", "django",
+        "rich", "click", "typer", "croniter", "asyncpg", "psycopg2", "simplequeue.web",
+        "simplequeue.cli", "simplequeue.metrics",
+    )  # fmt: skip
+    code = f"import sys, simplequeue; print([m for m in sys.modules if m.startswith({extras})])"
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert loaded == "[]"
 
 
 def test_no_process_wide_state_is_assigned_at_run_time() -> None:

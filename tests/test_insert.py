@@ -505,3 +505,19 @@ async def test_wait_for_job_keeps_its_timeout_while_the_database_does_not_answer
         with pytest.raises(TimeoutError, match=r"after 0\.5s"):
             await queue.wait_for_job(job_id, timeout=0.5)
         assert asyncio.get_running_loop().time() - begun < 2
+
+
+def test_ids_keep_growing_when_the_counter_carries_into_its_top_bits() -> None:
+    from simplequeue.job import IdClock
+
+    # The counter's low 62 bits two short of wrapping: the third id carries into the 12
+    # bits before them, which are cached between ids.
+    start = (2**62 - 2) << 7
+    clock = IdClock(clock=lambda: 1_700_000_000_000_000_000, entropy=lambda n: start.to_bytes(n))
+    ids = [clock.next() for _ in range(5)]
+    assert ids == sorted(ids) and len(set(ids)) == 5
+    counters = [(i.int >> 64 & 0xFFF) << 62 | (i.int & (2**62 - 1)) for i in ids]
+    assert counters == [2**62 - 2 + k for k in range(5)]
+    assert [i.int >> 80 for i in ids] == [1_700_000_000_000] * 5
+    assert all(i.version == 7 and i.variant == uuid.RFC_4122 for i in ids)
+    assert ids == [uuid.UUID(str(i)) for i in ids] and len({hash(i) for i in ids}) == 5
