@@ -79,6 +79,10 @@ class AsyncDriver(ABC):
 
     can_copy = False
     """Whether `Copy` steps can run here; the store plans an INSERT otherwise."""
+    array_literals = False
+    """Whether a batch's arrays may travel as array literals (text): psycopg's own
+    adaptation of lists is the slow part of an INSERT of arrays; other drivers' is not,
+    or needs lists (asyncpg)."""
 
     @abstractmethod
     def commits_each_statement(self) -> bool:
@@ -156,6 +160,8 @@ class AsyncDriver(ABC):
 
 class PsycopgAsync(AsyncDriver):
     """psycopg 3, async: the library's own connections, and a caller's."""
+
+    array_literals = True
 
     def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
         self.conn = conn
@@ -246,6 +252,7 @@ class SyncDriver(ABC):
     """Runs plans on one sync connection (the same steps as `AsyncDriver`, blocking)."""
 
     can_copy = False
+    array_literals = False  # see AsyncDriver
 
     @abstractmethod
     def commits_each_statement(self) -> bool: ...
@@ -319,6 +326,8 @@ class SyncDriver(ABC):
 class PsycopgSync(SyncDriver):
     """psycopg 3, sync: SyncQueue's own connections, the heartbeat's, and a caller's
     (directly, or under SQLAlchemy or Django)."""
+
+    array_literals = True
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self.conn = conn

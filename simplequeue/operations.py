@@ -50,6 +50,9 @@ class Connection(Protocol):
     @property
     def can_copy(self) -> bool: ...
 
+    @property
+    def array_literals(self) -> bool: ...
+
     def commits_each_statement(self) -> bool: ...
 
 
@@ -128,6 +131,7 @@ class Operations:
                 notify=notify,
                 retry=retry,
                 can_copy=conn.can_copy,
+                array_literals=conn.array_literals,
                 publish=self.audience.listened,
             )
         if len(inserted) == len(jobs):  # every one (the ids returned are of these jobs)
