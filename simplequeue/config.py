@@ -6,6 +6,8 @@ import re
 from datetime import timedelta
 from typing import Annotated, Any
 
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -123,7 +125,18 @@ class QueueConfig(BaseModel):
         description="seconds the leader's lease lasts unrenewed; renewed every third of it "
         "(default: 2 x heartbeat_interval, between 1 and 5)",
     )
-    use_notify: bool = Field(True, description="wake on LISTEN/NOTIFY; off behind PgBouncer")
+    use_notify: bool = Field(True, description="wake on LISTEN/NOTIFY (see listen_dsn)")
+    listen_dsn: str | None = Field(
+        None,
+        repr=False,  # it may hold a password
+        description="connection string of the LISTEN connection alone, straight to the "
+        "server when the pool goes through PgBouncer (default: the pool's)",
+    )
+    prepared_statements: bool | None = Field(
+        None,
+        description="for from_url(): let psycopg prepare the statements it runs often "
+        "(default: yes, unless the connection goes through a pooler such as PgBouncer)",
+    )
     strict_queues: bool = Field(
         False,
         description="refuse inserts into a queue no worker and no operator declared "
@@ -153,6 +166,17 @@ class QueueConfig(BaseModel):
     @classmethod
     def _backoff(cls, value: Any) -> BackoffStrategy:
         return check_backoff("backoff", value)
+
+    @field_validator("listen_dsn")
+    @classmethod
+    def _listen_dsn(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():  # an empty environment variable: unset
+            return None
+        try:
+            conninfo_to_dict(value)
+        except psycopg.ProgrammingError as exc:
+            raise ValueError(f"not a valid connection string: {exc}") from None
+        return value
 
     @field_validator("janitor_schedule")
     @classmethod

@@ -233,7 +233,8 @@ class SimpleQueue:
 
     async def ready(self, timeout: float | None = None) -> None:
         """Wait until the started workers hear inserts at once (their LISTEN is in place;
-        at once with `use_notify=False`). Raises QueueStateError when not started and
+        at once with `use_notify=False`, or once the listener stood down behind a pooler:
+        see `listen_dsn`). Raises QueueStateError when not started and
         TimeoutError after `timeout` seconds; QueueStateError too when stopped meanwhile."""
         limit = None if timeout is None else seconds("timeout", timeout)
         runtime = self._runtime

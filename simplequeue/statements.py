@@ -1128,3 +1128,6 @@ NOTIFY = "SELECT pg_notify(%s, %s)"
 LISTEN = "LISTEN {}"
 PROBE = "SELECT 1"
 """One round trip, to tell a live connection from one whose peer is gone."""
+SERVER_PID = "SELECT pg_backend_pid()"
+"""The server process behind a connection: a pooler (PgBouncer) hands its clients keys of
+its own at login, so a connection whose startup named another process goes through one."""

@@ -82,7 +82,7 @@ class SyncQueue:
     @classmethod
     def from_url(cls, dsn: str, **config: Any) -> SyncQueue:
         """A queue that owns its pool: `with queue:` (or `open()`) opens it."""
-        settings = owned_pool_settings(dsn, QueueConfig.build(**config))
+        settings = owned_pool_settings(dsn, QueueConfig.build(**config), sync=True)
         pool: ConnectionPool[Any] = ConnectionPool(
             dsn, open=False, name="simplequeue-sync", **settings
         )

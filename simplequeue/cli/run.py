@@ -86,7 +86,7 @@ def _setting_options(function: Any) -> Any:
 @click.argument("target")
 @connection_options
 @_setting_options
-@click.option("--no-notify", is_flag=True, help="poll only, no LISTEN (behind PgBouncer)")
+@click.option("--no-notify", is_flag=True, help="poll only, no LISTEN and no NOTIFY")
 @click.option("--no-migrate", is_flag=True, help="do not apply migrations at start")
 @click.option(
     "--shutdown-timeout",

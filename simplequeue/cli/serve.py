@@ -32,6 +32,13 @@ def register(cli: click.Group) -> None:
     help="a token that may only read (repeat for several)  [default: $SIMPLEQUEUE_READ_TOKEN]",
 )
 @click.option("--public-read", is_flag=True, help="reads need no token (on a trusted network only)")
+@click.option(
+    "--listen-dsn",
+    envvar="SIMPLEQUEUE_LISTEN_DSN",
+    default=None,
+    help="connection string of the live events' LISTEN alone, straight to the server when "
+    "--dsn goes through PgBouncer  [default: $SIMPLEQUEUE_LISTEN_DSN, else --dsn]",
+)
 @connection_options
 @log_options
 def serve(
@@ -40,6 +47,7 @@ def serve(
     admin_tokens: tuple[str, ...],
     read_tokens: tuple[str, ...],
     public_read: bool,
+    listen_dsn: str | None,
     dsn: str,
     schema: str,
     log_level: str | None,
@@ -61,7 +69,9 @@ def serve(
     if not tokens:
         tokens = (new_token(),)
         click.echo(f"admin token (new, for this run): {tokens[0]}", err=True)
-    queue = SimpleQueue.from_url(dsn, schema=schema, pool_min_size=1, pool_max_size=5)
+    queue = SimpleQueue.from_url(
+        dsn, schema=schema, pool_min_size=1, pool_max_size=5, listen_dsn=listen_dsn
+    )
     try:
         app = create_app(
             queue,

@@ -4,6 +4,10 @@ the HTTP API's live events, on their own channel).
 A lost connection is re-established with backoff; meanwhile the poller's fallback poll
 (`empty_poll_sleep`) bounds how long any job waits, and a reconnect tells the receiver
 (`received(None)`) that notifications may have been missed.
+
+A connection that cannot hear (`connect` returns None: it would go through a pooler in
+transaction mode, where a LISTEN stays behind on whichever server connection ran it) is
+not used at all: the listener says why (`unheard`) and ends, for good.
 """
 
 from __future__ import annotations
@@ -31,23 +35,42 @@ class Listener(Service):
 
     def __init__(
         self,
-        connect: Callable[[], Awaitable[psycopg.AsyncConnection[Any]]],
+        connect: Callable[[], Awaitable[psycopg.AsyncConnection[Any] | None]],
         listen: Callable[[], Plan[None]],
         received: Callable[[str | None], None],
         *,
         health: DatabaseHealth | None = None,
+        unheard: str = "not listening: the connection goes through a connection pooler",
     ) -> None:
         super().__init__(health)
         self._connect = connect
         self._listen = listen
         self._received = received
+        self._unheard = unheard
         self.connected = asyncio.Event()
+        self.stood_down = asyncio.Event()
+        """Set when the listener ended for good, its connection unable to hear."""
         self.connections = 0
+
+    async def settled(self) -> None:
+        """Wait until the LISTEN is in place, or the listener stood down."""
+        connected = asyncio.ensure_future(self.connected.wait())
+        stood_down = asyncio.ensure_future(self.stood_down.wait())
+        try:
+            await asyncio.wait([connected, stood_down], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            connected.cancel()
+            stood_down.cancel()
 
     async def run(self) -> None:
         while True:
             try:
                 conn = await self._connect()
+                if conn is None:
+                    self.outage.recovered()
+                    self.log.warning("%s", self._unheard)
+                    self.stood_down.set()
+                    return
                 try:
                     await run(conn, self._listen())
                     self.connections += 1

@@ -18,7 +18,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from simplequeue.audience import Audience
 from simplequeue.config import QueueConfig
-from simplequeue.connections import borrow, dedicated_settings
+from simplequeue.connections import borrow, dedicated_settings, listen_connector
 from simplequeue.drivers import run
 from simplequeue.durability import FastQueues
 from simplequeue.fleet import WorkerIdentity
@@ -82,13 +82,9 @@ class Runtime:
         health = self.health
         name = worker.application_name
         beat_conninfo, beat_settings = dedicated_settings(pool, "beat", name)
-        listen_conninfo, listen_settings = dedicated_settings(pool, "listen", name)
 
         def connect_sync() -> psycopg.Connection[Any]:
             return psycopg.Connection.connect(beat_conninfo, **beat_settings)
-
-        async def connect_async() -> psycopg.AsyncConnection[Any]:
-            return await psycopg.AsyncConnection.connect(listen_conninfo, **listen_settings)
 
         self.audience = Audience()
         # Which queues' writes commit fast: read by the poller, followed by every writer.
@@ -157,7 +153,13 @@ class Runtime:
             self.poller.follow_fast_queues, CONTROLS_REFRESH, health=health
         )
         self.listener = (
-            Listener(connect_async, store.listen, self._inserted, health=health)
+            Listener(
+                listen_connector(pool, "listen", name, config.listen_dsn),
+                store.listen,
+                self._inserted,
+                health=health,
+                unheard=_unheard(config.empty_poll_sleep),
+            )
             if config.use_notify
             else None
         )
@@ -243,18 +245,21 @@ class Runtime:
                 delay = min(delay * 2, MAX_RESTART_DELAY)
 
     async def ready(self) -> bool:
-        """Wait until inserts wake this runtime at once: its LISTEN is in place (at once
-        when notifications are off). False when the runtime stopped first."""
-        if self.listener is None:
+        """Wait until inserts wake this runtime as soon as they can: its LISTEN is in
+        place, or the fallback poll is all there is (notifications off, or the listener
+        stood down behind a pooler). False when the runtime stopped first."""
+        listener = self.listener
+        if listener is None:
             return True
-        connected = asyncio.ensure_future(self.listener.connected.wait())
+        settled = asyncio.ensure_future(listener.settled())
         stopped = asyncio.ensure_future(self._stopped.wait())
         try:
-            await asyncio.wait([connected, stopped], return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait([settled, stopped], return_when=asyncio.FIRST_COMPLETED)
         finally:
-            connected.cancel()
+            settled.cancel()
             stopped.cancel()
-        return self.listener.connected.is_set() and not self._stopped.is_set()
+        heard = listener.connected.is_set() or listener.stood_down.is_set()
+        return heard and not self._stopped.is_set()
 
     async def drain(self) -> dict[str, int]:
         """Wait until no job of the handled queues is due, running or unwritten; how
@@ -353,6 +358,17 @@ class Runtime:
             return
         await _finish([self._leader_task], time.monotonic())
         await self.leadership.resign()
+
+
+def _unheard(poll: float) -> str:
+    """Why a worker does not listen behind a pooler, and what to do about it."""
+    return (
+        "not listening: this worker's connections go through a connection pooler "
+        "(PgBouncer?), where a LISTEN hears nothing in transaction pooling; new jobs wait "
+        f"for the fallback poll (empty_poll_sleep={poll:g}s). Set listen_dsn to a "
+        "connection string straight to the server to be woken at once (or to the pooler "
+        "itself in session pooling), or use_notify=False to poll without this warning"
+    )
 
 
 async def _finish(tasks: Iterable[asyncio.Task[None] | None], until: float) -> None:

@@ -61,7 +61,7 @@ def create_app(
     changes (`public_read`: reads need none). Tokens are at least 16 characters.
     """
     access = Access.of(admin_tokens, read_tokens, public_read=public_read)
-    hub = EventHub(queue.pool, Store(queue.schema))
+    hub = EventHub(queue.pool, Store(queue.schema), queue.config.listen_dsn)
     api = Api(queue, access, hub)
     read, admin = Scope.READ, Scope.ADMIN
 

@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from simplequeue.connections import borrow, dedicated_settings
+from simplequeue.connections import borrow, listen_connector
 from simplequeue.drivers import run
 from simplequeue.runtime.listener import Listener
 from simplequeue.store import Store
@@ -115,11 +115,16 @@ class Subscription:
 
 
 class EventHub:
-    """Starts listening with its first subscriber; `aclose()` stops it."""
+    """Starts listening with its first subscriber; `aclose()` stops it. It listens on
+    `listen_dsn` when given, else on a connection like the pool's; not at all when those
+    go through a pooler (the streams then carry pings only)."""
 
-    def __init__(self, pool: AsyncConnectionPool[Any], store: Store) -> None:
+    def __init__(
+        self, pool: AsyncConnectionPool[Any], store: Store, listen_dsn: str | None = None
+    ) -> None:
         self._store = store
         self._pool = pool
+        self._listen_dsn = listen_dsn
         self._subscriptions: set[Subscription] = set()
         self._listener: Listener | None = None
         self._task: asyncio.Task[None] | None = None
@@ -140,18 +145,27 @@ class EventHub:
     def _start(self) -> None:
         if self._task is not None and not self._task.done():
             return
-        conninfo, settings = dedicated_settings(self._pool, "events")
-
-        async def connect() -> psycopg.AsyncConnection[Any]:
-            return await psycopg.AsyncConnection.connect(conninfo, **settings)
-
-        self._listener = Listener(connect, self._store.listen_events, self._received)
+        connect = listen_connector(self._pool, "events", listen_dsn=self._listen_dsn)
+        self._listener = Listener(
+            connect,
+            self._store.listen_events,
+            self._received,
+            unheard="events: not listening: the server's connections go through a "
+            "connection pooler (PgBouncer?), where a LISTEN hears nothing in transaction "
+            "pooling; live events (GET /events) stay silent. Set listen_dsn "
+            "(simplequeue serve --listen-dsn) to a connection string straight to the server",
+        )
         self._task = asyncio.create_task(self._listener.run(), name="simplequeue-events")
         self._registering = asyncio.create_task(self._register(), name="simplequeue-listener")
 
     async def _register(self) -> None:
         """Keep this server's row in event_listeners: while it is there, workers and
-        producers publish the events (they skip them otherwise)."""
+        producers publish the events (they skip them otherwise). Not when the listener
+        stood down: nobody would hear them."""
+        assert self._listener is not None
+        await self._listener.settled()
+        if self._listener.stood_down.is_set():
+            return
         while True:
             try:
                 async with borrow(self._pool) as conn:
@@ -169,8 +183,9 @@ class EventHub:
         assert self._listener is not None
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
-                await self._listener.connected.wait()
-                await self._registered.wait()
+                await self._listener.settled()
+                if not self._listener.stood_down.is_set():
+                    await self._registered.wait()
         return self.connected and self._registered.is_set()
 
     @contextlib.asynccontextmanager
