@@ -132,7 +132,9 @@ class ResultWriter(Service):
                 self._filled.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._filled.wait(), self._flush_interval)
-            batch = sorted(self._buffer[: self._batch_size], key=lambda o: o.job_id)
+            # In id order (as integers: comparing UUIDs runs Python code), as every batch
+            # locks its rows: two writers never wait on each other in a cycle.
+            batch = sorted(self._buffer[: self._batch_size], key=lambda o: o.job_id.int)
             del self._buffer[: self._batch_size]
             self._has_room.set()
             deferred = len(self._deferred)
@@ -141,8 +143,11 @@ class ResultWriter(Service):
                 written = await self._write(batch)
             finally:
                 self._writing = 0
-                held = {(o.job_id, o.lease) for o in self._deferred[deferred:]}
-                self._release([o for o in batch if (o.job_id, o.lease) not in held])
+                if len(self._deferred) == deferred:  # nearly always: none held elsewhere
+                    self._release(batch)
+                else:
+                    held = {(o.job_id, o.lease) for o in self._deferred[deferred:]}
+                    self._release([o for o in batch if (o.job_id, o.lease) not in held])
             if not written:
                 return
 
@@ -174,6 +179,8 @@ class ResultWriter(Service):
     ) -> list[Outcome]:
         """The results not written because another transaction held their rows: those
         still running under their lease (the others were fenced off)."""
+        if len(changed) == len(batch):  # every one written (changed holds batch ids only)
+            return []
         unwritten = [o for o in batch if o.job_id not in changed]
         if not unwritten:
             return []
@@ -239,7 +246,8 @@ class ResultWriter(Service):
                 self.on_written()
             self.written += len(changed)
             self.batch_sizes.observe(len(batch))
-            self.written_by_status.update(o.status for o in batch if o.job_id in changed)
+            every = len(changed) == len(batch)
+            self.written_by_status.update(o.status for o in batch if every or o.job_id in changed)
             self.fenced_off += len(batch) - len(changed) - len(locked)
             self._defer(locked)
             return True
