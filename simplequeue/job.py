@@ -397,9 +397,12 @@ class Job(Generic[PayloadT]):
         """Refuse what the table cannot store: when the job is built, and again at each
         insert, for the attributes that changed since (they are plain attributes)."""
         check_key("queue", self.queue, required=True)
-        check_key("unique_key", self.unique_key, required=False)
-        check_key("fingerprint", self.fingerprint, required=False)
-        check_key("concurrency_key", self.concurrency_key, required=False)
+        if self.unique_key is not None:  # the optional keys: nearly always None
+            check_key("unique_key", self.unique_key, required=False)
+        if self.fingerprint is not None:
+            check_key("fingerprint", self.fingerprint, required=False)
+        if self.concurrency_key is not None:
+            check_key("concurrency_key", self.concurrency_key, required=False)
         check_int("max_attempts", self.max_attempts, 1)
         check_int("priority", self.priority, -INT32_MAX)
         if self.run_at is not None:

@@ -134,7 +134,7 @@ class Operations:
                 array_literals=conn.array_literals,
                 publish=self.audience.listened,
             )
-        if len(inserted) == len(jobs):  # every one (the ids returned are of these jobs)
+        if inserted is None or len(inserted) == len(jobs):  # every one (of these jobs)
             for job in jobs:
                 job._stored = committed
             return [job.id for job in jobs]

@@ -135,6 +135,11 @@ def _insert_rows(jobs: Sequence[Job]) -> list[tuple[Any, ...]]:
     return [_insert_row(jobs[i]) for i in order]
 
 
+def _id_order(j: Job) -> int:
+    """The order of ids (as integers: comparing UUIDs runs Python code)."""
+    return j.id.int
+
+
 def _insert_order(j: Job, place: int = 0) -> tuple[bool, str, int, uuid.UUID]:
     return (j.unique_key is None, j.unique_key or "", place if j.unique_key else 0, j.id)
 
@@ -408,9 +413,10 @@ class Store:
         can_copy: bool = False,
         array_literals: bool = False,
         publish: bool = True,
-    ) -> Plan[set[uuid.UUID]]:
+    ) -> Plan[set[uuid.UUID] | None]:
         """Insert in one statement; returns the ids stored (a live unique key skips a job,
-        and so does a key taken over time, `unique_for`: claimed by the same statement).
+        and so does a key taken over time, `unique_for`: claimed by the same statement),
+        or None when every job was (a COPY: no id needs looking up).
 
         With `notify`, the same statement sends one NOTIFY naming the queues, delivered
         when the inserting transaction commits. With `retry` (an insert of some of these
@@ -450,7 +456,7 @@ class Store:
                     publish=publish,
                 )
                 return (yield from again)
-            return {j.id for j in jobs}
+            return None
         params: list[Any] | dict[str, Any]
         if len(jobs) == 1:  # scalars: adapting nine one-element arrays costs more than the insert
             params = dict(zip(_SOURCE_NAMES, _insert_row(jobs[0]), strict=True))
@@ -528,7 +534,7 @@ class Store:
         deduplicate then. Jobs without `run_at` take the database's `now()` as the INSERT
         path gives them, so they go in a COPY that leaves the column to its default.
         """
-        ordered = sorted(jobs, key=_insert_order)  # nearly free: ids grow as jobs are built
+        ordered = sorted(jobs, key=_id_order)  # nearly free: ids grow as jobs are built
         untimed = [_copy_row(j) for j in ordered if j.run_at is None]
         timed = [(*_copy_row(j), j.run_at, True) for j in ordered if j.run_at is not None]
         parts = tuple(
