@@ -72,6 +72,11 @@ class Outcome:
     write commits (None: durably)."""
 
     @property
+    def due_at_once(self) -> bool:
+        """Pending again without a wait (a retry with no backoff): claimable as written."""
+        return self.status == "pending" and self.delay <= 0 and self.not_before is None
+
+    @property
     def is_plain_success(self) -> bool:
         return (
             self.status == "completed"

@@ -169,3 +169,26 @@ async def test_finished_results_waiting_to_be_written_hold_back_their_jobs(dsn: 
         writer.close(time.monotonic() + 5)
         await running
     assert count(dsn, "status = 'completed'") == 3
+
+
+async def test_a_retry_due_at_once_is_picked_up_without_waiting_for_the_poll(dsn: str) -> None:
+    """A failed attempt written back as pending and due now (no backoff) wakes the worker
+    that wrote it: nothing else would until its fallback poll, a minute away here."""
+    attempts: list[float] = []
+
+    class FailOnce(sq.Handler):
+        QUEUE = "again"
+
+        async def process(self, queue: sq.SimpleQueue, job: sq.Job) -> None:
+            attempts.append(time.monotonic())
+            if len(attempts) == 1:
+                raise RuntimeError("first attempt fails")
+
+    async with sq.SimpleQueue.from_url(dsn, empty_poll_sleep=60, backoff=sq.Fixed(0)) as queue:
+        queue.register_handler(FailOnce())
+        await queue.start()
+        await queue.ready(timeout=10)
+        await asyncio.sleep(0.2)  # the poller now sleeps until a wake-up
+        await queue.insert_job(sq.Job("again", {}))
+        await eventually(lambda: len(attempts) == 2, timeout=10, every=0.005)
+    assert attempts[1] - attempts[0] < 5

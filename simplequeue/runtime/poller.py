@@ -141,10 +141,15 @@ class Poller(Service):
         self._wake.set()
         self._capacity.set()
 
-    def results_written(self) -> None:
+    def results_written(self, due_at_once: bool = False) -> None:
         """Results were written: jobs left `running`, and a controlled queue's limit that
         held the last claim back may have room now (the local permits were freed
-        earlier, when the jobs ended; the fleet's count follows the write)."""
+        earlier, when the jobs ended; the fleet's count follows the write). With
+        `due_at_once`, some job is pending again and due now (a retry without backoff):
+        no notification announces it, so this worker claims it without waiting for its
+        fallback poll."""
+        if due_at_once:
+            self._wake.set()
         if self._held_back:
             self._held_rounds = 0
             self._wake.set()

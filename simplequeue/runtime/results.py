@@ -68,7 +68,9 @@ class ResultWriter(Service):
         self._flush_interval = flush_interval
         self._max_buffered = max_buffered
         self._buffer: list[Outcome] = []
-        self.on_written: Callable[[], None] | None = None
+        self.on_written: Callable[[bool], None] | None = None
+        """Called after each batch written, told whether it made a job claimable at once
+        (a retry without backoff: no NOTIFY announces it)."""
         """Called after each batch written: permits of the fleet's limits were freed."""
         # A batch is full at batch_size, or when the buffer is: nothing more can come then.
         self._full_batch = min(batch_size, max_buffered)
@@ -243,7 +245,8 @@ class ResultWriter(Service):
                 continue
             self.outage.recovered()
             if self.on_written is not None:
-                self.on_written()
+                again = [o for o in batch if o.due_at_once]  # nearly always none
+                self.on_written(any(o.job_id in changed for o in again))
             self.written += len(changed)
             self.batch_sizes.observe(len(batch))
             every = len(changed) == len(batch)
