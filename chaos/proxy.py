@@ -3,8 +3,10 @@
 It forwards bytes both ways between its clients and a server. `freeze()` makes it stop
 forwarding and stop answering while keeping every socket open: what a dropped-packet
 partition looks like to an application that waits for a reply (it waits forever unless it
-has its own timeout). `thaw()` resumes. It runs its own event loop in a thread, so it keeps
-its word whatever the process under test does with its own.
+has its own timeout). `thaw()` resumes. `cut_when_sent(marker)` closes the connection
+whose client next sends `marker`, before the server sees it: a connection lost between two
+statements. It runs its own event loop in a thread, so it keeps its word whatever the
+process under test does with its own.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ class SilentProxy:
         self._thread = threading.Thread(target=self._run, name="silent-proxy", daemon=True)
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._cut_marker: bytes | None = None
+        self.cuts = 0
+        """Connections closed by `cut_when_sent`."""
 
     def __enter__(self) -> SilentProxy:
         self._thread.start()
@@ -49,6 +54,11 @@ class SilentProxy:
 
     def thaw(self) -> None:
         self._loop.call_soon_threadsafe(self._flowing.set)
+
+    def cut_when_sent(self, marker: bytes) -> None:
+        """Once: the connection whose client next sends `marker` (a statement's text, say)
+        is closed both ways, and the server never sees those bytes."""
+        self._cut_marker = marker
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -90,16 +100,32 @@ class SilentProxy:
             return
         self._writers.add(up_writer)
         await asyncio.gather(
-            self._pipe(reader, up_writer), self._pipe(up_reader, writer), return_exceptions=True
+            self._pipe(reader, up_writer, writer),
+            self._pipe(up_reader, writer),
+            return_exceptions=True,
         )
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        client: asyncio.StreamWriter | None = None,
+    ) -> None:
+        """Bytes from `reader` to `writer`; `client` is the other end when they are the
+        client's (only those may be cut)."""
         try:
             while True:
                 data = await reader.read(65536)
                 if not data:
                     break
                 await self._flowing.wait()
+                marker = self._cut_marker
+                if client is not None and marker is not None and marker in data:
+                    self._cut_marker = None
+                    self.cuts += 1
+                    writer.transport.abort()
+                    client.transport.abort()
+                    break
                 writer.write(data)
                 await writer.drain()
         finally:

@@ -17,6 +17,7 @@ what must be one unit (a COPY and its NOTIFY, a step in a savepoint) is made so 
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import uuid
 from abc import ABC, abstractmethod
@@ -45,6 +46,8 @@ __all__ = [
 
 T = TypeVar("T")
 
+log = logging.getLogger("simplequeue.producer")
+
 _SAVEPOINT = "simplequeue_step"
 
 ASYNC_ACCEPTED = (
@@ -69,6 +72,17 @@ def _explained(exc: Exception) -> Exception:
             "with conn=, the connection must be to the queue's database"
         )
     return exc
+
+
+def _after_commit_failed(exc: Exception) -> None:
+    """The statement after a COPY that committed alone (its jobs' wake-up) failed: the
+    jobs are stored, so the insert succeeded. Raising would tell the caller otherwise,
+    and new jobs inserted in answer would be stored twice."""
+    log.warning(
+        "jobs inserted by COPY are stored, but their wake-up failed (%s): idle workers "
+        "find them at their next poll (empty_poll_sleep)",
+        str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+    )
 
 
 # -- async -----------------------------------------------------------------------------
@@ -128,9 +142,12 @@ class AsyncDriver(ABC):
         if isinstance(step, Run) and not step.savepoint:
             return await self._execute(step.query, step.params)
         if isinstance(step, Copy) and step.alone_commits(self.commits_each_statement()):
-            await self._copy(step)
+            await self._copy(step)  # committed: what follows can no longer undo it
             if step.then is not None:
-                await self._execute(step.then.query, step.then.params)
+                try:
+                    await self._execute(step.then.query, step.then.params)
+                except Exception as exc:
+                    _after_commit_failed(exc)
             return Result([], 0)
         async with self._unit():
             if isinstance(step, Run):
@@ -296,9 +313,12 @@ class SyncDriver(ABC):
         if isinstance(step, Run) and not step.savepoint:
             return self._execute(step.query, step.params)
         if isinstance(step, Copy) and step.alone_commits(self.commits_each_statement()):
-            self._copy(step)
+            self._copy(step)  # committed: what follows can no longer undo it
             if step.then is not None:
-                self._execute(step.then.query, step.then.params)
+                try:
+                    self._execute(step.then.query, step.then.params)
+                except Exception as exc:
+                    _after_commit_failed(exc)
             return Result([], 0)
         with self._unit():
             if isinstance(step, Run):

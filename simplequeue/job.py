@@ -408,7 +408,8 @@ class Job(Generic[PayloadT]):
         if self.run_at is not None:
             check_time("run_at", self.run_at)
         if self.timeout is not None:
-            as_timeout("timeout", self.timeout)
+            # Seconds, as the constructor keeps it: one set since may be a timedelta.
+            self.timeout = as_timeout("timeout", self.timeout)
         if self.unique_for is not None:
             as_unique_for(self.unique_for)
             if self.unique_key is None:

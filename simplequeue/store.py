@@ -156,6 +156,7 @@ def _literal(values: Sequence[Any], sql_type: str) -> str:
     """A PostgreSQL array literal of a batch's values of one column (`_SOURCE_TYPES`):
     psycopg adapts a list element by element in Python, with a regular expression per
     text element, ten times the cost of building the literal."""
+    items: Iterable[str]
     if sql_type in ("text", "jsonb"):
         items = (
             "NULL" if v is None else '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -163,7 +164,10 @@ def _literal(values: Sequence[Any], sql_type: str) -> str:
         )
     elif sql_type == "timestamptz":
         items = ("NULL" if v is None else f'"{v.isoformat()}"' for v in values)
-    elif sql_type in ("uuid", "int", "float8"):  # str and repr need no quoting
+    elif sql_type == "int":
+        # Never NULL. int's own text: a subclass (an enum, say) may print otherwise.
+        items = map(int.__repr__, values)
+    elif sql_type in ("uuid", "float8"):  # ids and floats the library made: no quoting
         items = ("NULL" if v is None else str(v) for v in values)
     else:
         raise ValueError(f"no array literal for {sql_type}")
@@ -219,7 +223,9 @@ class Copy:
 
     With `then_may_follow`, a single COPY on a connection that commits each statement
     runs alone (all or nothing by itself), and `then` after it: two round trips fewer
-    (BEGIN, COMMIT) for what may follow the COPY's commit, such as a wake-up."""
+    (BEGIN, COMMIT) for what may follow the COPY's commit, such as a wake-up. The COPY
+    has committed by then: a failure of `then` is logged, not raised (the rows are
+    stored, and the caller must hear so)."""
 
     parts: tuple[tuple[str, Sequence[tuple[Any, ...]]], ...]
     then: Run | None = None

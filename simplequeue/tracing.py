@@ -25,8 +25,9 @@ SYSTEM = "simplequeue"
 
 
 def _api() -> tuple[ModuleType, ModuleType] | None:
-    """OpenTelemetry's trace and propagate modules, once the application imported them."""
-    if "opentelemetry.trace" not in sys.modules:
+    """OpenTelemetry's trace and propagate modules, once the application imported them
+    (a None there is a module whose import the process blocks)."""
+    if sys.modules.get("opentelemetry.trace") is None:
         return None
     from opentelemetry import propagate, trace
 

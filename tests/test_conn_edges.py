@@ -5,6 +5,7 @@ as it was."""
 from __future__ import annotations
 
 import copy
+from datetime import UTC, datetime, timedelta, timezone
 
 import psycopg
 import pytest
@@ -19,6 +20,7 @@ from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
 import simplequeue as sq
 from simplequeue.store import COPY_THRESHOLD
+from simplequeue.validation import INT32_MAX, MAX_TIMEOUT, MAX_UNIQUE_FOR
 from tests.conftest import count, query, sqlalchemy_url
 
 
@@ -98,3 +100,93 @@ def test_a_session_on_another_database_system_is_refused_before_it_begins(dsn: s
             conn.execute(text("SELECT 1"))
     engine.dispose()
     assert count(dsn) == 0
+
+
+EDGE_TEXTS = (
+    'say "hi"',
+    "back\\slash\\",
+    '\\"quoted\\"',
+    "{braces},[brackets]",
+    "  padded\t",
+    "NULL",
+    "null",
+    "e\u0301 \U0001d11e \U0001f600",
+)
+"""Text an array literal must quote: quotes, backslashes, braces, commas, whitespace, the
+word NULL, combining and astral characters."""
+
+_ZONE = timezone(timedelta(hours=-5, minutes=-30, seconds=-15))
+EDGE_TIMES = (
+    None,
+    datetime(1, 1, 2, 12, tzinfo=UTC),
+    datetime(9999, 12, 29, tzinfo=_ZONE),
+    datetime(2030, 1, 2, 3, 4, 5, 6789, tzinfo=_ZONE),
+)
+SETTINGS = (
+    "SET standard_conforming_strings = off",
+    "SET DateStyle = 'SQL, DMY'",
+    "SET TimeZone = 'Pacific/Chatham'",
+    "SET IntervalStyle = 'sql_standard'",
+    "SET extra_float_digits = -15",
+)
+"""What a caller's session may say of strings, dates and floats: none changes a value."""
+
+
+def _edge_jobs(keyed: bool) -> list[sq.Job]:
+    jobs = []
+    for n, edge in enumerate(EDGE_TEXTS):
+        jobs.append(
+            sq.Job(
+                edge,
+                {edge: [edge, '{"a": "\\\\\\""}'], "n": n},
+                unique_key=f"{edge}{n}" if keyed else None,
+                fingerprint=edge,
+                concurrency_key=edge,
+                run_at=EDGE_TIMES[n % len(EDGE_TIMES)],
+                max_attempts=(1, INT32_MAX)[n % 2],
+                priority=(-INT32_MAX, INT32_MAX, 0)[n % 3],
+                timeout=(None, 5e-324, MAX_TIMEOUT)[n % 3],
+                unique_for=(sq.FOREVER, 1e-6, MAX_UNIQUE_FOR)[n % 3] if keyed else None,
+            )
+        )
+    return jobs
+
+
+@pytest.mark.parametrize("keyed", [False, True])
+def test_a_batch_stores_edge_values_as_given_whatever_the_session_says(
+    dsn: str, keyed: bool
+) -> None:
+    """A batch's arrays travel as literals the library writes (the INSERT of fewer than
+    COPY_THRESHOLD jobs, of any batch with keys): on a caller's connection whose session
+    settings differ from the server's defaults, every column is stored as given."""
+    jobs = _edge_jobs(keyed)
+    with sq.SyncQueue.from_url(dsn) as queue, psycopg.connect(dsn) as conn:
+        for setting in SETTINGS:
+            conn.execute(setting)
+        assert queue.insert_jobs(jobs, conn=conn) == [job.id for job in jobs]
+        conn.commit()
+        compared = ("queue", "data", "unique_key", "fingerprint", "concurrency_key")
+        compared += ("max_attempts", "priority", "timeout", "unique_for")
+        for job in jobs:
+            stored = queue.get_job(job.id)
+            assert stored is not None
+            assert [getattr(stored, a) for a in compared] == [getattr(job, a) for a in compared]
+            assert stored.run_at is not None
+            if job.run_at is not None:
+                assert stored.run_at == job.run_at
+
+
+def test_a_latin1_session_stores_what_latin1_holds_and_refuses_the_rest(dsn: str) -> None:
+    """A caller's connection in client_encoding LATIN1: latin text goes in by every path;
+    other text cannot be sent, raises before anything is stored, and leaves the caller's
+    transaction usable."""
+    with sq.SyncQueue.from_url(dsn) as queue, psycopg.connect(dsn) as conn:
+        conn.execute("SET client_encoding TO 'LATIN1'")
+        for size in (1, 3, COPY_THRESHOLD):
+            jobs = [sq.Job("q", {"é": "ü"}, fingerprint="ß") for _ in range(size)]
+            assert queue.insert_jobs(jobs, conn=conn) == [job.id for job in jobs]
+            with pytest.raises(UnicodeEncodeError):
+                queue.insert_jobs([sq.Job("q", {"€": n}) for n in range(size)], conn=conn)
+        conn.commit()
+    assert count(dsn) == 1 + 3 + COPY_THRESHOLD
+    assert count(dsn, "data = '{\"é\": \"ü\"}' AND fingerprint = 'ß'") == count(dsn)

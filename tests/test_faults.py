@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import psycopg
+import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import simplequeue as sq
@@ -212,3 +213,50 @@ async def test_a_call_cancelled_while_its_connection_is_checked_gives_it_back(
             with contextlib.suppress(asyncio.CancelledError):
                 await call
             assert await queue.insert_job(sq.Job("q", "after")) is not None  # no PoolTimeout
+
+
+def _copy_batch() -> list[sq.Job]:
+    from simplequeue.store import COPY_THRESHOLD
+
+    return [sq.Job("q", {"n": n}) for n in range(COPY_THRESHOLD)]
+
+
+async def test_a_batch_copied_alone_is_reported_stored_when_its_wake_up_is_lost(
+    dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A batch that is one COPY commits alone on the pool's connection, and its NOTIFY
+    follows: a connection lost between the two leaves the jobs stored, and the insert
+    says so. An error there would tell the caller nothing was stored, and an application
+    that answers an error with new jobs would store them twice."""
+    params = conninfo_to_dict(dsn)
+    with SilentProxy(str(params.get("host", "127.0.0.1")), int(params.get("port", 5432))) as proxy:
+        proxied = make_conninfo(dsn, host="127.0.0.1", port=proxy.port)
+        async with sq.SimpleQueue.from_url(proxied) as queue:
+            jobs = _copy_batch()
+            proxy.cut_when_sent(b"pg_notify")
+            ids = await queue.insert_jobs(jobs)
+            assert proxy.cuts == 1
+            assert ids == [job.id for job in jobs]
+            assert count(dsn) == len(jobs)
+            assert "wake-up" in caplog.text
+            again = await queue.insert_jobs(jobs)  # committed: new jobs, new ids
+            assert again == [job.id for job in jobs] != ids
+    assert count(dsn) == 2 * len(jobs)
+
+
+def test_a_sync_batch_copied_alone_is_reported_stored_when_its_wake_up_is_lost(
+    dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    params = conninfo_to_dict(dsn)
+    with SilentProxy(str(params.get("host", "127.0.0.1")), int(params.get("port", 5432))) as proxy:
+        proxied = make_conninfo(dsn, host="127.0.0.1", port=proxy.port)
+        with sq.SyncQueue.from_url(proxied) as queue:
+            jobs = _copy_batch()
+            proxy.cut_when_sent(b"pg_notify")
+            ids = queue.insert_jobs(jobs)
+            assert proxy.cuts == 1
+            assert ids == [job.id for job in jobs]
+            assert count(dsn) == len(jobs)
+            assert "wake-up" in caplog.text
+            assert queue.insert_jobs([sq.Job("q", "next")]) != [None]  # the pool recovered
+    assert count(dsn) == len(jobs) + 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -521,3 +522,57 @@ def test_ids_keep_growing_when_the_counter_carries_into_its_top_bits() -> None:
     assert [i.int >> 80 for i in ids] == [1_700_000_000_000] * 5
     assert all(i.version == 7 and i.variant == uuid.RFC_4122 for i in ids)
     assert ids == [uuid.UUID(str(i)) for i in ids] and len({hash(i) for i in ids}) == 5
+
+
+class _Priority(int, enum.Enum):  # not IntEnum: str() gives "_Priority.HIGH", not "5"
+    HIGH = 5
+
+
+class _Attempts(int):
+    def __str__(self) -> str:
+        return "four attempts"
+
+    __repr__ = __str__
+
+
+PATHS = [1, 3, "keyed", 50]
+"""One job, a batch of arrays, a batch with unique keys, COPY."""
+
+
+def _batch(size: int | str, **fields: Any) -> list[sq.Job]:
+    """A batch that takes the path `size` names (see PATHS)."""
+    keyed = size == "keyed"
+    return [
+        sq.Job("q", n, unique_key=f"k{n}" if keyed else None, **fields)
+        for n in range(3 if keyed else int(size))
+    ]
+
+
+@pytest.mark.parametrize("size", PATHS)
+async def test_int_subclasses_are_stored_by_value_by_every_path(
+    queue: sq.SimpleQueue, dsn: str, size: int | str
+) -> None:
+    """int subclasses that print as something else (an (int, Enum) mixin, a __str__ of
+    their own) are integers to the constructor: every path stores their value."""
+    jobs = _batch(size, priority=_Priority.HIGH, max_attempts=_Attempts(4))
+    assert await queue.insert_jobs(jobs) == [job.id for job in jobs]
+    for job in jobs:
+        stored = await queue.get_job(job.id)
+        assert stored is not None and (stored.priority, stored.max_attempts) == (5, 4)
+    assert count(dsn, "priority = 5 AND max_attempts = 4") == len(jobs)
+
+
+@pytest.mark.parametrize("size", PATHS)
+async def test_a_timeout_changed_after_building_is_stored_by_every_path(
+    queue: sq.SimpleQueue, dsn: str, size: int | str
+) -> None:
+    """A timeout set after building is checked at the insert as the constructor checks
+    it, which takes a timedelta or an int: stored as the constructor stores them."""
+    jobs = _batch(size)
+    for n, job in enumerate(jobs):
+        job.timeout = timedelta(seconds=2) if n % 2 == 0 else 3  # type: ignore[assignment]
+    assert await queue.insert_jobs(jobs) == [job.id for job in jobs]
+    for n, job in enumerate(jobs):
+        stored = await queue.get_job(job.id)
+        assert stored is not None and stored.timeout == (2.0 if n % 2 == 0 else 3.0)
+        assert job.timeout == stored.timeout

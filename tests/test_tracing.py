@@ -5,6 +5,7 @@ checked there, and followed by a worker in this process."""
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -104,3 +105,26 @@ async def test_a_trace_context_of_its_own_is_kept(dsn: str) -> None:
         await queue.insert_job(job)  # a context of its own is kept as it is
         read = await queue.get_job(job.id)
         assert read is not None and read.trace_context == job.trace_context
+
+
+async def test_opentelemetry_blocked_from_import_traces_nothing(
+    spans: InMemorySpanExporter, dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`sys.modules[name] = None` is how a process blocks a module's import: it counts as
+    OpenTelemetry not imported, and inserting and processing go on without it."""
+    monkeypatch.setitem(sys.modules, "opentelemetry.trace", None)
+    async with sq.SimpleQueue.from_url(dsn, **FAST) as queue:
+        done = asyncio.Event()
+
+        class Quiet(sq.Handler):
+            QUEUE = "quiet"
+
+            async def process(self, queue: sq.SimpleQueue, job: sq.Job) -> None:
+                done.set()
+
+        queue.register_handler(Quiet())
+        await queue.start()
+        jobs = [sq.Job("quiet", {}), sq.Job("quiet", {})]
+        assert await queue.insert_jobs(jobs) == [job.id for job in jobs]
+        await asyncio.wait_for(done.wait(), 10)
+    assert jobs[0].trace_context is None and spans.get_finished_spans() == ()

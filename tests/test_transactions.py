@@ -13,7 +13,7 @@ from psycopg.rows import dict_row
 
 import simplequeue as sq
 from simplequeue.store import COPY_THRESHOLD
-from tests.conftest import count
+from tests.conftest import count, query
 
 # Every path an insert can take: one job, a batch of INSERT, a batch with unique keys,
 # and the COPY path (a large batch without unique keys), with and without run_at.
@@ -112,3 +112,37 @@ async def test_a_savepoint_of_the_caller_rolls_back_the_insert_alone(
             await queue.insert_jobs(PATHS["copy"](), conn=conn)
         await conn.commit()
     assert count(dsn) == 1
+
+
+@pytest.mark.parametrize("api", ["async", "sync"])
+@pytest.mark.parametrize("path", ["copy", "copy with run_at"])
+async def test_a_copy_failing_late_on_the_pool_stores_nothing(
+    dsn: str, path: str, api: str
+) -> None:
+    """On the queue's own (autocommit) connections, a batch that is one COPY commits
+    alone, and one with and without run_at is two COPYs in one transaction: a row refused
+    in the last of them (here by a trigger of the application's) leaves no job at all."""
+    query(
+        dsn,
+        "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "IF NEW.data = '\"poison\"' THEN RAISE EXCEPTION 'poison refused'; END IF; "
+        "RETURN NEW; END $$",
+    )
+    query(
+        dsn,
+        "CREATE TRIGGER refuse_poison BEFORE INSERT ON simplequeue.jobs "
+        "FOR EACH ROW EXECUTE FUNCTION refuse_poison()",
+    )
+    jobs = PATHS[path]()
+    jobs[-1].data = "poison"  # in the COPY that runs last (with run_at, when there are two)
+    if api == "async":
+        async with sq.SimpleQueue.from_url(dsn) as queue:
+            with pytest.raises(psycopg.errors.RaiseException, match="poison refused"):
+                await queue.insert_jobs(jobs)
+    else:
+        with (
+            sq.SyncQueue.from_url(dsn) as sync_queue,
+            pytest.raises(psycopg.errors.RaiseException, match="poison refused"),
+        ):
+            sync_queue.insert_jobs(jobs)
+    assert count(dsn) == 0
