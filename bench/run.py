@@ -322,6 +322,7 @@ WORKLOADS: tuple[Workload, ...] = (
         False,
         lambda a, d, s: pickup_latency(a, d, s.latency, s.latency_gap_s),
     ),
+    *steady.WORKLOADS,  # beside the other latency workload, before the big preloads
     Workload(
         "limit_running",
         "drain 2x100, max_running=100",
@@ -379,8 +380,8 @@ WORKLOADS: tuple[Workload, ...] = (
         _scale_finished,
         True,
     ),
-    # Modules beside run.py add their workloads (and their own report sections) here.
-    *steady.WORKLOADS,
+    # Modules beside run.py add their workloads (and their own report sections) here;
+    # the long burn-down last.
     *burndown.WORKLOADS,
 )
 
@@ -699,7 +700,12 @@ async def main_async(args: argparse.Namespace) -> int:
     if unknown:
         print(f"bench: unknown workloads {sorted(unknown)}; known: {[w.key for w in WORKLOADS]}")
         return 2
-    workloads = [w for w in WORKLOADS if not wanted or w.key in wanted]
+    skipped = {k for k in args.skip.split(",") if k}
+    unknown = skipped - {w.key for w in WORKLOADS} - {"producers"}
+    if unknown:
+        print(f"bench: unknown workloads {sorted(unknown)}; known: {[w.key for w in WORKLOADS]}")
+        return 2
+    workloads = [w for w in WORKLOADS if (not wanted or w.key in wanted) and w.key not in skipped]
     started = time.perf_counter()
     await cleanup_stale(args.dsn)
     settings = await server_settings(args.dsn)
@@ -731,7 +737,12 @@ async def main_async(args: argparse.Namespace) -> int:
                 print("  " + " " * 33 + cell_line(row), flush=True)
     paths: list[Any] = []
     paths_problem = ""
-    if "sq" in systems and not sq_problem and (not args.workloads or "producers" in args.workloads):
+    if (
+        "sq" in systems
+        and not sq_problem
+        and (not wanted or "producers" in wanted)
+        and "producers" not in skipped
+    ):
         from producers import producer_paths
 
         try:
@@ -805,6 +816,11 @@ def main() -> int:
     )
     parser.add_argument(
         "--dsn", default=DEFAULT_DSN, help="admin DSN (URL); each case gets its own database"
+    )
+    parser.add_argument(
+        "--skip",
+        default="",
+        help="comma list of workload keys (or `producers`) to leave out, e.g. burndown",
     )
     parser.add_argument(
         "--burndown-all",

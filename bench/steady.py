@@ -30,6 +30,7 @@ from harness import (
     Sizes,
     WorkerGroup,
     Workload,
+    checkpoint,
     db_conn,
     percentile,
     wait_for_done,
@@ -75,6 +76,7 @@ class _Phase:
 async def steady(adapter: Adapter, dsn: str, sizes: Sizes) -> dict[str, Any]:
     """Every (producers, load) cell of one system against one worker process."""
     await adapter.setup(dsn)
+    await checkpoint(dsn)  # the cases before this one leave dirty pages to flush
     group = WorkerGroup(adapter.name, dsn, 1, STEADY_CONCURRENCY, record_starts=True)
     committed: dict[int, float] = {}
     indices = _Ids()
