@@ -17,273 +17,51 @@ import contextlib
 import dataclasses
 import datetime as dt
 import json
-import math
 import os
-import platform
 import statistics
-import subprocess
 import sys
-import tempfile
-import threading
 import time
-import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import psutil
 import psycopg
 from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import burndown
+import steady
 from adapters import SYSTEMS, expand, make_adapter
-from adapters.base import Adapter, Control
+from adapters.base import Adapter
 from adapters.simplequeue_adapter import QUEUE
+from harness import (
+    BENCH_DIR,
+    DB_PREFIX,
+    CaseFailed,
+    Outcome,
+    Report,
+    Results,
+    Sizes,
+    WorkerGroup,
+    Workload,
+    db_conn,
+    drain,
+    drain_timeout,
+    fresh_db,
+    machine_info,
+    percentile,
+    server_settings,
+    wait_for_done,
+)
 
-BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
 DEFAULT_DSN = os.environ.get("BENCH_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
-DB_PREFIX = "sqbench_"
 LATENCY_CONCURRENCY = 10
 LATENCY_WARMUP = 20
 SCALE_CONCURRENCY = 100
 
-
-@dataclasses.dataclass(frozen=True)
-class Sizes:
-    """Workload sizes; --quick divides them by ten."""
-
-    enqueue_one: int = 5_000
-    producers: int = 8
-    bulk: int = 100_000
-    bulk_chunk: int = 100_000  # jobs per batch-API call (the whole set in one call)
-    preload_chunk: int = 10_000  # drains preload through the batch API in these chunks
-    drain: int = 50_000
-    #: Systems too slow for `drain` jobs within the time budget drain this many instead
-    #: (still fully verified). procrastinate fetches one job per round trip: ~250-400
-    #: jobs/s here, so 50k would cost ~3 minutes per drain case.
-    drain_override: tuple[tuple[str, int], ...] = (("procrastinate", 8_000),)
-    latency: int = 1_000
-    latency_gap_s: float = 0.005
-    scale_rows: int = 1_000_000
-    scale_drain: int = 50_000
-
-    def drain_jobs(self, system: str) -> int:
-        return dict(self.drain_override).get(system, self.drain)
-
-    def quick(self) -> Sizes:
-        return dataclasses.replace(
-            self,
-            enqueue_one=self.enqueue_one // 10,
-            bulk=self.bulk // 10,
-            bulk_chunk=self.bulk_chunk // 10,
-            preload_chunk=self.preload_chunk // 10,
-            drain=self.drain // 10,
-            drain_override=tuple((k, v // 10) for k, v in self.drain_override),
-            latency=self.latency // 10,
-            scale_rows=self.scale_rows // 10,
-            scale_drain=self.scale_drain // 10,
-        )
-
-
-@dataclasses.dataclass
-class Outcome:
-    """One (workload, system) cell: a verified number, or why there is none."""
-
-    status: str  # ok | FAILED | ERROR | SKIPPED
-    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
-    detail: str = ""
-    seconds: float = 0.0
-
-
-class CaseFailed(Exception):
-    """The database shows fewer jobs processed than the workload required."""
-
-
-# --------------------------------------------------------------------------- databases
-
-
-def dsn_for(admin_dsn: str, dbname: str) -> str:
-    """Same server and user, another database; URL form (asyncpg accepts no key=value)."""
-    if "://" not in admin_dsn:
-        params = psycopg.conninfo.conninfo_to_dict(admin_dsn)
-        user = urllib.parse.quote(str(params.get("user", "postgres")))
-        password = params.get("password")
-        auth = user + (f":{urllib.parse.quote(str(password))}" if password else "")
-        host, port = params.get("host", "127.0.0.1"), params.get("port", 5432)
-        admin_dsn = f"postgresql://{auth}@{host}:{port}/postgres"
-    parts = urllib.parse.urlsplit(admin_dsn)
-    return urllib.parse.urlunsplit(parts._replace(path=f"/{dbname}"))
-
-
-@contextlib.asynccontextmanager
-async def fresh_db(admin_dsn: str, name: str) -> AsyncIterator[str]:
-    """A brand-new database for one case, dropped afterwards (1M-row cases are big)."""
-    ident = sql.Identifier(name)
-    async with await psycopg.AsyncConnection.connect(admin_dsn, autocommit=True) as conn:
-        await conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
-        await conn.execute(sql.SQL("CREATE DATABASE {}").format(ident))
-    try:
-        yield dsn_for(admin_dsn, name)
-    finally:
-        async with await psycopg.AsyncConnection.connect(admin_dsn, autocommit=True) as conn:
-            await conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
-
-
-@contextlib.asynccontextmanager
-async def db_conn(dsn: str) -> AsyncIterator[psycopg.AsyncConnection]:
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        yield conn
-
-
-async def vacuum_analyze(dsn: str) -> None:
-    """After a preload: every system starts its drain with fresh stats and no autovacuum debt."""
-    async with db_conn(dsn) as conn:
-        await conn.execute("VACUUM ANALYZE")
-
-
-# --------------------------------------------------------------------------- workers
-
-
-class RssSampler(threading.Thread):
-    """Peak RSS of each worker process, sampled every 50 ms."""
-
-    def __init__(self, pids: list[int], interval: float = 0.05) -> None:
-        super().__init__(daemon=True)
-        self.procs = [psutil.Process(pid) for pid in pids]
-        self.peak: dict[int, int] = {pid: 0 for pid in pids}
-        self.interval = interval
-        self._halt = threading.Event()
-
-    def run(self) -> None:
-        while not self._halt.is_set():
-            for proc in self.procs:
-                with contextlib.suppress(psutil.Error):
-                    rss = proc.memory_info().rss
-                    self.peak[proc.pid] = max(self.peak[proc.pid], rss)
-            self._halt.wait(self.interval)
-
-    def halt(self) -> None:
-        self._halt.set()
-        self.join()
-
-
-class WorkerGroup:
-    """N worker subprocesses of one system, with their control blocks and RSS sampler."""
-
-    def __init__(
-        self, system: str, dsn: str, procs: int, concurrency: int, record_starts: bool = False
-    ) -> None:
-        self.tmp = tempfile.TemporaryDirectory(prefix="sqbench-")
-        self.controls: list[Control] = []
-        self.popen: list[subprocess.Popen[bytes]] = []
-        self.results: list[Path] = []
-        for k in range(procs):
-            ctl_path = os.path.join(self.tmp.name, f"ctl{k}")
-            result = Path(self.tmp.name, f"result{k}.json")
-            self.controls.append(Control(ctl_path, create=True))
-            self.results.append(result)
-            cmd = [
-                sys.executable,
-                str(BENCH_DIR / "workerproc.py"),
-                system,
-                dsn,
-                str(concurrency),
-                ctl_path,
-                str(result),
-            ]
-            if record_starts:
-                cmd.append("--record-starts")
-            self.popen.append(subprocess.Popen(cmd))
-        self.sampler = RssSampler([p.pid for p in self.popen])
-        self.sampler.start()
-
-    def handled(self) -> int:
-        return int(sum(c.get(Control.HANDLED) for c in self.controls))
-
-    def first_start(self) -> float | None:
-        firsts = [
-            c.get(Control.FIRST_START) for c in self.controls if c.get(Control.FIRST_START) > 0
-        ]
-        return min(firsts) if firsts else None
-
-    def dead(self) -> list[int]:
-        return [p.returncode for p in self.popen if p.poll() is not None]
-
-    async def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not all(c.get(Control.READY) for c in self.controls):
-            if self.dead():
-                raise RuntimeError(f"worker exited during start-up: {self.errors()}")
-            if time.monotonic() > deadline:
-                raise TimeoutError("workers not ready after 60 s")
-            await asyncio.sleep(0.02)
-
-    async def wait_handled(self, target: int, deadline: float) -> bool:
-        """Until the handlers ran `target` times or the monotonic deadline passes.
-
-        Re-executions count too, so the caller always checks the database afterwards.
-        """
-        while self.handled() < target:
-            if self.dead():
-                raise RuntimeError(f"worker exited early: {self.errors()}")
-            if time.monotonic() > deadline:
-                return False
-            await asyncio.sleep(0.02)
-        return True
-
-    async def stop(self, timeout: float = 60.0) -> None:
-        for c in self.controls:
-            c.set(Control.STOP, 1.0)
-        deadline = time.monotonic() + timeout
-        # Polling a subprocess and the DB: there is no event to await.
-        while any(p.poll() is None for p in self.popen) and time.monotonic() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
-        for p in self.popen:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        self.sampler.halt()
-
-    def errors(self) -> list[str]:
-        out = []
-        for path in self.results:
-            if path.exists():
-                err = json.loads(path.read_text()).get("error")
-                if err:
-                    out.append(err.strip().splitlines()[-1])
-        return out
-
-    def starts(self) -> dict[int, float]:
-        merged: dict[int, float] = {}
-        for path in self.results:
-            if path.exists():
-                for i, t in json.loads(path.read_text()).get("starts", []):
-                    merged.setdefault(int(i), float(t))  # a re-run keeps the first start
-        return merged
-
-    def peak_rss_mb(self) -> float:
-        return max(self.sampler.peak.values(), default=0) / 2**20
-
-    def close(self) -> None:
-        for c in self.controls:
-            c.close()
-        self.tmp.cleanup()
-
-
 # --------------------------------------------------------------------------- workloads
-
-
-async def wait_for_done(
-    adapter: Adapter, conn: psycopg.AsyncConnection, want: int, deadline: float
-) -> None:
-    """Poll until the database records `want` completions or the monotonic deadline passes.
-
-    The caller verifies the count either way.
-    """
-    while await adapter.count_done(conn) < want and time.monotonic() < deadline:  # noqa: ASYNC110
-        await asyncio.sleep(0.1)
 
 
 async def enqueue_one(adapter: Adapter, dsn: str, n: int, producers: int) -> dict[str, float]:
@@ -330,68 +108,6 @@ async def bulk_enqueue(adapter: Adapter, dsn: str, n: int, chunk: int) -> dict[s
     finally:
         await producer.aclose()
     return await _verified_rate(adapter, dsn, n, elapsed)
-
-
-async def drain(
-    adapter: Adapter,
-    dsn: str,
-    *,
-    total: int,
-    target: int,
-    procs: int,
-    concurrency: int,
-    preload: Callable[[], Awaitable[None]],
-    timeout: float,
-) -> dict[str, float]:
-    """Preload, then time worker processes from the first claim to the last completion.
-
-    `total` jobs are pending; the run stops once `target` handlers ran (== total for a
-    full drain). Rate = completions in the DB / (last completion - first handler start).
-    """
-    await adapter.setup(dsn)
-    await preload()
-    await vacuum_analyze(dsn)
-    async with db_conn(dsn) as conn:
-        baseline = await adapter.count_done(conn)
-        pending = await adapter.count_queued(conn)
-    if pending != total:
-        raise CaseFailed(f"preload left {pending}/{total} jobs pending")
-    group = WorkerGroup(adapter.name, dsn, procs, concurrency)
-    try:
-        await group.wait_ready()
-        # One deadline for the handlers and for the database to record them, so a
-        # pathological case costs at most `timeout` and then shows as FAILED.
-        deadline = time.monotonic() + timeout
-        await group.wait_handled(target, deadline)
-        async with db_conn(dsn) as conn:
-            await wait_for_done(adapter, conn, baseline + target, deadline)
-            observed_end = time.time()
-        await group.stop()
-        errors = group.errors()
-        async with db_conn(dsn) as conn:
-            done = await adapter.count_done(conn) - baseline
-            left = await adapter.count_queued(conn)
-            last = await adapter.last_done_epoch(conn)
-        first = group.first_start()
-    finally:
-        await group.stop()
-        group.close()
-    if errors:
-        raise RuntimeError(f"worker error: {errors[0]}")
-    if done < target:
-        raise CaseFailed(
-            f"{done}/{target} completed in the database within the {timeout:.0f} s limit"
-        )
-    if done + left != total:
-        raise CaseFailed(
-            f"{done} completed + {left} pending != {total} jobs: jobs lost or duplicated"
-        )
-    if target == total and done != total:
-        raise CaseFailed(f"{done} completions recorded for {total} jobs")
-    assert first is not None
-    end = last if last is not None else observed_end
-    elapsed = end - first
-    return {"jobs_per_s": done / elapsed, "seconds": elapsed, "peak_rss_mb": group.peak_rss_mb()}
 
 
 async def pickup_latency(adapter: Adapter, dsn: str, n: int, gap: float) -> dict[str, float]:
@@ -452,30 +168,7 @@ async def pickup_latency(adapter: Adapter, dsn: str, n: int, gap: float) -> dict
     }
 
 
-def percentile(sorted_values: list[float], q: float) -> float:
-    """Nearest-rank percentile of an already sorted list."""
-    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
-    return sorted_values[rank - 1]
-
-
 # --------------------------------------------------------------------------- plan
-
-
-@dataclasses.dataclass(frozen=True)
-class Workload:
-    key: str
-    title: str
-    metric: str  # the metric shown in the table
-    unit: str
-    higher_is_better: bool
-    run: Callable[[Adapter, str, Sizes], Awaitable[dict[str, float]]]
-    scale_only: bool = False  # needs adapter.supports_scale
-    sq_only: bool = False  # simplequeue's own features: the peers have no equivalent
-
-
-def drain_timeout(n: int) -> float:
-    """Generous for a healthy queue (700+ jobs/s at 50k), bounded for the 15-min budget."""
-    return 45 + n / 2000
 
 
 def _drain_case(
@@ -638,6 +331,7 @@ WORKLOADS: tuple[Workload, ...] = (
         lambda a, d, s: __import__("pgbouncer").pgbouncer_case(a, d, s),
         sq_only=True,
     ),
+    *steady.WORKLOADS,  # beside the other latency workloads, before the big preloads
     Workload(
         "limit_running",
         "drain 2x100, max_running=100",
@@ -695,6 +389,9 @@ WORKLOADS: tuple[Workload, ...] = (
         _scale_finished,
         True,
     ),
+    # Modules beside run.py add their workloads (and their own report sections) here;
+    # the long burn-down last.
+    *burndown.WORKLOADS,
 )
 
 #: Rows of the report: (label, workload key, metric, unit, higher is better).
@@ -722,9 +419,9 @@ REPORT_ROWS: tuple[tuple[str, str, str, str, bool], ...] = (
     ("drain 1x10, durability fast", "durability_fast_1x10", "jobs_per_s", "jobs/s", True),
     ("drain, {rows} pending", "scale_pending", "jobs_per_s", "jobs/s", True),
     ("drain, {rows} finished rows", "scale_finished", "jobs_per_s", "jobs/s", True),
-    ("worker peak RSS (drain 1x100)", "drain_1x100", "peak_rss_mb", "MB", False),
-    ("worker peak RSS (drain 1x10)", "drain_1x10", "peak_rss_mb", "MB", False),
+    ("burn-down, {burndown} preloaded, 1 proc x c=100", "burndown", "jobs_per_s", "jobs/s", True),
 )
+"""Worker RSS has its own table (rss_table), steady-state latency its own section."""
 
 
 def sq_available() -> str | None:
@@ -743,13 +440,17 @@ async def run_case(workload: Workload, system: str, admin_dsn: str, sizes: Sizes
         return Outcome("SKIPPED", detail="scale workloads: simplequeue and the floor only")
     if workload.sq_only and system != "sq":
         return Outcome("SKIPPED", detail="simplequeue's own features: simplequeue only")
+    reason = workload.skip(system, sizes) if workload.skip else None
+    if reason:
+        return Outcome("SKIPPED", detail=reason)
     t0 = time.perf_counter()
     try:
         async with fresh_db(
             admin_dsn, f"{DB_PREFIX}{system.replace('-', '_')}_{workload.key}"
         ) as dsn:
-            metrics = await workload.run(adapter, dsn, sizes)
-        return Outcome("ok", metrics, seconds=time.perf_counter() - t0)
+            measured = await workload.run(adapter, dsn, sizes)
+        cells = measured.pop("cells", [])
+        return Outcome("ok", measured, seconds=time.perf_counter() - t0, cells=cells)
     except CaseFailed as exc:
         return Outcome("FAILED", detail=str(exc), seconds=time.perf_counter() - t0)
     except Exception as exc:
@@ -766,6 +467,16 @@ def human(n: int) -> str:
     if n >= 1_000_000 and n % 1_000_000 == 0:
         return f"{n // 1_000_000}M"
     return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
+
+
+def cell_line(row: dict[str, Any]) -> str:
+    """One row of a workload's own table, for the progress log."""
+    return " ".join(f"{k}={v:,.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+
+
+def row_label(label: str, sizes: Sizes) -> str:
+    """A REPORT_ROWS label with this run's sizes in it."""
+    return label.format(rows=human(sizes.scale_rows), burndown=human(sizes.burndown))
 
 
 def fmt(value: float, unit: str) -> str:
@@ -792,10 +503,12 @@ def status_text(results: dict[str, dict[str, Outcome]], key: str, system: str) -
     return outcome.status
 
 
-def markdown(results: dict[str, dict[str, Outcome]], systems: list[str], sizes: Sizes) -> str:
-    """Raw values, then ratios vs the bare floor and vs simplequeue."""
+def markdown(report: Report) -> str:
+    """Raw values, ratios vs the bare floor and vs simplequeue, worker RSS, then the
+    sections of the workloads that have a table of their own."""
+    results, systems, sizes = report.results, report.systems, report.sizes
     drain_size = sizes.drain
-    rows = [(label.format(rows=human(sizes.scale_rows)), *rest) for label, *rest in REPORT_ROWS]
+    rows = [(row_label(r[0], sizes), *r[1:]) for r in REPORT_ROWS]
     out: list[str] = []
     header = "| workload | unit | " + " | ".join(systems) + " |"
     rule = "|---|---|" + "---:|" * len(systems)
@@ -836,6 +549,12 @@ def markdown(results: dict[str, dict[str, Outcome]], systems: list[str], sizes: 
     )
     if sizes_used:
         out += ["", f"Drain cases use {drain_size:,} jobs, except:", "", *sizes_used]
+    out += ["", *rss_table(results, systems)]
+    for workload in WORKLOADS:
+        if workload.section and workload.key in results:
+            lines = workload.section(report)
+            if lines:
+                out += ["", *lines]
     problems = [
         f"- {key} / {system}: **{o.status}** {o.detail}"
         for key, per in results.items()
@@ -847,6 +566,77 @@ def markdown(results: dict[str, dict[str, Outcome]], systems: list[str], sizes: 
     return "\n".join(out)
 
 
+RSS_CASES: tuple[tuple[str, str], ...] = (
+    ("drain_1x10", "drain 1x10"),
+    ("drain_1x100", "drain 1x100"),
+    ("drain_2x100", "drain 2x100 (per process)"),
+    ("steady", "steady"),
+    ("burndown", "burn-down"),
+)
+"""Cases whose worker RSS the table shows; the drain_* ones every system runs alike."""
+PEERS = tuple(s for s in SYSTEMS if s not in ("bare", "sq"))
+
+
+def rss_summary(results: Results, systems: list[str]) -> dict[str, Any]:
+    """Each system's worker peak RSS by case, its peak over the drains (the cases every
+    system runs in the same configuration), the leanest peer and simplequeue's ratio."""
+    per_system: dict[str, Any] = {}
+    for system in systems:
+        cases = {
+            key: value
+            for key, _ in RSS_CASES
+            if (value := cell(results, key, system, "peak_rss_mb")) is not None
+        }
+        drains = [v for k, v in cases.items() if k.startswith("drain_")]
+        per_system[system] = {"cases_mb": cases, "peak_mb": max(drains, default=None)}
+    peers = {s: v["peak_mb"] for s, v in per_system.items() if s in PEERS and v["peak_mb"]}
+    leanest = min(peers, key=lambda s: peers[s]) if peers else None
+    sq_mb = per_system.get("sq", {}).get("peak_mb")
+    return {
+        "compared_on": "peak over drain_1x10, drain_1x100, drain_2x100",
+        "per_system": per_system,
+        "leanest_peer": leanest,
+        "leanest_peer_mb": peers[leanest] if leanest else None,
+        "sq_mb": sq_mb,
+        "sq_vs_leanest_peer": sq_mb / peers[leanest] if leanest and sq_mb else None,
+    }
+
+
+def rss_table(results: Results, systems: list[str]) -> list[str]:
+    """Worker peak RSS per system and case, with the leanest peer named."""
+    summary = rss_summary(results, systems)
+    shown = [(k, label) for k, label in RSS_CASES if k in results]
+    if not any(v["peak_mb"] for v in summary["per_system"].values()):
+        return []
+    lean = summary["leanest_peer_mb"]
+    out = [
+        "### Worker peak RSS (MB, psutil every 50 ms; one worker process)",
+        "",
+        "| system | " + " | ".join(label for _, label in shown) + " | peak of the drains"
+        " | vs leanest peer |",
+        "|---|" + "---:|" * (len(shown) + 2),
+    ]
+    for system in systems:
+        info = summary["per_system"][system]
+        row = []
+        for key, _ in shown:
+            value = info["cases_mb"].get(key)
+            row.append(f"{value:.1f}" if value is not None else status_text(results, key, system))
+        peak = info["peak_mb"]
+        ratio = f"{peak / lean:.2f}x" if peak and lean else "-"
+        row += [f"{peak:.1f}" if peak else "-", ratio]
+        out.append(f"| {system} | " + " | ".join(row) + " |")
+    if summary["leanest_peer"]:
+        line = f"Leanest peer: **{summary['leanest_peer']}** at {lean:.1f} MB"
+        if summary["sq_vs_leanest_peer"]:
+            line += (
+                f"; simplequeue {summary['sq_mb']:.1f} MB ="
+                f" **{summary['sq_vs_leanest_peer']:.2f}x** of it"
+            )
+        out += ["", line + " (peak over the drains)."]
+    return out
+
+
 def chart(
     results: dict[str, dict[str, Outcome]], systems: list[str], sizes: Sizes, path: Path, title: str
 ) -> None:
@@ -856,7 +646,7 @@ def chart(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [(r[0].format(rows=human(sizes.scale_rows)), *r[1:]) for r in REPORT_ROWS if r[4]]
+    rows = [(row_label(r[0], sizes), *r[1:]) for r in REPORT_ROWS if r[4]]
     refs = [r for r in ("bare", "sq") if r in systems]
     if not refs:
         return
@@ -901,29 +691,6 @@ def chart(
     plt.close(fig)
 
 
-async def server_settings(admin_dsn: str) -> dict[str, str]:
-    names = (
-        "server_version",
-        "fsync",
-        "synchronous_commit",
-        "shared_buffers",
-        "max_connections",
-        "wal_level",
-    )
-    async with await psycopg.AsyncConnection.connect(admin_dsn, autocommit=True) as conn:
-        return {
-            n: str(
-                (
-                    await (
-                        await conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(n)))
-                    ).fetchone()
-                    or [""]
-                )[0]
-            )
-            for n in names
-        }
-
-
 async def cleanup_stale(admin_dsn: str) -> None:
     """Drop databases an interrupted earlier run left behind."""
     async with await psycopg.AsyncConnection.connect(admin_dsn, autocommit=True) as conn:
@@ -938,12 +705,25 @@ async def cleanup_stale(admin_dsn: str) -> None:
 
 async def main_async(args: argparse.Namespace) -> int:
     sizes = Sizes().quick() if args.quick else Sizes()
+    if args.burndown_all:
+        sizes = dataclasses.replace(sizes, burndown_skip=())
     systems = expand(args.only) if args.only else list(SYSTEMS)
-    workloads = [w for w in WORKLOADS if not args.workloads or w.key in args.workloads.split(",")]
+    wanted = {k for k in args.workloads.split(",") if k}
+    unknown = wanted - {w.key for w in WORKLOADS} - {"producers"}
+    if unknown:
+        print(f"bench: unknown workloads {sorted(unknown)}; known: {[w.key for w in WORKLOADS]}")
+        return 2
+    skipped = {k for k in args.skip.split(",") if k}
+    unknown = skipped - {w.key for w in WORKLOADS} - {"producers"}
+    if unknown:
+        print(f"bench: unknown workloads {sorted(unknown)}; known: {[w.key for w in WORKLOADS]}")
+        return 2
+    workloads = [w for w in WORKLOADS if (not wanted or w.key in wanted) and w.key not in skipped]
     started = time.perf_counter()
     await cleanup_stale(args.dsn)
     settings = await server_settings(args.dsn)
-    results: dict[str, dict[str, Outcome]] = {w.key: {} for w in workloads}
+    machine = machine_info()
+    results: Results = {w.key: {} for w in workloads}
     sq_problem = sq_available() if "sq" in systems else None
     print(
         f"bench: systems={','.join(systems)} quick={args.quick}"
@@ -966,9 +746,16 @@ async def main_async(args: argparse.Namespace) -> int:
                 f" {outcome.seconds:6.1f}s  {shown}",
                 flush=True,
             )
+            for row in outcome.cells:
+                print("  " + " " * 33 + cell_line(row), flush=True)
     paths: list[Any] = []
     paths_problem = ""
-    if "sq" in systems and not sq_problem and (not args.workloads or "producers" in args.workloads):
+    if (
+        "sq" in systems
+        and not sq_problem
+        and (not wanted or "producers" in wanted)
+        and "producers" not in skipped
+    ):
         from producers import producer_paths
 
         try:
@@ -1001,22 +788,19 @@ async def main_async(args: argparse.Namespace) -> int:
         "sizes": dataclasses.asdict(sizes),
         "systems": systems,
         "server": settings,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
+        "machine": machine,
         "versions": versions,
         "results": {
             k: {s: dataclasses.asdict(o) for s, o in per.items()} for k, per in results.items()
         },
+        "rss": rss_summary(results, systems),
         "producer_paths": [dataclasses.asdict(p) | {"ratio": p.ratio} for p in paths],
     }
     (RESULTS_DIR / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n")
     with contextlib.suppress(Exception):
         chart(results, systems, sizes, RESULTS_DIR / f"{stem}.png", f"simplequeue bench {stem}")
     print()
-    print(markdown(results, systems, sizes))
+    print(markdown(Report(results, systems, sizes, machine, settings)))
     if paths:
         from producers import markdown as paths_markdown
 
@@ -1045,6 +829,16 @@ def main() -> int:
     )
     parser.add_argument(
         "--dsn", default=DEFAULT_DSN, help="admin DSN (URL); each case gets its own database"
+    )
+    parser.add_argument(
+        "--skip",
+        default="",
+        help="comma list of workload keys (or `producers`) to leave out, e.g. burndown",
+    )
+    parser.add_argument(
+        "--burndown-all",
+        action="store_true",
+        help="burn-down for every system, past the budget (default: those that fit it)",
     )
     return asyncio.run(main_async(parser.parse_args()))
 

@@ -6,6 +6,10 @@ performance guide recommends). Install with `Queries.install()` plus the recomme
 `optimize_autovacuum()` (`pgq autovac`); enqueue with `Queries.enqueue` (scalar for one,
 lists for a batch); consume with `PgQueuer.run(batch_size=..., max_concurrent_tasks=...)`
 on a single dedicated connection, stopped through its `shutdown` event.
+
+`preload_sql` writes what `Queries.enqueue` writes (a queued row and its `queued` log
+row) straight from `generate_series`, for the burn-down's million-job backlog. The
+scale workloads stay simplequeue's and the floor's (`supports_scale`), for the budget.
 """
 
 from __future__ import annotations
@@ -146,6 +150,20 @@ class PgqueuerAdapter(Adapter):
             " WHERE status = 'successful'",
         )
         return None if value is None else float(value)
+
+    async def preload_sql(self, conn: psycopg.AsyncConnection, pending: int, finished: int) -> None:
+        if finished:
+            raise NotImplementedError("pgqueuer keeps no finished rows in its queue table")
+        await conn.execute(
+            "WITH queued AS ("
+            " INSERT INTO pgqueuer (priority, entrypoint, payload, execute_after, headers, status)"
+            " SELECT 0, %s, convert_to(jsonb_build_object('i', g)::text, 'UTF8'), now(),"
+            " 'null'::jsonb, 'queued' FROM generate_series(0, %s - 1) AS g"
+            " RETURNING id, entrypoint, priority)"
+            " INSERT INTO pgqueuer_log (job_id, status, entrypoint, priority)"
+            " SELECT id, 'queued', entrypoint, priority FROM queued",
+            (ENTRYPOINT, pending),
+        )
 
 
 def _is_closed(conn: Any) -> bool:
