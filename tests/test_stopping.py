@@ -122,3 +122,27 @@ async def test_a_wait_given_up_leaves_nothing_behind() -> None:
     await asyncio.sleep(0)
     signal.set(sq.StopReason.LOST)
     assert await asyncio.wait_for(waiter, 5) == sq.StopReason.LOST
+
+
+def test_a_jobs_signal_is_the_same_whichever_thread_asks_first() -> None:
+    """The signal is made when first asked for: threads asking at once share one, so a
+    stop set from one is seen from the others."""
+    import threading
+
+    for _ in range(50):
+        job = sq.Job("q", {})
+        start = threading.Barrier(8)
+        seen: list[sq.StopSignal] = []
+
+        def ask(job: sq.Job = job, start: threading.Barrier = start) -> None:
+            start.wait()
+            seen.append(job.stopping)
+
+        threads = [threading.Thread(target=ask) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len({id(signal) for signal in seen}) == 1
+        seen[0].set(sq.StopReason.SHUTDOWN)
+        assert job.stopping.is_set() and job.stopping.reason == sq.StopReason.SHUTDOWN
