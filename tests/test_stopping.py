@@ -134,7 +134,9 @@ def test_a_jobs_signal_is_the_same_whichever_thread_asks_first() -> None:
         start = threading.Barrier(8)
         seen: list[sq.StopSignal] = []
 
-        def ask(job: sq.Job = job, start: threading.Barrier = start) -> None:
+        def ask(
+            job: sq.Job = job, start: threading.Barrier = start, seen: list[sq.StopSignal] = seen
+        ) -> None:
             start.wait()
             seen.append(job.stopping)
 
