@@ -87,6 +87,10 @@ def _seconds(value: Any) -> Any:
 Seconds = Annotated[float, BeforeValidator(_seconds)]
 
 
+PARTITION_WIDTHS = (7 * 86400.0, 86400.0, 6 * 3600.0, 3600.0, 900.0, 300.0, 60.0)
+"""The widths an archive partition may have, widest first (see archive_partition_width)."""
+
+
 class QueueConfig(BaseModel):
     """Settings of one SimpleQueue. Durations are seconds (float) or timedelta."""
 
@@ -110,7 +114,10 @@ class QueueConfig(BaseModel):
     janitor_schedule: str | None = Field(None, description="cron expression; overrides interval")
     janitor_batch_size: int = Field(1000, ge=1, description="rows a janitor step moves at once")
     archive_retention: Seconds = Field(
-        7 * 86400.0, gt=0, description="seconds archived jobs are kept"
+        7 * 86400.0,
+        gt=0,
+        description="seconds archived jobs are kept at least (dropped with their partition, "
+        "within archive_partition_width more)",
     )
     reaper_interval: Seconds | None = Field(None, gt=0, description="default: heartbeat_interval")
     leader_election: bool = Field(
@@ -216,6 +223,15 @@ class QueueConfig(BaseModel):
         if self.leader_ttl is not None:
             return self.leader_ttl
         return min(max(2 * self.heartbeat_interval, 1.0), 5.0)
+
+    @property
+    def archive_partition_width(self) -> float:
+        """Seconds of archived jobs one partition of the archive holds: the largest of
+        7 days, 1 day, 6 h, 1 h, 15 min, 5 min that is at most a quarter of
+        `archive_retention` (1 min below that): 4 to 16 partitions hold the retention, and a
+        job stays archived at most one width past it."""
+        quarter = self.archive_retention / 4
+        return next((w for w in PARTITION_WIDTHS if w <= quarter), PARTITION_WIDTHS[-1])
 
     @property
     def stall_after(self) -> float:

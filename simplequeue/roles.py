@@ -107,7 +107,7 @@ WORKER_PRIVILEGES: dict[str, TablePrivileges] = {
         frozenset({"SELECT", "DELETE"}),
         {"INSERT": INSERT_COLUMNS, "UPDATE": WORKER_UPDATE_COLUMNS},
     ),
-    "archive": TablePrivileges(frozenset({"SELECT", "INSERT", "DELETE"})),
+    "archive": TablePrivileges(frozenset({"SELECT", "INSERT"})),
     "dlq": TablePrivileges(frozenset({"SELECT", "INSERT"})),
     "queues": TablePrivileges(
         frozenset({"SELECT"}),
@@ -144,6 +144,15 @@ configuring queues, nor pausing or deleting schedules, which is for the schema's
 (operators)."""
 
 
+ARCHIVE_FUNCTIONS = (
+    "archive_prepare(double precision)",
+    "archive_retire(double precision)",
+    "archive_purge(double precision, integer)",
+)
+"""The janitor's functions that make, drop and purge the archive's partitions as the
+schema's owner (0014): only the worker role may call them."""
+
+
 def validate_role_name(name: object) -> str:
     return validate_plain_name("role", name)
 
@@ -177,8 +186,8 @@ async def grant_roles(
         if password is not None and "\x00" in password:
             raise ConfigError(f"{name}_password contains a NUL character")
     roles = (
-        (producer, PRODUCER_PRIVILEGES, producer_password),
-        (worker, WORKER_PRIVILEGES, worker_password),
+        (producer, PRODUCER_PRIVILEGES, (), producer_password),
+        (worker, WORKER_PRIVILEGES, ARCHIVE_FUNCTIONS, worker_password),
     )
     try:
         async with (
@@ -189,12 +198,12 @@ async def grant_roles(
                 "SELECT pg_advisory_xact_lock(hashtext(%s))", [f"simplequeue.roles.{schema}"]
             )
             await _check_tables(conn, schema)
-            for role, privileges, password in roles:
+            for role, privileges, functions, password in roles:
                 await _ensure_role(conn, role, login or password is not None, password)
                 await _refuse_powerful(conn, schema, role)
-                await _grant(conn, schema, role, privileges)
-            for role, privileges, _ in roles:
-                await _verify(conn, schema, role, privileges)
+                await _grant(conn, schema, role, privileges, functions)
+            for role, privileges, functions, _ in roles:
+                await _verify(conn, schema, role, privileges, functions)
     except psycopg.Error as exc:
         raise SimpleQueueError(
             f"could not grant the simplequeue roles on schema {schema!r}: {exc}. Run this as "
@@ -277,6 +286,7 @@ async def _grant(
     schema: str,
     role: str,
     privileges: Mapping[str, TablePrivileges],
+    functions: tuple[str, ...],
 ) -> None:
     s, r = sql.Identifier(schema), sql.Identifier(role)
     ((database,),) = await _rows(conn, "SELECT current_database()", None)
@@ -289,6 +299,10 @@ async def _grant(
     await conn.execute(
         sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(database), r)
     )
+    for function in functions:
+        await conn.execute(
+            sql.SQL("GRANT EXECUTE ON FUNCTION {}.{} TO {}").format(s, sql.SQL(function), r)
+        )
     for table, grant in privileges.items():
         target = sql.Identifier(schema, table)
         if grant.table:
@@ -313,6 +327,7 @@ async def _verify(
     schema: str,
     role: str,
     privileges: Mapping[str, TablePrivileges],
+    functions: tuple[str, ...],
 ) -> None:
     """What the role can do, inherited and PUBLIC grants included, must be what it was given."""
     problems: list[str] = []
@@ -347,6 +362,14 @@ async def _verify(
             what = f"{privilege} column {schema}.{table}.{column}"
         if has != wanted:
             problems.append(f"it {'can' if has else 'cannot'} {what}")
+    for function in ARCHIVE_FUNCTIONS:
+        ((has,),) = await _rows(
+            conn,
+            "SELECT has_function_privilege(%s, %s, 'EXECUTE')",
+            [role, f"{sql.Identifier(schema).as_string(conn)}.{function}"],
+        )
+        if has != (function in functions):
+            problems.append(f"it {'can' if has else 'cannot'} EXECUTE {schema}.{function}")
     if problems:
         raise ConfigError(
             f"role {role!r} would not hold exactly its simplequeue privileges: "

@@ -774,12 +774,12 @@ STUCK_FINISHED = (
     " OR (status IN " + _DEAD + " AND EXISTS (SELECT 1 FROM {s}.dlq AS d WHERE d.id = j.id))"
 )
 
-# One purge at a time per schema (other janitors skip their turn): locking the rows
-# instead (FOR UPDATE) would need UPDATE on the archive, which the worker role lacks.
-PURGE_ARCHIVE = """
-DELETE FROM {s}.archive WHERE (SELECT pg_try_advisory_xact_lock(hashtext({purge_lock}))) AND id IN (
-    SELECT id FROM {s}.archive WHERE moved_at < now() - make_interval(secs => %s) LIMIT %s)
-"""
+# The archive's partitions (0014): made ahead and dropped whole by functions that run as
+# the schema's owner, since the worker role may not create or drop tables; the DEFAULT
+# partition's rows past the retention are deleted row by row, one purge at a time.
+PREPARE_ARCHIVE = "SELECT {s}.archive_prepare(%s)"
+RETIRE_ARCHIVE = "SELECT dropped, rows_dropped FROM {s}.archive_retire(%s)"
+PURGE_ARCHIVE = "SELECT {s}.archive_purge(%s, %s)"
 
 # -- queues and workers ------------------------------------------------------------------
 

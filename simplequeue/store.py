@@ -367,7 +367,9 @@ class Store:
         self._move_dead = _q(q.MOVE_DEAD, schema)
         self._completed_ids = _q(q.COMPLETED_IDS, schema)
         self._dead_ids = _q(q.DEAD_IDS, schema)
-        self._purge_archive = _q(q.PURGE_ARCHIVE, schema, purge_lock=f"simplequeue.purge.{schema}")
+        self._prepare_archive = _q(q.PREPARE_ARCHIVE, schema)
+        self._retire_archive = _q(q.RETIRE_ARCHIVE, schema)
+        self._purge_archive = _q(q.PURGE_ARCHIVE, schema)
         self._stuck_finished = _q(q.STUCK_FINISHED, schema)
         self._counts = _q(q.COUNTS, schema)
         self._queue_summaries = _q(q.QUEUE_SUMMARIES, schema)
@@ -783,9 +785,24 @@ class Store:
     def dead_ids(self, limit: int) -> Plan[list[uuid.UUID]]:
         return (yield from self._first_column(self._dead_ids, [limit]))
 
+    def prepare_archive(self, width: float) -> Plan[int]:
+        """Range partitions of the archive from now to `width` seconds ahead; returns how
+        many were made."""
+        result = yield Run(self._prepare_archive, [width])
+        return int(result.rows[0][0])
+
+    def retire_archive(self, retention: float) -> Plan[tuple[int, int]]:
+        """Drops the archive's partitions older than `retention` seconds; returns how many,
+        and the rows they held."""
+        result = yield Run(self._retire_archive, [retention])
+        dropped, rows = result.rows[0]
+        return int(dropped), int(rows)
+
     def purge_archive(self, retention: float, limit: int) -> Plan[int]:
+        """Deletes up to `limit` rows older than `retention` seconds from the archive's
+        DEFAULT partition; returns how many."""
         result = yield Run(self._purge_archive, [retention, limit])
-        return result.rowcount
+        return int(result.rows[0][0])
 
     def stuck_finished(self) -> Plan[int]:
         """Finished jobs the janitor cannot move: the archive or DLQ holds their id already."""

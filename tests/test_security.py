@@ -415,6 +415,62 @@ async def test_a_worker_cannot_alter_the_schema(roles: Roles, dsn: str) -> None:
     assert query(dsn, "SELECT data FROM simplequeue.jobs") == [({"secret": 1},)]
 
 
+async def test_the_worker_role_keeps_the_archive_partitioned_and_no_more(
+    roles: Roles, dsn: str
+) -> None:
+    async with sq.SimpleQueue.from_url(roles.worker_dsn, **FAST) as worker:
+        report = await worker.run_janitor()
+    assert report.failed_steps == () and report.partitions_created >= 1
+    made_ones = query(dsn, "SELECT partition::text FROM simplequeue.archive_partitions()")
+    made = made_ones[0][0]
+    calls = [
+        "SELECT simplequeue.archive_prepare(60)",
+        "SELECT * FROM simplequeue.archive_retire(60)",
+        "SELECT simplequeue.archive_purge(60, 10)",
+    ]
+    assert_denied(roles.producer_dsn, calls)
+    # the functions retire by the retention; the tables themselves are the owner's
+    assert_denied(
+        roles.worker_dsn,
+        [
+            "DELETE FROM simplequeue.archive",
+            f"DROP TABLE {made}",
+            f"DELETE FROM {made}",
+            "DELETE FROM simplequeue.archive_default",
+            "CREATE TABLE simplequeue.evil PARTITION OF simplequeue.archive "
+            "FOR VALUES FROM ('2000-01-01') TO ('2000-01-02')",
+        ],
+    )
+    # a temporary table named like the archive does not lead the owner's functions astray
+    with psycopg.connect(roles.worker_dsn, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TEMP TABLE archive (moved_at timestamptz) PARTITION BY RANGE (moved_at)"
+        )
+        conn.execute(
+            "CREATE TEMP TABLE archive_mine PARTITION OF pg_temp.archive "
+            "FOR VALUES FROM ('2000-01-01') TO ('2000-01-02')"
+        )
+        assert conn.execute("SELECT * FROM simplequeue.archive_retire(60)").fetchone() == (0, 0)
+        assert conn.execute("SELECT to_regclass('pg_temp.archive_mine')").fetchone() != (None,)
+    assert query(dsn, "SELECT partition::text FROM simplequeue.archive_partitions()") == made_ones
+    # EXECUTE given to everyone is taken back, and one the worker lost is given again
+    query(dsn, "GRANT EXECUTE ON FUNCTION simplequeue.archive_retire(double precision) TO PUBLIC")
+    query(
+        dsn,
+        sql.SQL("REVOKE EXECUTE ON FUNCTION simplequeue.archive_prepare(double precision) FROM {}")
+        .format(sql.Identifier(roles.worker))
+        .as_string(),
+    )
+    with pytest.raises(sq.ConfigError, match=r"can EXECUTE simplequeue\.archive_retire"):
+        await grant_roles(dsn, producer=roles.producer, worker=roles.worker)
+    query(
+        dsn, "REVOKE EXECUTE ON FUNCTION simplequeue.archive_retire(double precision) FROM PUBLIC"
+    )
+    await grant_roles(dsn, producer=roles.producer, worker=roles.worker)
+    with psycopg.connect(roles.worker_dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT simplequeue.archive_prepare(60)").fetchone() == (0,)
+
+
 # -- granting --------------------------------------------------------------------------
 
 

@@ -1,0 +1,167 @@
+-- The archive, partitioned by the time its rows were moved there (moved_at), so that the
+-- janitor retires rows past archive_retention by dropping whole partitions: no DELETE,
+-- no dead tuples, no index bloat and no vacuum, whatever the throughput.
+--
+-- Range partitions are made ahead of time by archive_prepare() and dropped by
+-- archive_retire() once their upper bound is older than the retention; rows live at least
+-- archive_retention and at most one partition's width more. The table the archive was
+-- until now becomes the DEFAULT partition: it keeps the rows already archived, and takes
+-- any row no range partition covers (one written by hand with a time of its choosing, or
+-- moved while the partitions could not be made). archive_purge() deletes its rows past the
+-- retention, row by row as before.
+--
+-- A job id is unique in each partition; across partitions, the janitor's move checks that
+-- the archive does not hold the id yet (the primary key's leading column serves it).
+
+ALTER TABLE archive RENAME TO archive_default;
+ALTER TABLE archive_default DROP CONSTRAINT archive_pkey;  -- the parent's (id, moved_at) follows
+ALTER INDEX archive_moved_at RENAME TO archive_default_moved_at;
+CREATE TABLE archive (LIKE archive_default INCLUDING DEFAULTS INCLUDING CONSTRAINTS)
+    PARTITION BY RANGE (moved_at);
+ALTER TABLE archive ADD PRIMARY KEY (id, moved_at);
+CREATE INDEX archive_moved_at ON archive (moved_at);
+ALTER TABLE archive ATTACH PARTITION archive_default DEFAULT;
+
+-- The archive's range partitions with their bounds (NULL for MINVALUE / MAXVALUE), read
+-- from the catalog: the one record of which times are covered.
+CREATE FUNCTION archive_partitions()
+RETURNS TABLE (partition regclass, lower_bound timestamptz, upper_bound timestamptz)
+LANGUAGE sql STABLE
+SET TimeZone = 'UTC' SET DateStyle = 'ISO, MDY'
+AS $$
+    SELECT c.oid::regclass,
+           (regexp_match(b.expr, '^FOR VALUES FROM \(''([^'']+)''\)'))[1]::timestamptz,
+           (regexp_match(b.expr, ' TO \(''([^'']+)''\)$'))[1]::timestamptz
+    FROM pg_inherits AS i
+    JOIN pg_class AS c ON c.oid = i.inhrelid
+    CROSS JOIN LATERAL (SELECT pg_get_expr(c.relpartbound, c.oid) AS expr) AS b
+    WHERE i.inhparent = 'archive'::regclass AND b.expr <> 'DEFAULT'
+$$;
+
+-- Makes sure range partitions cover the archive from now to one width ahead; returns how
+-- many it made. Partitions follow each other: a new one starts where the last ends (or
+-- now, after a gap) and ends on the next multiple of the width since the epoch, so
+-- janitors with different widths never overlap. Waits at most lock_timeout for the
+-- archive (making a partition locks it briefly): a long query on the archive makes this
+-- sweep skip the step instead of queueing every writer behind it.
+CREATE FUNCTION archive_prepare(width_seconds double precision)
+RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER
+SET TimeZone = 'UTC' SET DateStyle = 'ISO, MDY' SET lock_timeout = '2s'
+AS $$
+DECLARE
+    horizon timestamptz;
+    tail timestamptz;
+    start timestamptz;
+    finish timestamptz;
+    made integer := 0;
+BEGIN
+    IF width_seconds IS NULL OR NOT width_seconds BETWEEN 60 AND 31622400 THEN
+        RAISE EXCEPTION 'archive partition width must be 60 to 31622400 seconds, not %',
+            width_seconds USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    horizon := now() + make_interval(secs => width_seconds);
+    PERFORM pg_advisory_xact_lock(hashtext('simplequeue.archive_partitions.' || current_schema()));
+    LOOP
+        SELECT max(upper_bound) INTO tail FROM archive_partitions();
+        EXIT WHEN tail >= horizon;
+        start := greatest(tail, now());
+        finish := to_timestamp(
+            (floor(extract(epoch FROM start) / width_seconds) + 1) * width_seconds);
+        IF finish - start < make_interval(secs => width_seconds / 2) THEN
+            finish := finish + make_interval(secs => width_seconds);
+        END IF;
+        EXECUTE format(
+            'CREATE TABLE %I.%I PARTITION OF %I.archive FOR VALUES FROM (%L) TO (%L)',
+            current_schema(), 'archive_' || to_char(start, 'YYYYMMDD"_"HH24MISS'),
+            current_schema(), start, finish);
+        made := made + 1;
+    END LOOP;
+    RETURN made;
+END
+$$;
+
+-- Drops the range partitions whose every row is older than the retention; returns how
+-- many, and the rows they held. Waits at most lock_timeout, as archive_prepare().
+CREATE FUNCTION archive_retire(retention_seconds double precision,
+                               OUT dropped integer, OUT rows_dropped bigint)
+LANGUAGE plpgsql SECURITY DEFINER
+SET TimeZone = 'UTC' SET DateStyle = 'ISO, MDY' SET lock_timeout = '2s'
+AS $$
+DECLARE
+    old record;
+    held bigint;
+BEGIN
+    dropped := 0;
+    rows_dropped := 0;
+    -- PostgreSQL orders NaN above Infinity: one test refuses both
+    IF retention_seconds IS NULL OR NOT retention_seconds > 0
+       OR retention_seconds >= 'Infinity' THEN
+        RAISE EXCEPTION 'archive retention must be a finite number of seconds above 0, not %',
+            retention_seconds USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM pg_advisory_xact_lock(hashtext('simplequeue.archive_partitions.' || current_schema()));
+    FOR old IN
+        SELECT partition FROM archive_partitions()
+        WHERE upper_bound <= now() - make_interval(secs => retention_seconds)
+        ORDER BY upper_bound
+    LOOP
+        EXECUTE format('SELECT count(*) FROM %s', old.partition) INTO held;
+        EXECUTE format('DROP TABLE %s', old.partition);
+        dropped := dropped + 1;
+        rows_dropped := rows_dropped + held;
+    END LOOP;
+END
+$$;
+
+-- Deletes up to `batch` rows of the DEFAULT partition older than the retention; returns
+-- how many. One purge at a time per schema: the others skip their turn.
+CREATE FUNCTION archive_purge(retention_seconds double precision, batch integer)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+AS $$
+DECLARE
+    fallback regclass;
+    purged bigint;
+BEGIN
+    IF retention_seconds IS NULL OR NOT retention_seconds > 0
+       OR retention_seconds >= 'Infinity' OR batch IS NULL OR batch < 1 THEN
+        RAISE EXCEPTION 'archive purge needs a finite retention above 0 seconds and a batch '
+            'of at least 1, not % and %', retention_seconds, batch
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT c.oid::regclass INTO fallback
+    FROM pg_inherits AS i JOIN pg_class AS c ON c.oid = i.inhrelid
+    WHERE i.inhparent = 'archive'::regclass
+      AND pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT';
+    IF fallback IS NULL
+       OR NOT pg_try_advisory_xact_lock(hashtext('simplequeue.purge.' || current_schema())) THEN
+        RETURN 0;
+    END IF;
+    EXECUTE format(
+        'DELETE FROM %1$s WHERE ctid = ANY (ARRAY(SELECT ctid FROM %1$s '
+        'WHERE moved_at < now() - make_interval(secs => $1) LIMIT $2))', fallback)
+        USING retention_seconds, batch;
+    GET DIAGNOSTICS purged = ROW_COUNT;
+    RETURN purged;
+END
+$$;
+
+-- The functions run as their owner (who may make and drop partitions) and only on this
+-- schema's archive: their search path is pinned to the schema, and only the roles granted
+-- them (the worker role) may call the three that change it.
+DO $$
+BEGIN
+    EXECUTE format('ALTER FUNCTION archive_partitions() SET search_path = %I, pg_temp',
+                   current_schema());
+    EXECUTE format('ALTER FUNCTION archive_prepare(double precision) '
+                   'SET search_path = %I, pg_temp', current_schema());
+    EXECUTE format('ALTER FUNCTION archive_retire(double precision) '
+                   'SET search_path = %I, pg_temp', current_schema());
+    EXECUTE format('ALTER FUNCTION archive_purge(double precision, integer) '
+                   'SET search_path = %I, pg_temp', current_schema());
+END
+$$;
+REVOKE ALL ON FUNCTION archive_prepare(double precision) FROM PUBLIC;
+REVOKE ALL ON FUNCTION archive_retire(double precision) FROM PUBLIC;
+REVOKE ALL ON FUNCTION archive_purge(double precision, integer) FROM PUBLIC;
