@@ -23,7 +23,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -199,12 +199,24 @@ class WorkerGroup:
     """N worker subprocesses of one system, with their control blocks and RSS sampler."""
 
     def __init__(
-        self, system: str, dsn: str, procs: int, concurrency: int, record_starts: bool = False
+        self,
+        system: str,
+        dsn: str,
+        procs: int,
+        concurrency: int,
+        record_starts: bool = False,
+        *,
+        stream_starts: bool = False,
+        settings: Mapping[str, Any] | None = None,
     ) -> None:
+        """`record_starts`: the handler starts, read once the workers exit (starts());
+        `stream_starts`: read as they go (take_streamed_starts()), for long runs;
+        `settings`: the system's own worker settings (Adapter.configure_worker)."""
         self.tmp = tempfile.TemporaryDirectory(prefix="sqbench-")
         self.controls: list[Control] = []
         self.popen: list[subprocess.Popen[bytes]] = []
         self.results: list[Path] = []
+        self.streams: list[Path] = []
         for k in range(procs):
             ctl_path = os.path.join(self.tmp.name, f"ctl{k}")
             result = Path(self.tmp.name, f"result{k}.json")
@@ -218,9 +230,16 @@ class WorkerGroup:
                 str(concurrency),
                 ctl_path,
                 str(result),
+                "--settings",
+                json.dumps(dict(settings or {})),
             ]
             if record_starts:
                 cmd.append("--record-starts")
+            if stream_starts:
+                stream = Path(self.tmp.name, f"starts{k}")
+                stream.mkdir()
+                self.streams.append(stream)
+                cmd += ["--stream-starts", str(stream)]
             self.popen.append(subprocess.Popen(cmd))
         self.sampler = RssSampler([p.pid for p in self.popen])
         self.sampler.start()
@@ -288,6 +307,18 @@ class WorkerGroup:
                 for i, t in json.loads(path.read_text()).get("starts", []):
                     merged.setdefault(int(i), float(t))  # a re-run keeps the first start
         return merged
+
+    def take_streamed_starts(self) -> list[tuple[int, float]]:
+        """(job index, handler start) of the starts the workers streamed out since the
+        last call; each file is deleted once read."""
+        out: list[tuple[int, float]] = []
+        for stream in self.streams:
+            for path in sorted(stream.glob("*.txt")):
+                for line in path.read_text().splitlines():
+                    i, t = line.split()
+                    out.append((int(i), float(t)))
+                path.unlink()
+        return out
 
     def peak_rss_mb(self) -> float:
         return max(self.sampler.peak.values(), default=0) / 2**20
@@ -444,14 +475,25 @@ SERVER_SETTINGS = (
 """What the JSON records of the server, read with SHOW (never assumed)."""
 
 
-async def server_settings(admin_dsn: str) -> dict[str, str]:
+async def server_settings(admin_dsn: str, names: Sequence[str] = SERVER_SETTINGS) -> dict[str, str]:
     async with await psycopg.AsyncConnection.connect(admin_dsn, autocommit=True) as conn:
         settings = {}
-        for name in SERVER_SETTINGS:
+        for name in names:
             cur = await conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(name)))
             row = await cur.fetchone()
             settings[name] = str(row[0]) if row else ""
         return settings
+
+
+def installed_versions(*dists: str) -> dict[str, str]:
+    """The installed version of each distribution there is (a missing one is left out)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for dist in dists:
+        with contextlib.suppress(PackageNotFoundError):
+            found[dist] = version(dist)
+    return found
 
 
 def machine_info() -> dict[str, Any]:

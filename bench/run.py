@@ -49,6 +49,7 @@ from harness import (
     drain,
     drain_timeout,
     fresh_db,
+    installed_versions,
     machine_info,
     percentile,
     server_settings,
@@ -775,12 +776,9 @@ async def main_async(args: argparse.Namespace) -> int:
     date = dt.date.today().isoformat()
     stem = date + ("-quick" if args.quick else "")
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    versions = {}
-    for dist in ("procrastinate", "pgqueuer", "psycopg", "psycopg-pool", "asyncpg", "simplequeue"):
-        with contextlib.suppress(Exception):
-            from importlib.metadata import version
-
-            versions[dist] = version(dist)
+    versions = installed_versions(
+        "procrastinate", "pgqueuer", "psycopg", "psycopg-pool", "asyncpg", "simplequeue"
+    )
     payload = {
         "date": date,
         "quick": args.quick,

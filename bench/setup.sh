@@ -42,7 +42,8 @@ if [ -f "$STAMP" ]; then
 fi
 
 quiet_pip -r "$REQ"
-quiet_pip -e "$ROOT"
+# With the janitor extra: the workers run the janitor (bench/churn.py measures it).
+quiet_pip -e "$ROOT[janitor]"
 rm -f "$VENV"/.bench-stamp-*
 touch "$STAMP"
 echo "bench: .venv-bench ready ($KEY)"

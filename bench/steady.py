@@ -49,7 +49,7 @@ BACKLOG_TIMEOUT = 30.0
 """Seconds a phase's backlog may take to be worked off before the case fails."""
 
 
-class _Ids:
+class Ids:
     """Job indices handed out densely, so the next unused one counts the jobs sent."""
 
     def __init__(self) -> None:
@@ -79,7 +79,7 @@ async def steady(adapter: Adapter, dsn: str, sizes: Sizes) -> dict[str, Any]:
     await checkpoint(dsn)  # the cases before this one leave dirty pages to flush
     group = WorkerGroup(adapter.name, dsn, 1, STEADY_CONCURRENCY, record_starts=True)
     committed: dict[int, float] = {}
-    indices = _Ids()
+    indices = Ids()
     phases: list[_Phase] = []
     capacities: dict[int, dict[str, float]] = {}
     try:
@@ -87,8 +87,8 @@ async def steady(adapter: Adapter, dsn: str, sizes: Sizes) -> dict[str, Any]:
         for producers in sizes.steady_producer_counts(adapter.name):
             producer = await adapter.open_producer(dsn, producers)
             try:
-                await _warm_up(group, producer, indices)
-                capacities[producers] = cap = await _capacity(
+                await warm_up(group, producer, indices)
+                capacities[producers] = cap = await measure_capacity(
                     group, producer, producers, indices, sizes.steady_capacity_seconds
                 )
                 for load in sizes.steady_loads:
@@ -102,7 +102,7 @@ async def steady(adapter: Adapter, dsn: str, sizes: Sizes) -> dict[str, Any]:
                         committed,
                     )
                     phases.append(phase)
-                    await _work_off(group, indices.next, f"{producers}p at {load}%")
+                    await work_off(group, indices.next, f"{producers}p at {load}%")
             finally:
                 await producer.aclose()
         total = indices.next
@@ -134,18 +134,18 @@ async def steady(adapter: Adapter, dsn: str, sizes: Sizes) -> dict[str, Any]:
     return metrics
 
 
-async def _warm_up(group: WorkerGroup, producer: Producer, indices: _Ids) -> None:
+async def warm_up(group: WorkerGroup, producer: Producer, indices: Ids) -> None:
     """A few jobs, each waited for: the measured phases start on warm connections."""
     for _ in range(WARMUP):
         await producer.enqueue_one({"i": indices.take(), "t": time.time()})
-    await _work_off(group, indices.next, "warm-up")
+    await work_off(group, indices.next, "warm-up")
 
 
-async def _capacity(
+async def measure_capacity(
     group: WorkerGroup,
     producer: Producer,
     producers: int,
-    indices: _Ids,
+    indices: Ids,
     seconds: float,
 ) -> dict[str, float]:
     """Producers flat out for `seconds` while the worker runs: handler starts per second.
@@ -172,7 +172,7 @@ async def _capacity(
         raise CaseFailed(
             f"capacity phase ({producers}p): {handled} jobs started in {elapsed:.1f} s"
         )
-    await _work_off(group, indices.next, f"capacity phase ({producers}p)")
+    await work_off(group, indices.next, f"capacity phase ({producers}p)")
     return {
         "capacity": capacity,
         "inserted_per_s": sent / elapsed,
@@ -186,17 +186,37 @@ async def _paced(
     load: int,
     rate: float,
     seconds: float,
-    indices: _Ids,
+    indices: Ids,
     committed: dict[int, float],
 ) -> _Phase:
-    """`rate` jobs/s for `seconds`, producer k sending jobs k, k+P, ... at t0 + j / rate."""
+    """`rate` jobs/s for `seconds`: one paced cell."""
     count = max(producers, round(rate * seconds))
     first = indices.take(count)
-    t0 = time.perf_counter()
     t0_epoch = time.time()
+    await send_paced(producer, producers, rate, first, count, committed)
+    return _Phase(producers, load, rate, first, count, t0_epoch)
+
+
+async def send_paced(
+    producer: Producer,
+    producers: int,
+    rate: float,
+    first: int,
+    count: int,
+    committed: dict[int, float],
+    stop_at: float | None = None,
+) -> None:
+    """Jobs first .. first+count-1 at `rate` jobs/s on an absolute schedule: producer k
+    sends jobs k, k+P, ... at t0 + j / rate, a late one followed at once by the next due,
+    and keeps each job's commit-return time in `committed` by index. None is sent after
+    the perf_counter time `stop_at`: a run of fixed length ends on time even when its
+    producers fell behind (the jobs left unsent are those missing from `committed`)."""
+    t0 = time.perf_counter()
 
     async def send(k: int) -> None:
         for j in range(k, count, producers):
+            if stop_at is not None and time.perf_counter() >= stop_at:
+                return
             delay = t0 + j / rate - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -204,13 +224,12 @@ async def _paced(
             committed[first + j] = time.time()
 
     await asyncio.gather(*(send(k) for k in range(producers)))
-    return _Phase(producers, load, rate, first, count, t0_epoch)
 
 
-async def _work_off(group: WorkerGroup, sent: int, what: str) -> None:
+async def work_off(group: WorkerGroup, sent: int, what: str) -> None:
     """Until every job sent so far has started (then a short pause), or fail the case.
 
-    `sent` is the next unused index (_Ids), which counts the jobs sent so far.
+    `sent` is the next unused index (Ids), which counts the jobs sent so far.
     """
     if not await group.wait_handled(sent, time.monotonic() + BACKLOG_TIMEOUT):
         raise CaseFailed(

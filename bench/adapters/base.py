@@ -76,6 +76,12 @@ class Hooks:
         self._handled += 1
         self._control.set(Control.HANDLED, self._handled)
 
+    def take_starts(self) -> list[tuple[int, float]]:
+        """The starts recorded since the last call, handed over (a long run streams them
+        out instead of holding millions until it exits)."""
+        taken, self.starts = self.starts, []
+        return taken
+
 
 class Producer(abc.ABC):
     """Enqueue side of one system, opened on a fresh database."""
@@ -121,6 +127,13 @@ class Adapter(abc.ABC):
         Runs in a worker subprocess; every handler calls hooks.start(payload) first and
         hooks.done() last. `ready()` is called once the worker is started.
         """
+
+    def configure_worker(self, settings: Mapping[str, Any]) -> None:
+        """Settings of the library's own for run_worker (a workload that tunes the worker,
+        e.g. its maintenance); a system that takes none refuses them rather than run a
+        different configuration than asked."""
+        if settings:
+            raise NotImplementedError(f"{self.name} takes no worker settings: {dict(settings)}")
 
     @abc.abstractmethod
     async def count_done(self, conn: psycopg.AsyncConnection) -> int:

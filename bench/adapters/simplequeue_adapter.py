@@ -2,14 +2,15 @@
 
 `sq.setup` installs the schema; `SimpleQueue.from_url(...)` owns its pool;
 `insert_job` / `insert_jobs` enqueue; `start()` / `stop(timeout=...)` run the worker
-with `global_permits` = `queue_permits` = the workload's concurrency.
+with `global_permits` = `queue_permits` = the workload's concurrency, plus the settings a
+workload passes (`configure_worker`: the churn's janitor settings).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -67,6 +68,13 @@ class SimplequeueAdapter(Adapter):
     name = "sq"
     supports_scale = True
 
+    def __init__(self) -> None:
+        self._worker_settings: dict[str, Any] = {}
+
+    def configure_worker(self, settings: Mapping[str, Any]) -> None:
+        """QueueConfig settings for the worker's SimpleQueue (janitor_interval, ...)."""
+        self._worker_settings = dict(settings)
+
     async def setup(self, dsn: str) -> None:
         await _sq().setup(dsn, schema=SCHEMA)
 
@@ -93,7 +101,8 @@ class SimplequeueAdapter(Adapter):
         ready: Callable[[], None],
     ) -> None:
         sq = _sq()
-        queue = sq.SimpleQueue.from_url(dsn, global_permits=concurrency, queue_permits=concurrency)
+        settings = {"global_permits": concurrency, "queue_permits": concurrency}
+        queue = sq.SimpleQueue.from_url(dsn, **settings | self._worker_settings)
         queue.register_handler(_handler(hooks))
         async with queue:
             await queue.start()
