@@ -165,3 +165,29 @@ $$;
 REVOKE ALL ON FUNCTION archive_prepare(double precision) FROM PUBLIC;
 REVOKE ALL ON FUNCTION archive_retire(double precision) FROM PUBLIC;
 REVOKE ALL ON FUNCTION archive_purge(double precision, integer) FROM PUBLIC;
+
+-- Whoever was granted the archive before keeps it: the new table gets the old one's
+-- privileges, and a role that could delete from it may now retire it through the three
+-- functions (what `simplequeue roles` grants again, without DELETE, when run next).
+DO $$
+DECLARE
+    held record;
+    grantee text;
+BEGIN
+    FOR held IN
+        SELECT a.grantee, a.privilege_type, a.is_grantable
+        FROM pg_class AS c CROSS JOIN LATERAL aclexplode(c.relacl) AS a
+        WHERE c.oid = 'archive_default'::regclass AND a.grantee <> c.relowner
+    LOOP
+        grantee := CASE WHEN held.grantee = 0 THEN 'PUBLIC'
+                        ELSE quote_ident(pg_get_userbyid(held.grantee)) END;
+        EXECUTE format('GRANT %s ON archive TO %s%s', held.privilege_type, grantee,
+                       CASE WHEN held.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+        IF held.privilege_type = 'DELETE' THEN
+            EXECUTE format('GRANT EXECUTE ON FUNCTION archive_prepare(double precision), '
+                           'archive_retire(double precision), '
+                           'archive_purge(double precision, integer) TO %s', grantee);
+        END IF;
+    END LOOP;
+END
+$$;
