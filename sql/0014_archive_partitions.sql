@@ -35,7 +35,8 @@ AS $$
     FROM pg_inherits AS i
     JOIN pg_class AS c ON c.oid = i.inhrelid
     CROSS JOIN LATERAL (SELECT pg_get_expr(c.relpartbound, c.oid) AS expr) AS b
-    WHERE i.inhparent = 'archive'::regclass AND b.expr <> 'DEFAULT'
+    WHERE i.inhparent = to_regclass(quote_ident(current_setting('simplequeue.schema')) || '.archive')
+      AND b.expr <> 'DEFAULT'
 $$;
 
 -- Makes sure range partitions cover the archive from now to one width ahead; returns how
@@ -50,6 +51,7 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET TimeZone = 'UTC' SET DateStyle = 'ISO, MDY' SET lock_timeout = '2s'
 AS $$
 DECLARE
+    s text := current_setting('simplequeue.schema');
     horizon timestamptz;
     tail timestamptz;
     start timestamptz;
@@ -61,9 +63,9 @@ BEGIN
             width_seconds USING ERRCODE = 'invalid_parameter_value';
     END IF;
     horizon := now() + make_interval(secs => width_seconds);
-    PERFORM pg_advisory_xact_lock(hashtext('simplequeue.archive_partitions.' || current_schema()));
+    PERFORM pg_advisory_xact_lock(hashtext('simplequeue.archive_partitions.' || s));
     LOOP
-        SELECT max(upper_bound) INTO tail FROM archive_partitions();
+        EXECUTE format('SELECT max(upper_bound) FROM %I.archive_partitions()', s) INTO tail;
         EXIT WHEN tail >= horizon;
         start := greatest(tail, now());
         finish := to_timestamp(
@@ -73,8 +75,7 @@ BEGIN
         END IF;
         EXECUTE format(
             'CREATE TABLE %I.%I PARTITION OF %I.archive FOR VALUES FROM (%L) TO (%L)',
-            current_schema(), 'archive_' || to_char(start, 'YYYYMMDD"_"HH24MISS'),
-            current_schema(), start, finish);
+            s, 'archive_' || to_char(start, 'YYYYMMDD"_"HH24MISS'), s, start, finish);
         made := made + 1;
     END LOOP;
     RETURN made;
@@ -89,6 +90,7 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET TimeZone = 'UTC' SET DateStyle = 'ISO, MDY' SET lock_timeout = '2s'
 AS $$
 DECLARE
+    s text := current_setting('simplequeue.schema');
     old record;
     held bigint;
 BEGIN
@@ -100,11 +102,10 @@ BEGIN
         RAISE EXCEPTION 'archive retention must be a finite number of seconds above 0, not %',
             retention_seconds USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    PERFORM pg_advisory_xact_lock(hashtext('simplequeue.archive_partitions.' || current_schema()));
-    FOR old IN
-        SELECT partition FROM archive_partitions()
-        WHERE upper_bound <= now() - make_interval(secs => retention_seconds)
-        ORDER BY upper_bound
+    PERFORM pg_advisory_xact_lock(hashtext('simplequeue.archive_partitions.' || s));
+    FOR old IN EXECUTE format(
+        'SELECT partition FROM %I.archive_partitions() WHERE upper_bound <= $1 '
+        'ORDER BY upper_bound', s) USING now() - make_interval(secs => retention_seconds)
     LOOP
         EXECUTE format('SELECT count(*) FROM %s', old.partition) INTO held;
         EXECUTE format('DROP TABLE %s', old.partition);
@@ -121,6 +122,7 @@ RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER
 AS $$
 DECLARE
+    s text := current_setting('simplequeue.schema');
     fallback regclass;
     purged bigint;
 BEGIN
@@ -132,10 +134,10 @@ BEGIN
     END IF;
     SELECT c.oid::regclass INTO fallback
     FROM pg_inherits AS i JOIN pg_class AS c ON c.oid = i.inhrelid
-    WHERE i.inhparent = 'archive'::regclass
+    WHERE i.inhparent = to_regclass(quote_ident(s) || '.archive')
       AND pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT';
     IF fallback IS NULL
-       OR NOT pg_try_advisory_xact_lock(hashtext('simplequeue.purge.' || current_schema())) THEN
+       OR NOT pg_try_advisory_xact_lock(hashtext('simplequeue.purge.' || s)) THEN
         RETURN 0;
     END IF;
     EXECUTE format(
@@ -148,20 +150,49 @@ END
 $$;
 
 -- The functions run as their owner (who may make and drop partitions) and only on this
--- schema's archive: their search path is pinned to the schema, and only the roles granted
--- them (the worker role) may call the three that change it.
+-- schema's archive, named by their own setting simplequeue.schema. Their search path holds
+-- no schema a role may create in (pg_catalog, then pg_temp last, as PostgreSQL advises for
+-- SECURITY DEFINER): a function or operator planted in the queue's schema to overload a
+-- built-in is never called as the owner. Only the roles granted them (the worker role) may
+-- call the three that change the archive.
 DO $$
+DECLARE
+    f text;
 BEGIN
-    EXECUTE format('ALTER FUNCTION archive_partitions() SET search_path = %I, pg_temp',
-                   current_schema());
-    EXECUTE format('ALTER FUNCTION archive_prepare(double precision) '
-                   'SET search_path = %I, pg_temp', current_schema());
-    EXECUTE format('ALTER FUNCTION archive_retire(double precision) '
-                   'SET search_path = %I, pg_temp', current_schema());
-    EXECUTE format('ALTER FUNCTION archive_purge(double precision, integer) '
-                   'SET search_path = %I, pg_temp', current_schema());
+    FOREACH f IN ARRAY ARRAY['archive_partitions()', 'archive_prepare(double precision)',
+                             'archive_retire(double precision)',
+                             'archive_purge(double precision, integer)'] LOOP
+        EXECUTE format('ALTER FUNCTION %s SET search_path = pg_catalog, pg_temp', f);
+        EXECUTE format('ALTER FUNCTION %s SET simplequeue.schema = %L', f, current_schema());
+    END LOOP;
 END
 $$;
 REVOKE ALL ON FUNCTION archive_prepare(double precision) FROM PUBLIC;
 REVOKE ALL ON FUNCTION archive_retire(double precision) FROM PUBLIC;
 REVOKE ALL ON FUNCTION archive_purge(double precision, integer) FROM PUBLIC;
+
+-- Whoever was granted the archive before keeps it: the new table gets the old one's
+-- privileges, and a role that could delete from it may now retire it through the three
+-- functions (what `simplequeue roles` grants again, without DELETE, when run next).
+DO $$
+DECLARE
+    held record;
+    grantee text;
+BEGIN
+    FOR held IN
+        SELECT a.grantee, a.privilege_type, a.is_grantable
+        FROM pg_class AS c CROSS JOIN LATERAL aclexplode(c.relacl) AS a
+        WHERE c.oid = 'archive_default'::regclass AND a.grantee <> c.relowner
+    LOOP
+        grantee := CASE WHEN held.grantee = 0 THEN 'PUBLIC'
+                        ELSE quote_ident(pg_get_userbyid(held.grantee)) END;
+        EXECUTE format('GRANT %s ON archive TO %s%s', held.privilege_type, grantee,
+                       CASE WHEN held.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+        IF held.privilege_type = 'DELETE' THEN
+            EXECUTE format('GRANT EXECUTE ON FUNCTION archive_prepare(double precision), '
+                           'archive_retire(double precision), '
+                           'archive_purge(double precision, integer) TO %s', grantee);
+        END IF;
+    END LOOP;
+END
+$$;
