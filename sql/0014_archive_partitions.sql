@@ -2,25 +2,29 @@
 -- janitor retires rows past archive_retention by dropping whole partitions: no DELETE,
 -- no dead tuples, no index bloat and no vacuum, whatever the throughput.
 --
--- Range partitions are made ahead of time by archive_prepare() and dropped by
--- archive_retire() once their upper bound is older than the retention; rows live at least
--- archive_retention and at most one partition's width more. The table the archive was
--- until now becomes the DEFAULT partition: it keeps the rows already archived, and takes
--- any row no range partition covers (one written by hand with a time of its choosing, or
--- moved while the partitions could not be made). archive_purge() deletes its rows past the
--- retention, row by row as before.
+-- Range partitions are made just ahead of time by archive_prepare() and dropped by
+-- archive_retire() once their upper bound is older than the retention: rows live at least
+-- archive_retention and at most one partition's width more. archive_default takes any
+-- row no range partition covers (one written by hand with a time of its choosing, or
+-- moved while the partitions could not be made); archive_purge() deletes its rows past
+-- the retention, row by row as before.
+--
+-- The archive as it was, if it holds rows, becomes the range partition archive_legacy
+-- from MINVALUE to just after its newest row, checked once here: it is dropped whole once
+-- that row is past the retention, and making new partitions never scans it (PostgreSQL
+-- scans the DEFAULT partition each time, which is why that one starts empty).
 --
 -- A job id is unique in each partition; across partitions, the janitor's move checks that
 -- the archive does not hold the id yet (the primary key's leading column serves it).
 
-ALTER TABLE archive RENAME TO archive_default;
-ALTER TABLE archive_default DROP CONSTRAINT archive_pkey;  -- the parent's (id, moved_at) follows
-ALTER INDEX archive_moved_at RENAME TO archive_default_moved_at;
-CREATE TABLE archive (LIKE archive_default INCLUDING DEFAULTS INCLUDING CONSTRAINTS)
+ALTER TABLE archive RENAME TO archive_legacy;
+ALTER TABLE archive_legacy DROP CONSTRAINT archive_pkey;  -- the parent's (id, moved_at) follows
+ALTER INDEX archive_moved_at RENAME TO archive_legacy_moved_at;
+CREATE TABLE archive (LIKE archive_legacy INCLUDING DEFAULTS INCLUDING CONSTRAINTS)
     PARTITION BY RANGE (moved_at);
 ALTER TABLE archive ADD PRIMARY KEY (id, moved_at);
 CREATE INDEX archive_moved_at ON archive (moved_at);
-ALTER TABLE archive ATTACH PARTITION archive_default DEFAULT;
+CREATE TABLE archive_default PARTITION OF archive DEFAULT;
 
 -- The archive's range partitions with their bounds (NULL for MINVALUE / MAXVALUE), read
 -- from the catalog: the one record of which times are covered.
@@ -39,12 +43,26 @@ AS $$
       AND b.expr <> 'DEFAULT'
 $$;
 
--- Makes sure range partitions cover the archive from now to one width ahead; returns how
--- many it made. Partitions follow each other: a new one starts where the last ends (or
--- now, after a gap) and ends on the next multiple of the width since the epoch, so
--- janitors with different widths never overlap. Waits at most lock_timeout for the
--- archive (making a partition locks it briefly): a long query on the archive makes this
--- sweep skip the step instead of queueing every writer behind it.
+-- The archive's DEFAULT partition (NULL once dropped by hand).
+CREATE FUNCTION archive_fallback()
+RETURNS regclass
+LANGUAGE sql STABLE
+AS $$
+    SELECT c.oid::regclass
+    FROM pg_inherits AS i JOIN pg_class AS c ON c.oid = i.inhrelid
+    WHERE i.inhparent = to_regclass(quote_ident(current_setting('simplequeue.schema')) || '.archive')
+      AND pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT'
+$$;
+
+-- Makes sure range partitions cover the archive from now to a minute ahead (every move
+-- of the janitor comes after this in its sweep); returns how many it made. Partitions
+-- follow each other: a new one starts where the last ends (or now, after a gap) and ends
+-- on the next multiple of the width since the epoch, so janitors with different widths
+-- never overlap, and a new width (a new retention) applies from the next partition. A
+-- range must hold none of the DEFAULT partition's rows: one written there by hand with a
+-- time ahead makes the new partition start just after it. Waits at most lock_timeout for
+-- the archive (making a partition locks it briefly): a long query on the archive makes
+-- this sweep skip the step instead of queueing every writer behind it.
 CREATE FUNCTION archive_prepare(width_seconds double precision)
 RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER
@@ -52,30 +70,41 @@ SET TimeZone = 'UTC' SET DateStyle = 'ISO, MDY' SET lock_timeout = '2s'
 AS $$
 DECLARE
     s text := current_setting('simplequeue.schema');
-    horizon timestamptz;
+    width interval;
+    horizon timestamptz := now() + interval '1 minute';
+    fallback regclass;
     tail timestamptz;
     start timestamptz;
     finish timestamptz;
+    taken timestamptz;
     made integer := 0;
 BEGIN
     IF width_seconds IS NULL OR NOT width_seconds BETWEEN 60 AND 31622400 THEN
         RAISE EXCEPTION 'archive partition width must be 60 to 31622400 seconds, not %',
             width_seconds USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    horizon := now() + make_interval(secs => width_seconds);
+    width := make_interval(secs => width_seconds);
     PERFORM pg_advisory_xact_lock(hashtext('simplequeue.archive_partitions.' || s));
+    EXECUTE format('SELECT %I.archive_fallback()', s) INTO fallback;
     LOOP
         EXECUTE format('SELECT max(upper_bound) FROM %I.archive_partitions()', s) INTO tail;
         EXIT WHEN tail >= horizon;
         start := greatest(tail, now());
-        finish := to_timestamp(
-            (floor(extract(epoch FROM start) / width_seconds) + 1) * width_seconds);
-        IF finish - start < make_interval(secs => width_seconds / 2) THEN
-            finish := finish + make_interval(secs => width_seconds);
-        END IF;
+        LOOP
+            finish := to_timestamp(
+                (floor(extract(epoch FROM start) / width_seconds) + 1) * width_seconds);
+            taken := NULL;
+            IF fallback IS NOT NULL THEN
+                EXECUTE format('SELECT max(moved_at) FROM %s WHERE moved_at >= $1 '
+                               'AND moved_at < $2', fallback)
+                    INTO taken USING start, finish;
+            END IF;
+            EXIT WHEN taken IS NULL;
+            start := taken + interval '1 microsecond';
+        END LOOP;
         EXECUTE format(
             'CREATE TABLE %I.%I PARTITION OF %I.archive FOR VALUES FROM (%L) TO (%L)',
-            s, 'archive_' || to_char(start, 'YYYYMMDD"_"HH24MISS'), s, start, finish);
+            s, 'archive_' || to_char(start, 'YYYYMMDD"_"HH24MISS_US'), s, start, finish);
         made := made + 1;
     END LOOP;
     RETURN made;
@@ -132,10 +161,7 @@ BEGIN
             'of at least 1, not % and %', retention_seconds, batch
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    SELECT c.oid::regclass INTO fallback
-    FROM pg_inherits AS i JOIN pg_class AS c ON c.oid = i.inhrelid
-    WHERE i.inhparent = to_regclass(quote_ident(s) || '.archive')
-      AND pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT';
+    EXECUTE format('SELECT %I.archive_fallback()', s) INTO fallback;
     IF fallback IS NULL
        OR NOT pg_try_advisory_xact_lock(hashtext('simplequeue.purge.' || s)) THEN
         RETURN 0;
@@ -159,7 +185,8 @@ DO $$
 DECLARE
     f text;
 BEGIN
-    FOREACH f IN ARRAY ARRAY['archive_partitions()', 'archive_prepare(double precision)',
+    FOREACH f IN ARRAY ARRAY['archive_partitions()', 'archive_fallback()',
+                             'archive_prepare(double precision)',
                              'archive_retire(double precision)',
                              'archive_purge(double precision, integer)'] LOOP
         EXECUTE format('ALTER FUNCTION %s SET search_path = pg_catalog, pg_temp', f);
@@ -182,7 +209,7 @@ BEGIN
     FOR held IN
         SELECT a.grantee, a.privilege_type, a.is_grantable
         FROM pg_class AS c CROSS JOIN LATERAL aclexplode(c.relacl) AS a
-        WHERE c.oid = 'archive_default'::regclass AND a.grantee <> c.relowner
+        WHERE c.oid = 'archive_legacy'::regclass AND a.grantee <> c.relowner
     LOOP
         grantee := CASE WHEN held.grantee = 0 THEN 'PUBLIC'
                         ELSE quote_ident(pg_get_userbyid(held.grantee)) END;
@@ -194,5 +221,19 @@ BEGIN
                            'archive_purge(double precision, integer) TO %s', grantee);
         END IF;
     END LOOP;
+END
+$$;
+
+DO $$
+DECLARE
+    newest timestamptz;
+BEGIN
+    SELECT max(moved_at) INTO newest FROM archive_legacy;
+    IF newest IS NULL THEN
+        DROP TABLE archive_legacy;
+    ELSE
+        EXECUTE format('ALTER TABLE archive ATTACH PARTITION archive_legacy '
+                       'FOR VALUES FROM (MINVALUE) TO (%L)', newest + interval '1 microsecond');
+    END IF;
 END
 $$;

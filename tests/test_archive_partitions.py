@@ -60,7 +60,8 @@ async def test_a_sweep_makes_partitions_ahead_and_archives_into_them(
     assert len(made) == report.partitions_created
     covered = query(
         dsn,
-        "SELECT min(lower_bound) <= now() AND max(upper_bound) >= now() + interval '1 day' "
+        "SELECT min(lower_bound) <= now() AND max(upper_bound) >= now() + interval '1 minute' "
+        "AND max(upper_bound) <= now() + interval '1 day 1 minute' "
         "FROM simplequeue.archive_partitions()",
     )
     assert covered == [(True,)]

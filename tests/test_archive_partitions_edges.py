@@ -17,28 +17,11 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 import simplequeue as sq
-from simplequeue.migrate import migrations
 from simplequeue.roles import grant_roles
 from tests.conftest import FAST, ROOT, count, query
 from tests.test_archive_partitions import HOUR, complete, partitions, where_archived
+from tests.test_migrate import migrate_before
 from tests.test_security import drop_roles, unique_names
-
-
-def migrate_before_partitions(dsn: str, schema: str) -> None:
-    """`schema` as a release before 0014 left it."""
-    with psycopg.connect(dsn, autocommit=True) as conn, conn.transaction():
-        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-        conn.execute(
-            sql.SQL(
-                "CREATE TABLE {}.schema_migrations (version integer PRIMARY KEY, "
-                "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
-            ).format(sql.Identifier(schema))
-        )
-        conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
-        for m in migrations():
-            if m.version < 14:
-                conn.execute(m.text.encode())
-                conn.execute("INSERT INTO schema_migrations VALUES (%s, %s)", [m.version, m.name])
 
 
 def previous_roles() -> types.ModuleType:
@@ -60,7 +43,7 @@ def previous_roles() -> types.ModuleType:
 async def test_the_worker_role_granted_before_the_upgrade_still_archives(dsn: str) -> None:
     """Roles granted on a pre-0014 schema by that release: after `migrate` the worker still
     archives, reads archived jobs and retires the archive, without granting roles again."""
-    migrate_before_partitions(dsn, "older")
+    migrate_before(dsn, "older", 14)
     producer, worker = unique_names("up")
     try:
         await previous_roles().grant_roles(
@@ -100,8 +83,8 @@ async def test_odd_session_clocks_change_nothing(dsn: str, options: str) -> None
         assert where_archived(dsn) == {made[0][0]: 3}
         covered = query(
             dsn,
-            "SELECT min(lower_bound) <= now() AND max(upper_bound) >= now() + interval '15 min' "
-            "AND max(upper_bound) <= now() + interval '31 min' "
+            "SELECT min(lower_bound) <= now() AND max(upper_bound) >= now() + interval '1 min' "
+            "AND max(upper_bound) <= now() + interval '16 min' "
             "FROM simplequeue.archive_partitions()",
         )
         assert covered == [(True,)]
@@ -173,23 +156,24 @@ async def test_a_default_row_ahead_of_now_does_not_stop_partitions(
     assert count(dsn, table="archive") == 2
 
 
-async def test_a_narrower_retention_keeps_rows_at_most_its_width_past_it(
+async def test_a_new_retention_sets_the_width_from_the_next_partition(
     queue: sq.SimpleQueue, dsn: str
 ) -> None:
-    """After archive_retention goes from 7 days to an hour, a job archived now is retired
-    within the new retention and one new width, not a day later."""
-    assert (await queue.run_janitor()).partitions_created >= 1  # a day ahead, 7-day width
-    hourly = sq.SimpleQueue(queue.pool, archive_retention=HOUR)
-    await complete(queue, dsn, 1)
-    assert (await hourly.run_janitor()).archived == 1
-    (holding,) = where_archived(dsn)
-    ((upper,),) = query(
+    """A partition already made keeps its width; the next one, made when it is about to
+    end, has the width of the janitor's retention now (documented)."""
+    query(
         dsn,
-        "SELECT upper_bound - now() FROM simplequeue.archive_partitions() "
-        "WHERE partition::text = %s",
-        [holding],
+        "CREATE TABLE simplequeue.archive_ending PARTITION OF simplequeue.archive "
+        "FOR VALUES FROM (now() - interval '1 day') TO (now() + interval '30 seconds')",
     )
-    assert upper.total_seconds() <= hourly.config.archive_partition_width * 1.5
+    hourly = sq.SimpleQueue(queue.pool, archive_retention=HOUR)
+    assert (await hourly.run_janitor()).partitions_created >= 1
+    widths = query(
+        dsn,
+        "SELECT extract(epoch FROM upper_bound - lower_bound) FROM "
+        "simplequeue.archive_partitions() WHERE partition::text <> 'simplequeue.archive_ending'",
+    )
+    assert widths and all(0 < float(w) <= hourly.config.archive_partition_width for (w,) in widths)
 
 
 async def test_a_long_reader_skips_the_lock_steps_within_their_timeout(

@@ -6,6 +6,7 @@ import asyncio
 
 import psycopg
 import pytest
+from psycopg import sql
 
 import simplequeue as sq
 from simplequeue.columns import MOVED_COLUMNS
@@ -119,20 +120,27 @@ async def test_setup_refuses_what_is_not_a_pool_or_a_dsn_and_non_utf8_databases(
         query(dsn, "DROP DATABASE sq_latin1")
 
 
+def migrate_before(dsn: str, schema: str, version: int) -> None:
+    """`schema` as a release before migration `version` left it."""
+    with psycopg.connect(dsn, autocommit=True) as conn, conn.transaction():
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+        conn.execute(
+            sql.SQL(
+                "CREATE TABLE {}.schema_migrations (version integer PRIMARY KEY, "
+                "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+            ).format(sql.Identifier(schema))
+        )
+        conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
+        for m in migrations():
+            if m.version < version:
+                conn.execute(m.text.encode())
+                conn.execute("INSERT INTO schema_migrations VALUES (%s, %s)", [m.version, m.name])
+
+
 async def test_the_archive_upgrades_to_partitions_with_its_rows(dsn: str) -> None:
     """A schema migrated before 0014 keeps what it archived: the table becomes the archive's
     DEFAULT partition, read by id as before and purged past the retention."""
-    before = [m for m in migrations() if m.version < 14]
-    with psycopg.connect(dsn, autocommit=True) as conn, conn.transaction():
-        conn.execute("CREATE SCHEMA older")
-        conn.execute(
-            "CREATE TABLE older.schema_migrations (version integer PRIMARY KEY, "
-            "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        conn.execute("SET LOCAL search_path TO older")
-        for m in before:
-            conn.execute(m.text.encode())
-            conn.execute("INSERT INTO schema_migrations VALUES (%s, %s)", [m.version, m.name])
+    migrate_before(dsn, "older", 14)
     async with sq.SimpleQueue.from_url(dsn, schema="older") as old:
         ids = await old.insert_jobs([sq.Job("q", i) for i in range(3)])
         query(dsn, "UPDATE older.jobs SET status = 'completed', completed_at = now()")
@@ -143,18 +151,19 @@ async def test_the_archive_upgrades_to_partitions_with_its_rows(dsn: str) -> Non
             f"SELECT {MOVED_COLUMNS}, now() - interval '2 hours' FROM moved",
         )
     assert await sq.setup(dsn, schema="older") == [m for m in ALL if m >= "0014"]
-    async with sq.SimpleQueue.from_url(dsn, schema="older", archive_retention=9000.0) as new:
-        found = await new.get_job(ids[0])  # type: ignore[arg-type]
-        assert found is not None and found.status is sq.JobStatus.COMPLETED
-        assert query(dsn, "SELECT DISTINCT tableoid::regclass::text FROM older.archive") == [
-            ("older.archive_default",)
-        ]
-        query(
-            dsn, "UPDATE older.archive SET moved_at = moved_at - interval '1 hour' WHERE data = '0'"
-        )
-        report = await new.run_janitor()
-    assert report.purged == 1 and report.failed_steps == ()
-    assert query(dsn, "SELECT count(*) FROM older.archive") == [(2,)]
-    assert query(dsn, "SELECT count(*) FROM older.archive_partitions()") == [
-        (report.partitions_created,)
+    # kept whole as archive_legacy, up to just after its newest row, read by id as before
+    assert query(dsn, "SELECT DISTINCT tableoid::regclass::text FROM older.archive") == [
+        ("older.archive_legacy",)
     ]
+    async with sq.SimpleQueue.from_url(dsn, schema="older", archive_retention=9000.0) as kept:
+        found = await kept.get_job(ids[0])  # type: ignore[arg-type]
+        assert found is not None and found.status is sq.JobStatus.COMPLETED
+        report = await kept.run_janitor()
+        assert report.partitions_dropped == 0 and report.failed_steps == ()
+    assert query(dsn, "SELECT count(*) FROM older.archive") == [(3,)]
+    # dropped whole once its newest row is past the retention
+    async with sq.SimpleQueue.from_url(dsn, schema="older", archive_retention=5400.0) as new:
+        report = await new.run_janitor()
+    assert (report.partitions_dropped, report.purged, report.failed_steps) == (1, 3, ())
+    assert query(dsn, "SELECT count(*) FROM older.archive") == [(0,)]
+    assert query(dsn, "SELECT to_regclass('older.archive_legacy')") == [(None,)]

@@ -76,7 +76,14 @@ class Janitor(Sweeper):
         retention = self._config.archive_retention
         store = self._store
         counts = dict.fromkeys(
-            ("archived", "dead_lettered", "purged", "partitions_created", "partitions_dropped"),
+            (
+                "archived",
+                "dead_lettered",
+                "purged",
+                "partitions_created",
+                "partitions_dropped",
+                "stuck",
+            ),
             0,
         )
 
@@ -119,12 +126,16 @@ class Janitor(Sweeper):
                 lambda: self._in_own_transaction(lambda: store.purge_archive(retention, batch))
             )
 
+        async def stuck() -> None:
+            counts["stuck"] = await self._in_own_transaction(store.stuck_finished)
+
         steps: dict[str, Callable[[], Awaitable[None]]] = {
             "partitions": prepare,
             "archive": archive,
             "dead-letter": dead_letter,
             "retire": retire,
             "purge": purge,
+            "stuck": stuck,
         }
         failed: list[str] = []
         for name, step in steps.items():
@@ -138,8 +149,7 @@ class Janitor(Sweeper):
             except psycopg.Error as exc:
                 failed.append(name)
                 self.log.error("janitor: the %s step failed, skipped this sweep: %s", name, exc)
-        stuck = await self._in_own_transaction(store.stuck_finished)
-        report = JanitorReport(stuck=stuck, failed_steps=tuple(failed), **counts)
+        report = JanitorReport(failed_steps=tuple(failed), **counts)
         if report.archived or report.dead_lettered or report.purged:
             self.log.info(
                 "janitor: %d archived, %d moved to the DLQ, %d purged from the archive",
