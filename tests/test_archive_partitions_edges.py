@@ -5,10 +5,7 @@ functions planted in the queue's schema."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
-import types
 import uuid
 
 import psycopg
@@ -17,38 +14,39 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 import simplequeue as sq
+from simplequeue import roles
 from simplequeue.roles import grant_roles
-from tests.conftest import FAST, ROOT, count, query
+from tests.conftest import FAST, count, query
 from tests.test_archive_partitions import HOUR, complete, partitions, where_archived
 from tests.test_migrate import migrate_before
 from tests.test_security import drop_roles, unique_names
 
 
-def previous_roles() -> types.ModuleType:
-    """`simplequeue.roles` as the release before 0014 shipped it (granted DELETE on the
-    archive, knew no archive functions)."""
-    source = subprocess.run(
-        ["git", "show", "283d608:simplequeue/roles.py"],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    module = types.ModuleType("previous_roles")
-    sys.modules[module.__name__] = module  # dataclasses look their module up
-    exec(compile(source, "previous_roles.py", "exec"), module.__dict__)
-    return module
+def grant_as_before_partitions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`grant_roles` as the release before 0014 granted: DELETE on the archive, no archive
+    functions."""
+    monkeypatch.setattr(roles, "ARCHIVE_FUNCTIONS", ())
+    monkeypatch.setitem(
+        roles.WORKER_PRIVILEGES,
+        "archive",
+        roles.TablePrivileges(frozenset({"SELECT", "INSERT", "DELETE"})),
+    )
 
 
-async def test_the_worker_role_granted_before_the_upgrade_still_archives(dsn: str) -> None:
+async def test_the_worker_role_granted_before_the_upgrade_still_archives(
+    dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Roles granted on a pre-0014 schema by that release: after `migrate` the worker still
     archives, reads archived jobs and retires the archive, without granting roles again."""
     migrate_before(dsn, "older", 14)
     producer, worker = unique_names("up")
     try:
-        await previous_roles().grant_roles(
-            dsn, schema="older", producer=producer, worker=worker, login=True
-        )
+        with monkeypatch.context() as before:
+            grant_as_before_partitions(before)
+            await grant_roles(dsn, schema="older", producer=producer, worker=worker, login=True)
+        assert query(
+            dsn, "SELECT has_table_privilege(%s, 'older.archive', 'DELETE')", [worker]
+        ) == [(True,)]
         await sq.setup(dsn, schema="older")
         worker_dsn = make_conninfo(dsn, user=worker)
         async with sq.SimpleQueue.from_url(worker_dsn, schema="older", **FAST) as q:
