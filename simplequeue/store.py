@@ -786,8 +786,8 @@ class Store:
         return (yield from self._first_column(self._dead_ids, [limit]))
 
     def prepare_archive(self, width: float) -> Plan[int]:
-        """Range partitions of the archive from now to `width` seconds ahead; returns how
-        many were made."""
+        """Range partitions of the archive from now to a minute ahead, each ending on a
+        multiple of `width` seconds; returns how many were made."""
         result = yield Run(self._prepare_archive, [width])
         return int(result.rows[0][0])
 
