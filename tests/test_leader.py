@@ -311,7 +311,13 @@ async def test_a_killed_leader_is_replaced_and_its_stalled_job_recovered(
     """Four worker processes, one job each; the leader is SIGKILLed mid-job. Another
     process leads within a few seconds, its reaper takes the stalled job back, and the job
     completes elsewhere."""
-    started = [workers("--global-permits", "1", "--leader-ttl", str(TTL)) for _ in range(4)]
+    # Stalled after 2 s without a heartbeat (not the 0.5 s of 0.2 s beats): four worker
+    # processes on a loaded machine can miss half a second, and the recovered run must not
+    # be reaped a second time for that (at-least-once allows it; the count would differ).
+    started = [
+        workers("--global-permits", "1", "--leader-ttl", str(TTL), "--stall-factor", "10")
+        for _ in range(4)
+    ]
     await eventually(lambda: count(dsn, "true", table="workers") == 4, timeout=30)
     ids = await queue.insert_jobs([sq.Job("work", {"sleep": 2}) for _ in range(4)])
 
