@@ -178,6 +178,7 @@ def manage(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return done
 
 
+@pytest.mark.slow
 def test_a_django_project_end_to_end(project: Path, dsn: str) -> None:
     manage(project, "migrate", "--run-syncdb")
     assert query(dsn, "SELECT count(*) FROM shopq.jobs") == [(0,)], "migrate made the schema"
@@ -276,6 +277,7 @@ print(json.dumps({"count": Job.objects.count(), "page": page.status_code}))
 """
 
 
+@pytest.mark.slow
 def test_the_queue_in_another_database(project: Path, dsn: str) -> None:
     other = conninfo_to_dict(dsn)["dbname"] + "_queue"
     query(dsn, f"CREATE DATABASE {other}")

@@ -57,6 +57,7 @@ def _soon() -> Any:
     return datetime.now(UTC) + timedelta(minutes=1)
 
 
+@pytest.mark.slow
 async def test_stop_returns_within_its_bound_when_the_network_goes_silent(dsn: str) -> None:
     """Packets dropped, no reset: every connection of the worker (pool, heartbeat,
     listener) waits for a reply that never comes. stop(timeout) still returns in time."""

@@ -7,6 +7,7 @@ import threading
 from typing import Any
 
 import psycopg
+import pytest
 
 import simplequeue as sq
 from tests.conftest import count, eventually, query
@@ -21,6 +22,7 @@ class Other(sq.Handler):
         return None
 
 
+@pytest.mark.slow
 async def test_a_missed_heartbeat_window_gives_exactly_one_rerun(dsn: str) -> None:
     """The job's row is held locked past the stall threshold, so its beats are skipped
     and another worker's reaper hands it back; the first worker claims it again while its

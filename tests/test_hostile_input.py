@@ -173,6 +173,7 @@ class InvalidJob(str):
 # -- payloads ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(data=json_values)
 @example(data={"": [None, True, 0, -0.0, "", [], {}]})
@@ -691,6 +692,7 @@ def storable_jobs(draw: st.DrawFn) -> sq.Job:
 COMPARED = ("queue", "unique_key", "fingerprint", "concurrency_key", "max_attempts", "priority")
 
 
+@pytest.mark.slow
 @settings(SETTINGS, max_examples=40)
 @given(batch=st.tuples(storable_jobs(), storable_jobs(), storable_jobs()))
 async def test_a_batch_stores_hostile_values_as_given(

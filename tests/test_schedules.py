@@ -47,6 +47,7 @@ async def fleet(dsn: str, n: int, **settings: Any) -> AsyncIterator[list[sq.Simp
         yield queues
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("election", [True, False], ids=["elected", "every-worker-enqueues"])
 async def test_each_slot_is_enqueued_once_however_many_workers_register_it(
     dsn: str, election: bool
@@ -92,6 +93,7 @@ async def _rule_is(dsn: str, name: str, every: timedelta) -> bool:
     return bool(rows) and rows[0][0] == every
 
 
+@pytest.mark.slow
 async def test_a_paused_schedule_enqueues_nothing_and_resumes_without_a_backlog(dsn: str) -> None:
     async with fleet(dsn, 2) as queues:
         for queue in queues:

@@ -93,6 +93,7 @@ def server_dsn() -> str:
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_the_plugin_on_a_server_given_by_dsn(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_user=USER_TESTS)
     result = pytester.runpytest_subprocess(
@@ -101,6 +102,7 @@ def test_the_plugin_on_a_server_given_by_dsn(pytester: pytest.Pytester) -> None:
     result.assert_outcomes(passed=5)
 
 
+@pytest.mark.slow
 def test_the_example_of_the_testing_docs(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_docs=examples(DOCS / "testing.md")["tests"])
     result = pytester.runpytest_subprocess(
@@ -109,6 +111,7 @@ def test_the_example_of_the_testing_docs(pytester: pytest.Pytester) -> None:
     result.assert_outcomes(passed=3)
 
 
+@pytest.mark.slow
 def test_the_plugin_falls_back_to_an_embedded_server(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
