@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import os
 import subprocess
 import sys
@@ -204,6 +205,9 @@ def workers(dsn: str) -> Iterator[Callable[..., WorkerProcess]]:
         return worker
 
     yield start
-    for worker in started:
+    for number, worker in enumerate(started):
         if worker.proc.poll() is None:
             worker.kill()
+        # shown by pytest only when the test failed: what each worker said
+        with contextlib.suppress(ValueError, OSError, subprocess.TimeoutExpired):
+            print(f"--- worker {number} (pid {worker.pid}) ---\n{worker.output()}")
