@@ -25,7 +25,8 @@ test: install
 	$(BIN)/pytest -m "not slow" --durations=20
 
 # Real worker processes killed and restarted, fleet-wide limits across four processes,
-# leader failover, the chaos suite at a small size (about 7 minutes).
+# leader failover, the chaos suite at a small size, and the longest end-to-end tests
+# (about 9 minutes).
 test-slow: install
 	$(BIN)/pytest -m slow
 
