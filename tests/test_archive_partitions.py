@@ -33,6 +33,15 @@ def where_archived(dsn: str) -> dict[str, int]:
     )
 
 
+def old_partition(dsn: str) -> None:
+    """`archive_old`, a partition of 5 to 3 hours ago: wholly past an hour's retention."""
+    query(
+        dsn,
+        "CREATE TABLE simplequeue.archive_old PARTITION OF simplequeue.archive "
+        "FOR VALUES FROM (now() - interval '5 hours') TO (now() - interval '3 hours')",
+    )
+
+
 async def complete(queue: sq.SimpleQueue, dsn: str, n: int) -> None:
     await queue.insert_jobs([sq.Job("q", i) for i in range(n)])
     query(dsn, "UPDATE simplequeue.jobs SET status = 'completed', completed_at = now()")
@@ -81,11 +90,7 @@ async def test_partitions_past_the_retention_are_dropped_whole(
     await complete(queue, dsn, 6)
     janitor = sq.SimpleQueue(queue.pool, archive_retention=HOUR)
     assert (await janitor.run_janitor()).archived == 6
-    query(
-        dsn,
-        "CREATE TABLE simplequeue.archive_old PARTITION OF simplequeue.archive "
-        "FOR VALUES FROM (now() - interval '5 hours') TO (now() - interval '3 hours')",
-    )
+    old_partition(dsn)
     query(
         dsn,
         "CREATE TABLE simplequeue.archive_straddling PARTITION OF simplequeue.archive "

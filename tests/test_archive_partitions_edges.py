@@ -17,7 +17,13 @@ import simplequeue as sq
 from simplequeue import roles
 from simplequeue.roles import grant_roles
 from tests.conftest import FAST, count, query
-from tests.test_archive_partitions import HOUR, complete, partitions, where_archived
+from tests.test_archive_partitions import (
+    HOUR,
+    complete,
+    old_partition,
+    partitions,
+    where_archived,
+)
 from tests.test_migrate import migrate_before
 from tests.test_security import drop_roles, unique_names
 
@@ -180,11 +186,7 @@ async def test_a_long_reader_skips_the_lock_steps_within_their_timeout(
     """A long query on the archive: making and dropping partitions are skipped after at
     most lock_timeout each; archiving and the DEFAULT purge still run."""
     janitor = sq.SimpleQueue(queue.pool, archive_retention=HOUR, janitor_batch_size=1)
-    query(
-        dsn,
-        "CREATE TABLE simplequeue.archive_old PARTITION OF simplequeue.archive "
-        "FOR VALUES FROM (now() - interval '5 hours') TO (now() - interval '3 hours')",
-    )
+    old_partition(dsn)
     query(
         dsn,
         "INSERT INTO simplequeue.archive (id, queue, data, status, moved_at) "
